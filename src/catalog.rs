@@ -1,0 +1,314 @@
+//! The catalog of one source: its images (by verified config digest), their tags, and
+//! the dangling tags, built from the source's inventory.
+//!
+//! This is where a store's claims are checked: every config is hashed when read, and
+//! one whose bytes do not hash to the digest it is stored under is not shown as that
+//! image; its tags become dangling and a warning names the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tracing::warn;
+
+use crate::config_cache::ConfigCache;
+use crate::reference::TagRef;
+use crate::source::{BlobLocation, BlobReader, ImageRecord, Inventory, Source};
+
+/// Configs up to this size are read whole (and cached); larger ones are hashed and
+/// parsed as a stream.
+const WHOLE_READ_LIMIT: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `sha256:<hex>`: the config digest, verified.
+    pub id: String,
+    pub config: BlobLocation,
+    pub created: Option<String>,
+    pub mtime: SystemTime,
+    pub architecture: Option<String>,
+    pub os: Option<String>,
+    pub variant: Option<String>,
+    pub tags: Vec<TagRef>,
+    pub manifest_digests: Vec<String>,
+    pub digest_refs: Vec<String>,
+    pub layers_size: Option<u64>,
+    pub other_platforms: Vec<String>,
+    pub extra_xattrs: Vec<(String, String)>,
+}
+
+impl Image {
+    pub fn config_size(&self) -> u64 {
+        self.config.size()
+    }
+}
+
+/// A tag whose image's config is missing (or does not match its digest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanglingTag {
+    pub tag: TagRef,
+    /// The ID the tag names: `sha256:<hex>`.
+    pub target: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Sorted by ID.
+    pub images: Vec<Image>,
+    pub dangling: Vec<DanglingTag>,
+    pub problems: Vec<String>,
+}
+
+/// The fields of a config that the tree shows.
+#[derive(Deserialize, Default)]
+struct ConfigSummary {
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// Hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A config read and checked: its digest and summary.
+struct CheckedConfig {
+    id: String,
+    summary: Option<ConfigSummary>,
+}
+
+fn check_config(
+    store: usize,
+    source: &dyn Source,
+    loc: &BlobLocation,
+    cache: &ConfigCache,
+) -> std::io::Result<(CheckedConfig, Option<String>)> {
+    if loc.size() <= WHOLE_READ_LIMIT {
+        let bytes = crate::source::read_blob(source, loc, WHOLE_READ_LIMIT)?;
+        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let parsed = serde_json::from_slice::<ConfigSummary>(&bytes);
+        let problem = parsed.as_ref().err().map(|e| e.to_string());
+        cache.insert((store, loc.clone()), Arc::from(bytes));
+        return Ok((
+            CheckedConfig {
+                id,
+                summary: parsed.ok(),
+            },
+            problem,
+        ));
+    }
+    let mut reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(256 * 1024, BlobReader::new(source, loc)),
+        hasher: Sha256::new(),
+    };
+    let parsed = serde_json::from_reader::<_, ConfigSummary>(&mut reader);
+    // whatever the parse made of it, hash to the end
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    let problem = match &parsed {
+        Err(e) if e.is_io() => return Err(std::io::Error::other(e.to_string())),
+        Err(e) => Some(e.to_string()),
+        Ok(_) => None,
+    };
+    let id = format!("sha256:{}", hex::encode(reader.hasher.finalize()));
+    Ok((
+        CheckedConfig {
+            id,
+            summary: parsed.ok(),
+        },
+        problem,
+    ))
+}
+
+/// Parses an RFC 3339 time as configs write it (`2024-01-02T03:04:05.123456789Z`).
+pub fn parse_created(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let nanos = t.unix_timestamp_nanos();
+    if nanos < 0 {
+        return Some(UNIX_EPOCH);
+    }
+    let nanos = u64::try_from(nanos).ok()?;
+    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+impl Catalog {
+    pub fn build(
+        store: usize,
+        source: &dyn Source,
+        inv: Inventory,
+        cache: &ConfigCache,
+    ) -> Catalog {
+        let mut cat = Catalog {
+            problems: inv.problems,
+            ..Default::default()
+        };
+        let mut images: BTreeMap<String, Image> = BTreeMap::new();
+        let mut dangling: Vec<DanglingTag> = Vec::new();
+        for record in inv.images {
+            match cat.verify(store, source, &record, cache) {
+                Some((id, summary)) => merge(&mut images, id, summary, record),
+                None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
+                    tag: t.clone(),
+                    target: record.claimed_id.clone(),
+                })),
+            }
+        }
+        // One tag names one image: the first record that claims it wins.
+        let mut owner: HashMap<TagRef, String> = HashMap::new();
+        for image in images.values_mut() {
+            image.tags.retain(|t| match owner.get(t) {
+                Some(other) if other != &image.id => {
+                    cat.problems.push(format!(
+                        "tag {t} is claimed by {other} and by {}: shown for the first",
+                        image.id
+                    ));
+                    false
+                }
+                Some(_) => false,
+                None => {
+                    owner.insert(t.clone(), image.id.clone());
+                    true
+                }
+            });
+        }
+        dangling.retain(|d| !owner.contains_key(&d.tag));
+        dangling.sort_by(|a, b| a.tag.cmp(&b.tag));
+        dangling.dedup_by(|a, b| a.tag == b.tag);
+        // A dangling target that is not a digest would make a symlink leave by-id.
+        dangling.retain(|d| {
+            let ok = crate::reference::is_digest(&d.target);
+            if !ok {
+                cat.problems
+                    .push(format!("tag {} names no image digest: not shown", d.tag));
+            }
+            ok
+        });
+        cat.images = images.into_values().collect();
+        cat.dangling = dangling;
+        cat
+    }
+
+    /// Reads and hashes a record's config. `None` when the tags must dangle.
+    fn verify(
+        &mut self,
+        store: usize,
+        source: &dyn Source,
+        record: &ImageRecord,
+        cache: &ConfigCache,
+    ) -> Option<(String, ConfigSummary)> {
+        let loc = match &record.config {
+            Some(loc) => loc,
+            None => {
+                if !record.tags.is_empty() {
+                    self.problems.push(format!(
+                        "{}: config {} is missing: its tags are dangling",
+                        record.config_name, record.claimed_id
+                    ));
+                }
+                return None;
+            }
+        };
+        let (checked, parse_problem) = match check_config(store, source, loc, cache) {
+            Ok(c) => c,
+            Err(e) => {
+                self.problems.push(format!(
+                    "{}: cannot read config: {e}: its tags are dangling",
+                    record.config_name
+                ));
+                return None;
+            }
+        };
+        if !record.claimed_id.is_empty() && checked.id != record.claimed_id {
+            self.problems.push(format!(
+                "{}: content hashes to {}, not to {} it is stored as: not shown as that image, its tags are dangling",
+                record.config_name, checked.id, record.claimed_id
+            ));
+            return None;
+        }
+        if let Some(p) = parse_problem {
+            self.problems.push(format!(
+                "{}: config is not valid JSON ({p}): shown, without its dates and platform",
+                record.config_name
+            ));
+        }
+        Some((checked.id, checked.summary.unwrap_or_default()))
+    }
+
+    /// Logs every problem, once, naming the store.
+    pub fn log_problems(&self, store: &str) {
+        for p in &self.problems {
+            warn!(store, "{p}");
+        }
+    }
+}
+
+fn merge(
+    images: &mut BTreeMap<String, Image>,
+    id: String,
+    summary: ConfigSummary,
+    record: ImageRecord,
+) {
+    let Some(loc) = record.config else { return };
+    let image = images.entry(id.clone()).or_insert_with(|| Image {
+        id,
+        config: loc,
+        mtime: summary
+            .created
+            .as_deref()
+            .and_then(parse_created)
+            .unwrap_or(UNIX_EPOCH),
+        created: summary.created,
+        architecture: summary.architecture,
+        os: summary.os,
+        variant: summary.variant,
+        tags: vec![],
+        manifest_digests: vec![],
+        digest_refs: vec![],
+        layers_size: record.layers_size,
+        other_platforms: vec![],
+        extra_xattrs: vec![],
+    });
+    for t in record.tags {
+        if !image.tags.contains(&t) {
+            image.tags.push(t);
+        }
+    }
+    for d in record.manifest_digests {
+        if !image.manifest_digests.contains(&d) {
+            image.manifest_digests.push(d);
+        }
+    }
+    for d in record.digest_refs {
+        if !image.digest_refs.contains(&d) {
+            image.digest_refs.push(d);
+        }
+    }
+    for p in record.other_platforms {
+        if !image.other_platforms.contains(&p) {
+            image.other_platforms.push(p);
+        }
+    }
+    for x in record.extra_xattrs {
+        if !image.extra_xattrs.contains(&x) {
+            image.extra_xattrs.push(x);
+        }
+    }
+    image.tags.sort();
+}

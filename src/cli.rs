@@ -1,0 +1,255 @@
+//! The command line: `imagefs [OPTIONS] [SOURCE...] MOUNTPOINT`, with sshfs-style `-o`
+//! options, and the sources as labelled store specs.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::config_cache::DEFAULT_CACHE_SIZE;
+use crate::source::{self, SourceKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imagefs",
+    version,
+    about = "Mount container image stores and archives as by-id/ and by-tag/ trees",
+    after_help = "SOURCE is [NAME=][KIND:]PATH, KIND one of docker-archive, oci, oci-archive \
+                  (detected when omitted). With no SOURCE, the stores found on this machine are mounted. \
+                  See imagefs(1)."
+)]
+pub struct Args {
+    /// Stay in the foreground (default: daemonize once the mount is up)
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Debug logging; implies --foreground
+    #[arg(short, long)]
+    pub debug: bool,
+
+    /// Mount options: ro, allow_other, default_permissions, cache_size=N[KMG], ...
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    pub options: Vec<String>,
+
+    /// SOURCE... MOUNTPOINT
+    #[arg(required = true, value_name = "SOURCE... MOUNTPOINT")]
+    pub args: Vec<String>,
+}
+
+/// The `-o` options, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub cache_size: u64,
+    pub fsname: Option<String>,
+    pub noatime: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: false,
+            cache_size: DEFAULT_CACHE_SIZE,
+            fsname: None,
+            noatime: false,
+        }
+    }
+}
+
+/// Options mount(8) and fstab pass along that mean nothing to imagefs.
+const IGNORED: &[&str] = &[
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "defaults",
+    "async",
+    "sync",
+    "atime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "x-systemd.automount",
+];
+
+pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
+    let mut out = MountOptions::default();
+    for opt in opts.iter().flat_map(|o| o.split(',')).map(str::trim) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("", None) => {}
+            ("ro", None) => out.read_only = true,
+            ("allow_other", None) => out.allow_other = true,
+            ("allow_root", None) => out.allow_root = true,
+            ("default_permissions", None) => out.default_permissions = true,
+            ("noatime", None) => out.noatime = true,
+            ("cache_size", Some(v)) => out.cache_size = parse_size(v)?,
+            ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
+            ("subtype", Some(_)) => {}
+            (k, None) if IGNORED.contains(&k) => {}
+            (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
+            _ => return Err(format!("unknown mount option {opt:?} (see imagefs(1))")),
+        }
+    }
+    Ok(out)
+}
+
+/// `64M`, `1G`, `4096`, `512k`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_lowercase() {
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => return Err(format!("bad size {s:?}: use a number with K, M or G")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?}: use a number with K, M or G"))
+}
+
+/// One SOURCE argument: its label and the spec handed to `source::open`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub label: String,
+    pub spec: String,
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+}
+
+/// Splits `NAME=SOURCE`, derives missing labels from file names, and makes them unique.
+pub fn parse_sources(args: &[String]) -> Result<Vec<SourceSpec>, String> {
+    let mut out: Vec<SourceSpec> = Vec::new();
+    for arg in args {
+        // A path that exists as written is a path, even with '=' in it.
+        let (label, spec) = match arg.split_once('=') {
+            Some((name, rest)) if !Path::new(arg).exists() && !name.contains(':') => {
+                if !valid_label(name) {
+                    return Err(format!("{arg:?}: {name:?} is not a usable label"));
+                }
+                (Some(name.to_string()), rest.to_string())
+            }
+            _ => (None, arg.clone()),
+        };
+        let label = label.unwrap_or_else(|| {
+            let (_, path) = source::split_prefix(&spec);
+            let name = Path::new(path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "store".into());
+            crate::label_from_file_name(&name)
+        });
+        let label = if valid_label(&label) {
+            label
+        } else {
+            "store".into()
+        };
+        let mut unique = label.clone();
+        let mut n = 2;
+        while out.iter().any(|s| s.label == unique) {
+            unique = format!("{label}-{n}");
+            n += 1;
+        }
+        out.push(SourceSpec {
+            label: unique,
+            spec,
+        });
+    }
+    Ok(out)
+}
+
+/// Where stores live on a machine, for the no-source default.
+pub fn default_store_locations() -> Vec<(SourceKind, PathBuf)> {
+    let mut v = vec![(
+        SourceKind::ContainersStorage,
+        PathBuf::from("/var/lib/containers/storage"),
+    )];
+    if let Some(home) = std::env::var_os("HOME") {
+        v.push((
+            SourceKind::ContainersStorage,
+            Path::new(&home).join(".local/share/containers/storage"),
+        ));
+    }
+    v.push((SourceKind::DockerRoot, PathBuf::from("/var/lib/docker")));
+    v.push((SourceKind::Containerd, PathBuf::from("/var/lib/containerd")));
+    v.push((
+        SourceKind::Containerd,
+        PathBuf::from("/var/lib/rancher/k3s/agent/containerd"),
+    ));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_like_sshfs() {
+        let o = parse_options(&s(&[
+            "ro,allow_other",
+            "cache_size=64M,default_permissions,nodev",
+        ]))
+        .unwrap();
+        assert!(o.read_only && o.allow_other && o.default_permissions);
+        assert_eq!(o.cache_size, 64 << 20);
+        assert!(parse_options(&s(&["bogus"])).is_err());
+        assert!(parse_options(&s(&["cache_size=12Q"])).is_err());
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+    }
+
+    #[test]
+    fn sources_get_labels() {
+        let v = parse_sources(&s(&[
+            "cache=docker-archive:/x/a.tar",
+            "/y/runtime.tar.gz",
+            "oci:/z/runtime",
+            "/nonexistent/a=b/c.tar",
+        ]))
+        .unwrap();
+        assert_eq!(
+            v[0],
+            SourceSpec {
+                label: "cache".into(),
+                spec: "docker-archive:/x/a.tar".into()
+            }
+        );
+        assert_eq!(v[1].label, "runtime");
+        assert_eq!(v[2].label, "runtime-2");
+        assert_eq!(v[2].spec, "oci:/z/runtime");
+        assert!(parse_sources(&s(&["../x=/a.tar"])).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! The LRU of config bytes, bounded in bytes by `-o cache_size=`. Keyed by (store,
+//! location): the same config in two stores is two entries, as each store is read on
+//! its own.
+
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::source::BlobLocation;
+
+pub type CacheKey = (usize, BlobLocation);
+
+pub struct ConfigCache {
+    capacity: u64,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    lru: LruCache<CacheKey, Arc<[u8]>>,
+    bytes: u64,
+}
+
+pub const DEFAULT_CACHE_SIZE: u64 = 32 << 20;
+
+impl ConfigCache {
+    pub fn new(capacity: u64) -> ConfigCache {
+        ConfigCache {
+            capacity,
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<[u8]>> {
+        self.inner.lock().lru.get(key).cloned()
+    }
+
+    /// Keeps `bytes` unless they alone exceed the capacity; evicts the least recently
+    /// used entries to make room.
+    pub fn insert(&self, key: CacheKey, bytes: Arc<[u8]>) {
+        let len = bytes.len() as u64;
+        if len > self.capacity {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.lru.put(key, bytes) {
+            inner.bytes -= old.len() as u64;
+        }
+        inner.bytes += len;
+        while inner.bytes > self.capacity {
+            match inner.lru.pop_lru() {
+                Some((_, v)) => inner.bytes -= v.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.inner.lock().bytes
+    }
+
+    /// Drops a store's entries, when the store was reloaded.
+    pub fn forget_store(&self, store: usize) {
+        let mut inner = self.inner.lock();
+        let keys: Vec<CacheKey> = inner
+            .lru
+            .iter()
+            .filter(|((s, _), _)| *s == store)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(v) = inner.lru.pop(&k) {
+                inner.bytes -= v.len() as u64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u64) -> CacheKey {
+        (
+            0,
+            BlobLocation::Member {
+                offset: n,
+                size: 10,
+            },
+        )
+    }
+
+    #[test]
+    fn stays_within_its_byte_bound() {
+        let c = ConfigCache::new(25);
+        for n in 0..5 {
+            c.insert(key(n), Arc::from(vec![0u8; 10]));
+        }
+        assert!(c.used() <= 25);
+        assert!(c.get(&key(4)).is_some());
+        assert!(c.get(&key(0)).is_none());
+        // larger than the whole cache: not kept
+        c.insert(key(9), Arc::from(vec![0u8; 26]));
+        assert!(c.get(&key(9)).is_none());
+        c.forget_store(0);
+        assert_eq!(c.used(), 0);
+    }
+}

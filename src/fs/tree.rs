@@ -1,0 +1,176 @@
+//! The namespace of the whole mount, rebuilt from the stores' catalogs: directories,
+//! image inodes (by-id entries and the by-tag hard links to them), and dangling-tag
+//! symlinks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::inode::{InodeTable, NodeKey, ROOT_INO};
+use crate::catalog::Catalog;
+
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// Children sorted by name; `subdirs` counts directories among them (for nlink).
+    Dir {
+        children: Vec<(String, u64)>,
+        subdirs: u32,
+    },
+    /// Image `index` of store `store`'s catalog; `nlink` = 1 (by-id) + its tags.
+    Image {
+        store: usize,
+        index: usize,
+        nlink: u32,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub parent: u64,
+    pub kind: NodeKind,
+    /// Which store the node belongs to (`None` for the multi-store root).
+    pub store: Option<usize>,
+}
+
+/// What the tree needs of one store.
+pub struct StoreView<'a> {
+    pub label: &'a str,
+    pub catalog: &'a Arc<Catalog>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tree {
+    nodes: HashMap<u64, Node>,
+}
+
+/// Directories under construction: name → child, sorted.
+type DirMap = HashMap<u64, (u64, Option<usize>, BTreeMap<String, (u64, bool)>)>;
+
+impl Tree {
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+        match &self.nodes.get(&parent)?.kind {
+            NodeKind::Dir { children, .. } => children
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .ok()
+                .map(|i| children[i].1),
+            _ => None,
+        }
+    }
+
+    pub fn build(stores: &[StoreView<'_>], inodes: &mut InodeTable) -> Tree {
+        let mut dirs: DirMap = HashMap::new();
+        let mut leaves: HashMap<u64, Node> = HashMap::new();
+        dirs.insert(ROOT_INO, (ROOT_INO, None, BTreeMap::new()));
+        let single = stores.len() == 1;
+        for (s, view) in stores.iter().enumerate() {
+            let root = inodes.ino(NodeKey::StoreRoot(s));
+            if !single {
+                add_child(&mut dirs, ROOT_INO, view.label, root, true);
+                dirs.insert(root, (ROOT_INO, Some(s), BTreeMap::new()));
+            } else if let Some(d) = dirs.get_mut(&ROOT_INO) {
+                d.1 = Some(s);
+            }
+            let by_id = inodes.ino(NodeKey::ById(s));
+            let by_tag = inodes.ino(NodeKey::ByTag(s));
+            dirs.insert(by_id, (root, Some(s), BTreeMap::new()));
+            dirs.insert(by_tag, (root, Some(s), BTreeMap::new()));
+            add_child(&mut dirs, root, "by-id", by_id, true);
+            add_child(&mut dirs, root, "by-tag", by_tag, true);
+
+            for (index, image) in view.catalog.images.iter().enumerate() {
+                let ino = inodes.ino(NodeKey::Image(s, image.id.clone()));
+                leaves.insert(
+                    ino,
+                    Node {
+                        parent: by_id,
+                        kind: NodeKind::Image {
+                            store: s,
+                            index,
+                            nlink: 1 + image.tags.len() as u32,
+                        },
+                        store: Some(s),
+                    },
+                );
+                add_child(&mut dirs, by_id, &image.id, ino, false);
+                for tag in &image.tags {
+                    let (parent, name) =
+                        tag_parent(&mut dirs, inodes, s, by_tag, &tag.components());
+                    add_child(&mut dirs, parent, &name, ino, false);
+                }
+            }
+            for d in &view.catalog.dangling {
+                let comps = d.tag.components();
+                let (parent, name) = tag_parent(&mut dirs, inodes, s, by_tag, &comps);
+                let ino = inodes.ino(NodeKey::Dangling(s, comps.join("/")));
+                // from by-tag/<c1>/…/<cn> up to the store root is n levels
+                let target = format!("{}by-id/{}", "../".repeat(comps.len()), d.target);
+                leaves.insert(
+                    ino,
+                    Node {
+                        parent,
+                        kind: NodeKind::Symlink { target },
+                        store: Some(s),
+                    },
+                );
+                add_child(&mut dirs, parent, &name, ino, false);
+            }
+        }
+        let mut nodes = leaves;
+        for (ino, (parent, store, children)) in dirs {
+            let subdirs = children.values().filter(|(_, is_dir)| *is_dir).count() as u32;
+            nodes.insert(
+                ino,
+                Node {
+                    parent,
+                    kind: NodeKind::Dir {
+                        children: children.into_iter().map(|(n, (i, _))| (n, i)).collect(),
+                        subdirs,
+                    },
+                    store,
+                },
+            );
+        }
+        Tree { nodes }
+    }
+}
+
+fn add_child(dirs: &mut DirMap, parent: u64, name: &str, ino: u64, is_dir: bool) {
+    if let Some((_, _, children)) = dirs.get_mut(&parent) {
+        children.entry(name.to_string()).or_insert((ino, is_dir));
+    }
+}
+
+/// Creates the directories of a tag path; returns the last one and the file name.
+fn tag_parent(
+    dirs: &mut DirMap,
+    inodes: &mut InodeTable,
+    store: usize,
+    by_tag: u64,
+    comps: &[String],
+) -> (u64, String) {
+    let mut parent = by_tag;
+    let mut path = String::new();
+    let (last, dir_comps) = comps
+        .split_last()
+        .map(|(l, d)| (l.clone(), d))
+        .unwrap_or_default();
+    for c in dir_comps {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(c);
+        let ino = inodes.ino(NodeKey::TagDir(store, path.clone()));
+        if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
+            e.insert((parent, Some(store), BTreeMap::new()));
+            add_child(dirs, parent, c, ino, true);
+        }
+        parent = ino;
+    }
+    (parent, last)
+}

@@ -1,0 +1,291 @@
+//! The imagefs command: parse the command line, read the stores, mount, and (unless
+//! -f) daemonize once the mount is up.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use imagefs::cli::{self, Args, MountOptions};
+use imagefs::config_cache::ConfigCache;
+use imagefs::fs::{FsOptions, ImageFs, Store};
+use imagefs::fuse::FuseAdapter;
+use imagefs::source;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.debug);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("imagefs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug {
+        "imagefs=debug"
+    } else {
+        "imagefs=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut positional = args.args.clone();
+    let mountpoint = PathBuf::from(positional.pop().ok_or("no MOUNTPOINT given")?);
+    let options = cli::parse_options(&args.options)?;
+    if !mountpoint.is_dir() {
+        return Err(format!(
+            "{}: mount point is not a directory",
+            mountpoint.display()
+        ));
+    }
+    let stores = if positional.is_empty() {
+        discover_stores()?
+    } else {
+        open_sources(&positional)?
+    };
+    let fs = ImageFs::new(
+        stores,
+        ConfigCache::new(options.cache_size),
+        FsOptions {
+            read_only: options.read_only,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let foreground = args.foreground || args.debug;
+    mount(Arc::new(fs), &mountpoint, &options, foreground)
+}
+
+fn open_sources(args: &[String]) -> Result<Vec<Store>, String> {
+    let specs = cli::parse_sources(args)?;
+    specs
+        .into_iter()
+        .map(|s| {
+            let source = source::open(&s.spec).map_err(|e| e.to_string())?;
+            Ok(Store {
+                label: s.label,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The no-source default: every known store location that exists, said aloud.
+fn discover_stores() -> Result<Vec<Store>, String> {
+    let mut stores = Vec::new();
+    let mut found = Vec::new();
+    for (kind, path) in cli::default_store_locations() {
+        if !path.exists() {
+            continue;
+        }
+        let spec = format!("{kind}:{}", path.display());
+        match source::open(&spec) {
+            Ok(source) => {
+                eprintln!("imagefs: found {spec}");
+                let label = cli::parse_sources(std::slice::from_ref(&spec))
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
+                    .map(|s| s.label)
+                    .unwrap_or_else(|| kind.to_string());
+                let mut unique = label.clone();
+                let mut n = 2;
+                while stores.iter().any(|s: &Store| s.label == unique) {
+                    unique = format!("{label}-{n}");
+                    n += 1;
+                }
+                stores.push(Store {
+                    label: unique,
+                    source,
+                });
+            }
+            Err(e) => {
+                eprintln!("imagefs: found {spec}, cannot read it: {}", e.message);
+                found.push(spec);
+            }
+        }
+    }
+    if stores.is_empty() {
+        if found.is_empty() {
+            return Err("no SOURCE given and no image store found on this machine \
+                        (looked in /var/lib/containers/storage, ~/.local/share/containers/storage, \
+                        /var/lib/docker, /var/lib/containerd, /var/lib/rancher/k3s/agent/containerd)"
+                .into());
+        }
+        return Err(format!(
+            "no SOURCE given and none of the stores found can be read yet: {}",
+            found.join(", ")
+        ));
+    }
+    Ok(stores)
+}
+
+fn fuser_config(fs: &ImageFs, options: &MountOptions) -> fuser::Config {
+    use fuser::MountOption;
+    let mut config = fuser::Config::default();
+    let fsname = options.fsname.clone().unwrap_or_else(|| {
+        fs.stores()
+            .iter()
+            .map(|s| s.source.describe())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let mut mo = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("imagefs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if options.read_only {
+        mo.push(MountOption::RO);
+    }
+    if options.default_permissions {
+        mo.push(MountOption::DefaultPermissions);
+    }
+    if options.noatime {
+        mo.push(MountOption::NoAtime);
+    }
+    config.mount_options = mo;
+    config.acl = if options.allow_other {
+        fuser::SessionACL::All
+    } else if options.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    config
+}
+
+/// Mounts and serves until unmounted. Without `foreground`, forks first (before any
+/// thread exists) and lets the parent exit only when the child says the mount is up.
+fn mount(
+    fs: Arc<ImageFs>,
+    mountpoint: &std::path::Path,
+    options: &MountOptions,
+    foreground: bool,
+) -> Result<(), String> {
+    let config = fuser_config(&fs, options);
+    let mut status_pipe: Option<std::fs::File> = None;
+    if !foreground {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe writes two descriptors into the array we own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: no thread has been started yet (scanning is single-threaded), so the
+        // child is a faithful copy.
+        match unsafe { libc::fork() } {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                drop(read_end);
+                // SAFETY: setsid has no preconditions; it detaches from the terminal.
+                unsafe { libc::setsid() };
+                status_pipe = Some(std::fs::File::from(write_end));
+            }
+            _child => {
+                drop(write_end);
+                let mut msg = String::new();
+                let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+                return match msg.strip_prefix("ok") {
+                    Some(_) => Ok(()),
+                    None if msg.is_empty() => {
+                        Err("the mounting process died before the mount was up".into())
+                    }
+                    None => Err(msg),
+                };
+            }
+        }
+    }
+    let result = serve(fs, mountpoint, &config, &mut status_pipe);
+    if let (Err(msg), Some(pipe)) = (&result, status_pipe.as_mut()) {
+        let _ = pipe.write_all(msg.as_bytes());
+    }
+    result
+}
+
+fn serve(
+    fs: Arc<ImageFs>,
+    mountpoint: &std::path::Path,
+    config: &fuser::Config,
+    status_pipe: &mut Option<std::fs::File>,
+) -> Result<(), String> {
+    let signals = block_termination_signals();
+    let mut session = fuser::Session::new(FuseAdapter::new(fs.clone()), mountpoint, config)
+        .map_err(|e| format!("{}: cannot mount: {e}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0i32;
+            // SAFETY: sigwait on a set we initialised; blocks this thread only.
+            unsafe { libc::sigwait(&signals, &mut sig) };
+            info!(signal = sig, "unmounting {}", mp.display());
+            if let Err(e) = unmounter.unmount() {
+                error!("unmount of {} failed: {e}", mp.display());
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    info!(mountpoint = %mountpoint.display(), stores = fs.stores().len(), "mounted");
+    // The parent reads until EOF: closing our end is what lets it exit.
+    if let Some(mut pipe) = status_pipe.take() {
+        let _ = pipe.write_all(b"ok");
+        drop(pipe);
+        detach_stdio();
+    }
+    session.run().map_err(|e| {
+        warn!("session ended: {e}");
+        format!("{}: {e}", mountpoint.display())
+    })
+}
+
+/// SIGTERM, SIGINT and SIGHUP are taken by the signal thread alone: blocked here,
+/// before any thread is started, so every thread inherits the mask.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a zeroed set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// A daemon's standard streams go to /dev/null, so that the terminal it came from
+/// can close.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    // SAFETY: chdir to "/" so the daemon holds no directory busy.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+}

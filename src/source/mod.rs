@@ -1,0 +1,379 @@
+//! The `Source` trait: one implementation per store kind (skopeo's transport names),
+//! each turning its store into an [`Inventory`] and reading blobs by location.
+//!
+//! A source never decides what the tree looks like; the catalog does. A source reports
+//! what its store *claims* (this config digest is this image, with these tags) and the
+//! catalog verifies it.
+
+pub mod archive;
+pub mod docker_archive;
+pub mod oci;
+pub mod oci_archive;
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::reference::TagRef;
+
+/// A store kind, named like skopeo's transports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    DockerArchive,
+    Oci,
+    OciArchive,
+    ContainersStorage,
+    DockerRoot,
+    Containerd,
+    Registry,
+}
+
+impl SourceKind {
+    pub const ALL: [SourceKind; 7] = [
+        SourceKind::DockerArchive,
+        SourceKind::Oci,
+        SourceKind::OciArchive,
+        SourceKind::ContainersStorage,
+        SourceKind::DockerRoot,
+        SourceKind::Containerd,
+        SourceKind::Registry,
+    ];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            SourceKind::DockerArchive => "docker-archive",
+            SourceKind::Oci => "oci",
+            SourceKind::OciArchive => "oci-archive",
+            SourceKind::ContainersStorage => "containers-storage",
+            SourceKind::DockerRoot => "docker-root",
+            SourceKind::Containerd => "containerd",
+            SourceKind::Registry => "registry",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// Where a blob's bytes are, in terms the owning source understands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BlobLocation {
+    /// A member of the source's (uncompressed) tar archive.
+    Member { offset: u64, size: u64 },
+    /// A file of a store directory, already checked to lie inside the store.
+    File { path: PathBuf, size: u64 },
+}
+
+impl BlobLocation {
+    pub fn size(&self) -> u64 {
+        match self {
+            BlobLocation::Member { size, .. } | BlobLocation::File { size, .. } => *size,
+        }
+    }
+}
+
+/// One image as the store records it.
+#[derive(Clone, Debug, Default)]
+pub struct ImageRecord {
+    /// The config digest the store claims (`sha256:<hex>`); verified by the catalog.
+    /// Empty when the store does not name it (then the bytes' hash is the ID).
+    pub claimed_id: String,
+    /// The config blob; `None` when the store refers to a config it does not hold:
+    /// the image's tags are then dangling.
+    pub config: Option<BlobLocation>,
+    /// How messages name the config: `sample.tar:abc….json`.
+    pub config_name: String,
+    pub tags: Vec<TagRef>,
+    /// Manifest digests (`sha256:…`) known for this image.
+    pub manifest_digests: Vec<String>,
+    /// Digest references (`name@sha256:…`).
+    pub digest_refs: Vec<String>,
+    /// Sum of the layer sizes as the store records them.
+    pub layers_size: Option<u64>,
+    /// Other platforms of the same index (`linux/arm64/v8`), when this image was picked
+    /// from a multi-platform index.
+    pub other_platforms: Vec<String>,
+    /// Source-specific extended attributes (`user.image.…`).
+    pub extra_xattrs: Vec<(String, String)>,
+}
+
+/// What a scan found: the images, and what was wrong with the store (each message
+/// names the file and the problem).
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub images: Vec<ImageRecord>,
+    pub problems: Vec<String>,
+}
+
+/// A cheap value that changes whenever the store may have changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeToken(pub String);
+
+/// Owner, mode and times of the store itself: the tree's files follow them.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreMeta {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of the store's own files (the archive, or the layout's
+    /// index.json).
+    pub mode: u32,
+    pub mtime: SystemTime,
+}
+
+impl StoreMeta {
+    pub fn of(meta: &std::fs::Metadata) -> StoreMeta {
+        StoreMeta {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o7777,
+            mtime: UNIX_EPOCH
+                + Duration::new(
+                    meta.mtime().max(0) as u64,
+                    meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+                ),
+        }
+    }
+}
+
+/// A source failed as a whole (cannot be opened, or has no readable index).
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct SourceError {
+    /// The file the problem is in.
+    pub location: String,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn new(location: impl fmt::Display, message: impl fmt::Display) -> SourceError {
+        SourceError {
+            location: location.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+pub trait Source: Send + Sync {
+    fn kind(&self) -> SourceKind;
+
+    /// The store's path as given (after the transport prefix).
+    fn path(&self) -> &Path;
+
+    /// `kind:path`, as the user would name it.
+    fn describe(&self) -> String {
+        format!("{}:{}", self.kind(), self.path().display())
+    }
+
+    /// Reads the store's index into an inventory. Called once per (re)load.
+    fn scan(&self) -> Result<Inventory, SourceError>;
+
+    /// Reads blob bytes at `offset`; a short count only at the blob's end.
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// The store's current change token.
+    fn change_token(&self) -> io::Result<ChangeToken>;
+
+    fn meta(&self) -> StoreMeta;
+
+    /// Tag the image `id` as `tag`, moving an existing tag of that name.
+    fn tag(&self, _id: &str, _tag: &TagRef) -> Result<(), WriteError> {
+        Err(WriteError::NotSupported(format!(
+            "{}: tagging is not supported for {} sources yet",
+            self.describe(),
+            self.kind()
+        )))
+    }
+
+    /// Remove the tag `tag`.
+    fn untag(&self, _tag: &TagRef) -> Result<(), WriteError> {
+        Err(WriteError::NotSupported(format!(
+            "{}: untagging is not supported for {} sources yet",
+            self.describe(),
+            self.kind()
+        )))
+    }
+
+    /// Delete the untagged image `id`.
+    fn delete_image(&self, _id: &str) -> Result<(), WriteError> {
+        Err(WriteError::NotSupported(format!(
+            "{}: deleting images is not supported for {} sources yet",
+            self.describe(),
+            self.kind()
+        )))
+    }
+}
+
+/// Reads a whole blob, refusing ones larger than `limit` (indexes and manifests are
+/// small; a huge one is an attack or a corrupt store, not something to buffer).
+pub fn read_blob(source: &dyn Source, blob: &BlobLocation, limit: u64) -> io::Result<Vec<u8>> {
+    read_whole(blob.size(), limit, |off, buf| {
+        source.read_at(blob, off, buf)
+    })
+}
+
+/// Reads `size` bytes through `read_at`, at most `limit`.
+pub(crate) fn read_whole(
+    size: u64,
+    limit: u64,
+    read_at: impl Fn(u64, &mut [u8]) -> io::Result<usize>,
+) -> io::Result<Vec<u8>> {
+    if size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{size} bytes, more than the {limit} bytes allowed for it"),
+        ));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = read_at(done as u64, &mut buf[done..])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("ends after {done} of {size} bytes"),
+            ));
+        }
+        done += n;
+    }
+    Ok(buf)
+}
+
+/// A `Read` over one blob, for streaming hashes and parses of large configs.
+pub struct BlobReader<'a> {
+    source: &'a dyn Source,
+    blob: &'a BlobLocation,
+    pos: u64,
+}
+
+impl<'a> BlobReader<'a> {
+    pub fn new(source: &'a dyn Source, blob: &'a BlobLocation) -> BlobReader<'a> {
+        BlobReader {
+            source,
+            blob,
+            pos: 0,
+        }
+    }
+}
+
+impl io::Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.blob.size().saturating_sub(self.pos);
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
+        let n = self.source.read_at(self.blob, self.pos, &mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("blob ends after {} of {} bytes", self.pos, self.blob.size()),
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads from a file at `offset`, clamped to a blob of `size` bytes.
+pub(crate) fn pread_clamped(
+    file: &std::fs::File,
+    start: u64,
+    size: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    if offset >= size {
+        return Ok(0);
+    }
+    let want = buf
+        .len()
+        .min((size - offset).min(usize::MAX as u64) as usize);
+    file.read_at(&mut buf[..want], start + offset)
+}
+
+/// Opens a source from a command-line spec: `kind:path`, or a bare path whose kind is
+/// detected.
+pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    let (kind, path) = split_prefix(spec);
+    let path = PathBuf::from(path);
+    let kind = match kind {
+        Some(k) => k,
+        // an archive is indexed once, and its kind read from the index
+        None if path.is_file() => return archive::open_detected(&path),
+        None => detect(&path)?,
+    };
+    match kind {
+        SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(&path)?)),
+        SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path)?)),
+        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path)?)),
+        other => Err(SourceError::new(
+            path.display(),
+            format!(
+                "{other}: sources of this kind are not supported by this version of imagefs yet"
+            ),
+        )),
+    }
+}
+
+/// Splits a known transport prefix off `spec`. A path that merely contains a colon
+/// (`./a:b.tar`) keeps it.
+pub fn split_prefix(spec: &str) -> (Option<SourceKind>, &str) {
+    for kind in SourceKind::ALL {
+        if let Some(rest) = spec
+            .strip_prefix(kind.prefix())
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            return (Some(kind), rest);
+        }
+    }
+    (None, spec)
+}
+
+/// Guesses a store's kind from what is at `path`.
+pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
+    let meta = std::fs::metadata(path).map_err(|e| SourceError::new(path.display(), e))?;
+    if meta.is_dir() {
+        if path.join("oci-layout").is_file() || path.join("index.json").is_file() {
+            return Ok(SourceKind::Oci);
+        }
+        if ["vfs-images", "overlay-images", "btrfs-images", "zfs-images"]
+            .iter()
+            .any(|d| path.join(d).join("images.json").is_file())
+            || path.join("storage.lock").exists()
+        {
+            return Ok(SourceKind::ContainersStorage);
+        }
+        if path.join("image").is_dir() && path.join("containers").is_dir() {
+            return Ok(SourceKind::DockerRoot);
+        }
+        if path.join("io.containerd.metadata.v1.bolt").is_dir() {
+            return Ok(SourceKind::Containerd);
+        }
+        return Err(SourceError::new(
+            path.display(),
+            "directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
+        ));
+    }
+    if meta.is_file() {
+        return archive::detect_archive_kind(path);
+    }
+    Err(SourceError::new(
+        path.display(),
+        "neither a regular file nor a directory",
+    ))
+}

@@ -1,0 +1,277 @@
+//! The tar index: one pass over an archive's headers, seeking over member data, so that
+//! for an uncompressed archive layer bytes are never read. Members are then read by
+//! offset (pread) from the archive file.
+//!
+//! The index never fails as a whole: a truncated or corrupt archive yields the members
+//! found before the damage, and `problems` says what was wrong, so that the rest of the
+//! store can still be shown.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+
+/// Where one member's data lies in the (uncompressed) archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TarMember {
+    pub offset: u64,
+    pub size: u64,
+    pub kind: MemberKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberKind {
+    File,
+    Dir,
+    /// A symbolic link; the target is relative to the member's directory (podman's
+    /// `<v1id>/layer.tar -> ../<diffid>.tar`).
+    Symlink(String),
+    /// A hard link; the target is a member name from the archive root.
+    Hardlink(String),
+    Other,
+}
+
+#[derive(Debug, Default)]
+pub struct TarIndex {
+    members: HashMap<String, TarMember>,
+    /// Human-readable problems met while indexing, each naming the member.
+    pub problems: Vec<String>,
+}
+
+const MAX_LINK_DEPTH: usize = 8;
+
+impl TarIndex {
+    /// Walks the headers of `reader`, whose total length is `len`.
+    pub fn build<R: Read + Seek>(reader: R, len: u64) -> TarIndex {
+        let mut index = TarIndex::default();
+        let mut archive = tar::Archive::new(reader);
+        let entries = match archive.entries_with_seek() {
+            Ok(e) => e,
+            Err(e) => {
+                index.problems.push(format!("not a readable tar: {e}"));
+                return index;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    index.problems.push(format!(
+                        "tar is damaged after {} members ({e}); members after that point are not shown",
+                        index.members.len()
+                    ));
+                    break;
+                }
+            };
+            let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let Some(name) = normalize_member_name(&raw_name) else {
+                index.problems.push(format!(
+                    "member {raw_name:?} has an unsafe name (absolute, '..' or NUL): ignored"
+                ));
+                continue;
+            };
+            let offset = entry.raw_file_position();
+            let size = entry.size();
+            let header = entry.header();
+            let kind = match header.entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => MemberKind::File,
+                tar::EntryType::Directory => MemberKind::Dir,
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
+                    if header.entry_type() == tar::EntryType::Symlink {
+                        MemberKind::Symlink(target)
+                    } else {
+                        MemberKind::Hardlink(target)
+                    }
+                }
+                _ => MemberKind::Other,
+            };
+            if kind == MemberKind::File && offset.checked_add(size).is_none_or(|end| end > len) {
+                index.problems.push(format!(
+                    "member {name:?} is truncated: it needs bytes {offset}..{} but the archive ends at {len}",
+                    offset.saturating_add(size)
+                ));
+                break;
+            }
+            // A later member of the same name replaces an earlier one, as tar -x does.
+            index.members.insert(name, TarMember { offset, size, kind });
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
+    }
+
+    /// The member itself, links not followed.
+    pub fn get(&self, name: &str) -> Option<&TarMember> {
+        normalize_member_name(name).and_then(|n| self.members.get(&n))
+    }
+
+    /// The regular file `name` names, following symbolic and hard links inside the
+    /// archive. A link that leaves the archive root, loops, or ends nowhere gives
+    /// `None`: nothing outside the archive is ever read.
+    pub fn resolve(&self, name: &str) -> Option<(&str, &TarMember)> {
+        let mut current = normalize_member_name(name)?;
+        for _ in 0..MAX_LINK_DEPTH {
+            let (key, member) = self.members.get_key_value(&current)?;
+            match &member.kind {
+                MemberKind::File => return Some((key.as_str(), member)),
+                MemberKind::Symlink(target) => {
+                    let dir = match current.rfind('/') {
+                        Some(i) => &current[..i],
+                        None => "",
+                    };
+                    current = join_within_root(dir, target)?;
+                }
+                MemberKind::Hardlink(target) => current = normalize_member_name(target)?,
+                MemberKind::Dir | MemberKind::Other => return None,
+            }
+        }
+        None
+    }
+}
+
+/// `./a//b/` → `a/b`. `None` for names that are absolute, contain `..`, NUL, or are
+/// empty: such a member is never looked up or followed.
+pub fn normalize_member_name(name: &str) -> Option<String> {
+    if name.starts_with('/') || name.contains('\0') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// Joins a relative link target to a member directory, refusing to climb above the
+/// archive root.
+fn join_within_root(dir: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Builds a tar in memory: (name, contents) files and (name, target) symlinks.
+    pub(crate) fn tar_bytes(files: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o444);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        for (name, target) in symlinks {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn index(bytes: &[u8]) -> TarIndex {
+        TarIndex::build(Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    #[test]
+    fn finds_members_by_offset() {
+        let bytes = tar_bytes(
+            &[("./manifest.json", b"[]"), ("a/layer.tar", &[7u8; 1000])],
+            &[],
+        );
+        let idx = index(&bytes);
+        assert!(idx.problems.is_empty(), "{:?}", idx.problems);
+        let m = idx.get("manifest.json").unwrap();
+        assert_eq!(
+            &bytes[m.offset as usize..(m.offset + m.size) as usize],
+            b"[]"
+        );
+        assert_eq!(idx.get("a/layer.tar").unwrap().size, 1000);
+    }
+
+    #[test]
+    fn follows_podman_layer_symlinks_but_not_out_of_the_archive() {
+        let bytes = tar_bytes(
+            &[("abc.tar", b"layer")],
+            &[
+                ("v1/layer.tar", "../abc.tar"),
+                ("v1/escape", "../../etc/passwd"),
+                ("loop", "loop"),
+            ],
+        );
+        let idx = index(&bytes);
+        let (name, m) = idx.resolve("v1/layer.tar").unwrap();
+        assert_eq!((name, m.size), ("abc.tar", 5));
+        assert!(idx.resolve("v1/escape").is_none());
+        assert!(idx.resolve("loop").is_none());
+    }
+
+    #[test]
+    fn truncated_archive_keeps_what_came_before() {
+        let bytes = tar_bytes(&[("first.json", b"{}"), ("big", &[1u8; 5000])], &[]);
+        let cut = &bytes[..2048];
+        let idx = index(cut);
+        assert!(idx.get("first.json").is_some());
+        assert!(idx.get("big").is_none());
+        assert!(
+            idx.problems
+                .iter()
+                .any(|p| p.contains("truncated") || p.contains("damaged")),
+            "{:?}",
+            idx.problems
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_not_panicked_on() {
+        let idx = index(&[0xffu8; 4096]);
+        assert!(idx.is_empty());
+        assert!(!idx.problems.is_empty());
+    }
+
+    #[test]
+    fn unsafe_names_are_ignored() {
+        assert_eq!(normalize_member_name("./a//b/"), Some("a/b".into()));
+        assert_eq!(normalize_member_name("../x"), None);
+        assert_eq!(normalize_member_name("/etc/passwd"), None);
+        assert_eq!(normalize_member_name("a/../../b"), None);
+    }
+}
