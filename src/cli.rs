@@ -152,7 +152,9 @@ pub fn parse_sources(args: &[String]) -> Result<Vec<SourceSpec>, String> {
     for arg in args {
         // A path that exists as written is a path, even with '=' in it.
         let (label, spec) = match arg.split_once('=') {
-            Some((name, rest)) if !Path::new(arg).exists() && !name.contains(':') => {
+            Some((name, rest))
+                if !Path::new(arg).exists() && !name.contains(':') && !name.contains('/') =>
+            {
                 if !valid_label(name) {
                     return Err(format!("{arg:?}: {name:?} is not a usable label"));
                 }
@@ -250,6 +252,7 @@ mod tests {
         assert_eq!(v[1].label, "runtime");
         assert_eq!(v[2].label, "runtime-2");
         assert_eq!(v[2].spec, "oci:/z/runtime");
-        assert!(parse_sources(&s(&["../x=/a.tar"])).is_err());
+        assert_eq!(v[3].spec, "/nonexistent/a=b/c.tar");
+        assert!(parse_sources(&s(&["..=/a.tar"])).is_err());
     }
 }
