@@ -1,1 +1,381 @@
+//! The core, tested without a mount, on an in-memory source.
 
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+use crate::reference::{Parsed, TagRef};
+use crate::source::{
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
+};
+
+/// Blobs are addressed as `Member { offset: index, size }`.
+struct MemSource {
+    path: PathBuf,
+    blobs: Vec<Vec<u8>>,
+    records: Vec<ImageRecord>,
+}
+
+impl MemSource {
+    fn new() -> MemSource {
+        MemSource {
+            path: PathBuf::from("/mem"),
+            blobs: vec![],
+            records: vec![],
+        }
+    }
+
+    /// Adds a config; returns its location and digest.
+    fn blob(&mut self, bytes: &[u8]) -> (BlobLocation, String) {
+        self.blobs.push(bytes.to_vec());
+        let loc = BlobLocation::Member {
+            offset: (self.blobs.len() - 1) as u64,
+            size: bytes.len() as u64,
+        };
+        (
+            loc,
+            format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
+        )
+    }
+
+    fn image(&mut self, config: &[u8], tags: &[&str]) -> String {
+        let (loc, id) = self.blob(config);
+        self.records.push(ImageRecord {
+            claimed_id: id.clone(),
+            config: Some(loc),
+            config_name: format!("mem:{id}"),
+            tags: tags.iter().map(|t| tag(t)).collect(),
+            layers_size: Some(1234),
+            ..Default::default()
+        });
+        id
+    }
+}
+
+fn tag(s: &str) -> TagRef {
+    match crate::reference::parse(s) {
+        Ok(Parsed::Tag(t)) => t,
+        other => panic!("{s}: {other:?}"),
+    }
+}
+
+impl Source for MemSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::DockerArchive
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn scan(&self) -> Result<Inventory, SourceError> {
+        Ok(Inventory {
+            images: self.records.clone(),
+            problems: vec![],
+        })
+    }
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let BlobLocation::Member { offset: i, .. } = blob else {
+            return Err(io::Error::other("not mine"));
+        };
+        let b = &self.blobs[*i as usize];
+        let start = (offset as usize).min(b.len());
+        let n = buf.len().min(b.len() - start);
+        buf[..n].copy_from_slice(&b[start..start + n]);
+        Ok(n)
+    }
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        Ok(ChangeToken("0".into()))
+    }
+    fn meta(&self) -> StoreMeta {
+        StoreMeta {
+            uid: 7,
+            gid: 8,
+            mode: 0o644,
+            mtime: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+const WEB_V1: &[u8] =
+    br#"{"created":"2021-03-12T18:29:51.123456789Z","architecture":"amd64","os":"linux","v":1}"#;
+const WEB_V2: &[u8] =
+    br#"{"created":"2022-01-01T00:00:00Z","architecture":"arm64","os":"linux","variant":"v8"}"#;
+const API: &[u8] =
+    br#"{"created":"2023-05-05T05:05:05+02:00","architecture":"amd64","os":"linux"}"#;
+
+fn mount(sources: Vec<(&str, MemSource)>) -> ImageFs {
+    let stores = sources
+        .into_iter()
+        .map(|(label, s)| Store {
+            label: label.into(),
+            source: Box::new(s),
+        })
+        .collect();
+    ImageFs::new(stores, ConfigCache::new(1 << 20), FsOptions::default()).unwrap()
+}
+
+/// Walks a path from the root.
+fn resolve(fs: &ImageFs, path: &str) -> FsResult<Attr> {
+    let mut attr = fs.getattr(ROOT_INO)?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        attr = fs.lookup(attr.ino, OsStr::new(part))?;
+    }
+    Ok(attr)
+}
+
+fn names(fs: &ImageFs, path: &str) -> Vec<String> {
+    let ino = resolve(fs, path).unwrap().ino;
+    let mut out = vec![];
+    fs.readdir(ino, 0, |e| {
+        out.push(e.name.to_string());
+        false
+    })
+    .unwrap();
+    out
+}
+
+fn sample() -> (ImageFs, String, String, String) {
+    let mut s = MemSource::new();
+    let v1 = s.image(WEB_V1, &[]);
+    let v2 = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
+    let api = s.image(
+        API,
+        &[
+            "localhost/whoami/api:1.0",
+            "localhost/whoami/api:latest",
+            "busybox",
+        ],
+    );
+    // a tag whose config is missing
+    s.records.push(ImageRecord {
+        claimed_id: format!("sha256:{}", "e".repeat(64)),
+        config: None,
+        config_name: "mem:missing".into(),
+        tags: vec![tag("quay.io/app/broken:v1")],
+        ..Default::default()
+    });
+    (mount(vec![("only", s)]), v1, v2, api)
+}
+
+#[test]
+fn by_id_files_hold_the_config_and_hash_to_their_name() {
+    let (fs, v1, _, _) = sample();
+    let attr = resolve(&fs, &format!("by-id/{v1}")).unwrap();
+    assert_eq!(attr.kind, FileKind::File);
+    assert_eq!(attr.size, WEB_V1.len() as u64);
+    let bytes = fs.read(attr.ino, 0, 1 << 16).unwrap();
+    assert_eq!(bytes, WEB_V1);
+    assert_eq!(
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        v1
+    );
+    // reads at an offset and past the end
+    assert_eq!(fs.read(attr.ino, 2, 7).unwrap(), &WEB_V1[2..9]);
+    assert!(fs.read(attr.ino, 10_000, 10).unwrap().is_empty());
+}
+
+#[test]
+fn tags_are_hard_links_and_nlink_counts_names() {
+    let (fs, v1, v2, api) = sample();
+    let a = resolve(&fs, &format!("by-id/{api}")).unwrap();
+    let t1 = resolve(&fs, "by-tag/localhost/whoami/api:1.0").unwrap();
+    let t2 = resolve(&fs, "by-tag/docker.io/library/busybox:latest").unwrap();
+    assert_eq!(a, t1);
+    assert_eq!(a, t2);
+    assert_eq!(a.nlink, 4);
+    assert_eq!(resolve(&fs, &format!("by-id/{v2}")).unwrap().nlink, 2);
+    // the untagged image: only its by-id name
+    assert_eq!(resolve(&fs, &format!("by-id/{v1}")).unwrap().nlink, 1);
+}
+
+#[test]
+fn dangling_tag_is_a_relative_symlink_into_by_id() {
+    let (fs, ..) = sample();
+    let l = resolve(&fs, "by-tag/quay.io/app/broken:v1").unwrap();
+    assert_eq!(l.kind, FileKind::Symlink);
+    let target = String::from_utf8(fs.readlink(l.ino).unwrap()).unwrap();
+    assert_eq!(target, format!("../../../by-id/sha256:{}", "e".repeat(64)));
+    // and it does not resolve
+    assert_eq!(
+        resolve(&fs, &format!("by-id/sha256:{}", "e".repeat(64))),
+        Err(Errno::ENOENT)
+    );
+}
+
+#[test]
+fn directories_list_dots_and_children_in_order() {
+    let (fs, ..) = sample();
+    assert_eq!(names(&fs, ""), [".", "..", "by-id", "by-tag"]);
+    assert_eq!(
+        names(&fs, "by-tag"),
+        [".", "..", "docker.io", "localhost", "quay.io"]
+    );
+    assert_eq!(
+        names(&fs, "by-tag/localhost/whoami"),
+        [".", "..", "api:1.0", "api:latest", "web:latest"]
+    );
+    // resuming at an offset continues after it
+    let ino = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    let mut rest = vec![];
+    fs.readdir(ino, 3, |e| {
+        rest.push(e.name.to_string());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest, ["api:latest", "web:latest"]);
+    // a full buffer stops the listing
+    let mut one = vec![];
+    fs.readdir(ino, 0, |e| {
+        one.push(e.name.to_string());
+        true
+    })
+    .unwrap();
+    assert_eq!(one.len(), 1);
+    // nlink of a directory: 2 + subdirectories
+    assert_eq!(resolve(&fs, "by-tag").unwrap().nlink, 5);
+}
+
+#[test]
+fn attributes_follow_the_config_and_the_store() {
+    let (fs, v1, _, api) = sample();
+    let a = resolve(&fs, &format!("by-id/{v1}")).unwrap();
+    assert_eq!(
+        a.mtime,
+        SystemTime::UNIX_EPOCH + std::time::Duration::new(1615573791, 123456789)
+    );
+    assert_eq!((a.uid, a.gid, a.perm), (7, 8, 0o444));
+    // an offset in `created` is honoured
+    let b = resolve(&fs, &format!("by-id/{api}")).unwrap();
+    assert_eq!(
+        b.mtime,
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1683255905)
+    );
+    let d = resolve(&fs, "by-tag").unwrap();
+    assert_eq!(d.perm, 0o555);
+}
+
+#[test]
+fn xattrs_answer_like_a_table_would() {
+    let (fs, _, v2, api) = sample();
+    let ino = resolve(&fs, &format!("by-id/{api}")).unwrap().ino;
+    let get = |n: &str| {
+        fs.getxattr(ino, OsStr::new(n))
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    assert_eq!(
+        get("user.image.tags").unwrap(),
+        "docker.io/library/busybox:latest,localhost/whoami/api:1.0,localhost/whoami/api:latest"
+    );
+    assert_eq!(get("user.image.architecture").unwrap(), "amd64");
+    assert_eq!(get("user.image.size").unwrap(), "1234");
+    assert_eq!(get("user.image.source").unwrap(), "docker-archive:/mem");
+    assert_eq!(
+        get("user.image.created").unwrap(),
+        "2023-05-05T05:05:05+02:00"
+    );
+    assert_eq!(get("security.selinux"), Err(Errno::ENODATA));
+    assert_eq!(get("user.image.digest"), Err(Errno::ENODATA));
+    let v2ino = resolve(&fs, &format!("by-id/{v2}")).unwrap().ino;
+    assert_eq!(
+        fs.getxattr(v2ino, OsStr::new("user.image.variant"))
+            .unwrap(),
+        b"v8"
+    );
+    let list = fs.listxattr(ino).unwrap();
+    assert!(list.ends_with(b"\0"));
+    assert!(list.split(|&b| b == 0).any(|n| n == b"user.image.os"));
+    // the size protocol
+    let value = b"abc".to_vec();
+    assert_eq!(xattr_reply(value.clone(), 0), Ok(XattrReply::Size(3)));
+    assert_eq!(xattr_reply(value.clone(), 2), Err(Errno::ERANGE));
+    assert_eq!(xattr_reply(value.clone(), 3), Ok(XattrReply::Data(value)));
+}
+
+#[test]
+fn a_config_that_does_not_match_its_digest_is_not_that_image() {
+    let mut s = MemSource::new();
+    let (loc, _) = s.blob(br#"{"tampered":true}"#);
+    let claimed = format!("sha256:{}", "a".repeat(64));
+    s.records.push(ImageRecord {
+        claimed_id: claimed.clone(),
+        config: Some(loc),
+        config_name: "mem:tampered.json".into(),
+        tags: vec![tag("localhost/evil:1")],
+        ..Default::default()
+    });
+    let good = s.image(API, &["localhost/good:1"]);
+    let fs = mount(vec![("s", s)]);
+    assert_eq!(names(&fs, "by-id"), [".", "..", good.as_str()]);
+    let l = resolve(&fs, "by-tag/localhost/evil:1").unwrap();
+    assert_eq!(l.kind, FileKind::Symlink);
+    let cat = fs.catalog(0).unwrap();
+    assert!(
+        cat.problems
+            .iter()
+            .any(|p| p.contains("mem:tampered.json") && p.contains("not to")),
+        "{:?}",
+        cat.problems
+    );
+}
+
+#[test]
+fn several_stores_are_self_contained_directories() {
+    let mut a = MemSource::new();
+    let id = a.image(API, &["localhost/app:1"]);
+    let mut b = MemSource::new();
+    b.image(API, &["localhost/app:1", "localhost/app:2"]);
+    let fs = mount(vec![("cache", a), ("runtime", b)]);
+    assert_eq!(names(&fs, ""), [".", "..", "cache", "runtime"]);
+    let ca = resolve(&fs, &format!("cache/by-id/{id}")).unwrap();
+    let rb = resolve(&fs, &format!("runtime/by-id/{id}")).unwrap();
+    // the same image in two stores: two inodes, each counting its own store's names
+    assert_ne!(ca.ino, rb.ino);
+    assert_eq!((ca.nlink, rb.nlink), (2, 3));
+    assert_eq!(
+        fs.getxattr(
+            resolve(&fs, "cache").unwrap().ino,
+            OsStr::new("user.image.source")
+        )
+        .unwrap(),
+        b"docker-archive:/mem"
+    );
+}
+
+#[test]
+fn writes_are_refused_with_erofs() {
+    let (fs, v1, ..) = sample();
+    let by_tag = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    let img = resolve(&fs, &format!("by-id/{v1}")).unwrap().ino;
+    assert_eq!(
+        fs.unlink(by_tag, OsStr::new("web:latest")),
+        Err(Errno::EROFS)
+    );
+    assert_eq!(fs.unlink(by_tag, OsStr::new("nope")), Err(Errno::ENOENT));
+    assert_eq!(fs.link(img, by_tag, OsStr::new("x:1")), Err(Errno::EROFS));
+    assert_eq!(
+        fs.rename(
+            by_tag,
+            OsStr::new("web:latest"),
+            by_tag,
+            OsStr::new("web:old")
+        ),
+        Err(Errno::EROFS)
+    );
+    assert_eq!(fs.open(img, true), Err(Errno::EROFS));
+    assert_eq!(fs.open(img, false), Ok(()));
+    assert_eq!(fs.rmdir(ROOT_INO, OsStr::new("by-tag")), Err(Errno::EROFS));
+}
+
+#[test]
+fn unknown_inodes_and_names_are_enoent() {
+    let (fs, ..) = sample();
+    assert_eq!(fs.getattr(9999), Err(Errno::ENOENT));
+    assert_eq!(fs.lookup(ROOT_INO, OsStr::new("..x")), Err(Errno::ENOENT));
+    let file = resolve(&fs, "by-tag/localhost/whoami/web:latest")
+        .unwrap()
+        .ino;
+    assert_eq!(fs.lookup(file, OsStr::new("x")), Err(Errno::ENOTDIR));
+    assert_eq!(fs.readlink(file), Err(Errno::EINVAL));
+}
