@@ -377,3 +377,6 @@ pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
         "neither a regular file nor a directory",
     ))
 }
+
+#[cfg(test)]
+mod tests;
