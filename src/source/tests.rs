@@ -78,7 +78,7 @@ fn docker_25_layout_gives_tags_and_manifest_digests() {
     let r = &inv.images[0];
     assert_eq!(r.claimed_id, cfg);
     assert_eq!(tags(r), ["docker.io/library/busybox:latest"]);
-    assert_eq!(r.manifest_digests, [mdigest.clone()]);
+    assert_eq!(r.manifest_digests, vec![mdigest]);
     assert_eq!(r.layers_size, Some(layer.len() as u64));
     assert_eq!(
         read_blob(src.as_ref(), r.config.as_ref().unwrap(), 1 << 20).unwrap(),
