@@ -7,7 +7,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{BlobLocation, ChangeToken, Source, SourceError, SourceKind, StoreMeta, pread_clamped};
 use crate::tar_index::{MemberKind, TarIndex};
@@ -74,9 +74,6 @@ impl TarArchive {
                 .cloned()
                 .unwrap_or_else(|| "empty archive".into());
             return Err(fail(&format!("not a tar archive: {why}")));
-        }
-        for p in &index.problems {
-            warn!(archive = %path.display(), "{p}");
         }
         Ok(TarArchive {
             path: path.to_path_buf(),

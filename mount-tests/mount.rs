@@ -1,0 +1,752 @@
+//! Mount tests: imagefs mounted for real, driven with the tools a user would use
+//! (`ls`, `stat`, `find`, `sha256sum`, `diff`, `getfattr`, `rm`, `ln`, `mv`), on
+//! fixtures that buildah, podman and skopeo make at test time (mount-tests/
+//! make-fixtures.sh). What podman and skopeo report for the same images is the truth
+//! the mount is compared with.
+//!
+//! Needs root and /dev/fuse, and the tools that .ci/run installs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imagefs");
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/mount-tests");
+
+// ---------------------------------------------------------------------------------
+// fixtures
+
+struct Fixtures {
+    dir: PathBuf,
+    ids: BTreeMap<String, String>,
+}
+
+impl Fixtures {
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+    fn id(&self, name: &str) -> &str {
+        &self.ids[name]
+    }
+}
+
+/// Made once per test run (anew each run), under cargo's scratch directory for
+/// integration tests.
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+        let out = Command::new("bash")
+            .arg(format!("{SCRIPTS}/make-fixtures.sh"))
+            .arg(&dir)
+            .output()
+            .expect("run make-fixtures.sh");
+        assert!(
+            out.status.success(),
+            "make-fixtures.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ids = std::fs::read_to_string(dir.join("ids.env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Fixtures { dir, ids }
+    })
+}
+
+fn mangle(case: &str, input: &str, out: &Path, arg: Option<&str>) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!("{SCRIPTS}/mangle.py"))
+        .arg(case)
+        .arg(input)
+        .arg(out);
+    if let Some(a) = arg {
+        cmd.arg(a);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "mangle {case}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------
+// running things
+
+fn sh(cmd: &str) -> Output {
+    Command::new("bash").arg("-c").arg(cmd).output().unwrap()
+}
+
+/// Runs a shell command that must succeed; returns its stdout.
+fn ok(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn lines(s: &str) -> BTreeSet<String> {
+    s.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mp.as_str()))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A foreground imagefs mount, stopped by PID (SIGTERM) and unmounted when dropped,
+/// also when the test fails.
+struct Mount {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn new(args: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let mp = dir.path().join("mnt");
+        std::fs::create_dir(&mp).unwrap();
+        let log = dir.path().join("imagefs.log");
+        let child = Command::new(BIN)
+            .arg("-f")
+            .args(args)
+            .arg(&mp)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            dir,
+            child: Some(child),
+            log,
+        };
+        let mp2 = mp.clone();
+        let start = Instant::now();
+        while !is_mounted(&mp2) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("imagefs exited ({st}) before mounting: {}", m.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "mount timed out: {}",
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn mp(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// `path` below the mount point, as a shell word.
+    fn p(&self, rel: &str) -> String {
+        format!("'{}/{}'", self.mp().display(), rel)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        if is_mounted(&self.mp()) {
+            let _ = sh(&format!("umount -l '{}'", self.mp().display()));
+        }
+    }
+}
+
+/// (tag path under by-tag → image ID), from the mount: regular files by their inode's
+/// by-id name.
+fn tags_of(m: &Mount, root: &str) -> BTreeMap<String, String> {
+    let ids: BTreeMap<String, String> = ok(&format!(
+        "cd {} && find . -type f -printf '%i %P\\n'",
+        m.p(&format!("{root}by-id"))
+    ))
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(i, n)| (i.to_string(), n.to_string()))
+    .collect();
+    ok(&format!(
+        "cd {} && find . -type f -printf '%i %P\\n'",
+        m.p(&format!("{root}by-tag"))
+    ))
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(ino, path)| (path.to_string(), ids.get(ino).cloned().unwrap_or_default()))
+    .collect()
+}
+
+fn podman_json(cmd: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(cmd)).unwrap()
+}
+
+/// A private podman for the truth of what an archive holds.
+fn podman(store: &Path) -> String {
+    format!(
+        "podman --root {0}/root --runroot {0}/run --storage-driver vfs --cgroup-manager cgroupfs --events-backend none",
+        store.display()
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// docker-archive
+
+#[test]
+fn docker_archive_ids_and_tags_equal_what_podman_loads() {
+    let f = fixtures();
+    let m = Mount::new(&[&f.path("sample.tar")]);
+
+    // sha256sum of every by-id file equals its name
+    let sums = ok(&format!("cd {} && sha256sum *", m.p("by-id")));
+    let mut ids = BTreeSet::new();
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
+        ids.insert(name.to_string());
+    }
+    let expected: BTreeSet<String> = ["WEB_V1", "WEB_V2", "API", "BUSYBOX"]
+        .iter()
+        .map(|k| f.id(k).to_string())
+        .collect();
+    assert_eq!(ids, expected);
+
+    // podman load of the same archive into an empty store is the truth
+    let store = tempfile::tempdir().unwrap();
+    let pm = podman(store.path());
+    ok(&format!("{pm} load -q -i {}", f.path("sample.tar")));
+    let loaded = podman_json(&format!("{pm} images --no-trunc --format json"));
+    let mut podman_tags = BTreeMap::new();
+    let mut podman_ids = BTreeSet::new();
+    for img in loaded.as_array().unwrap() {
+        let id = format!("sha256:{}", img["Id"].as_str().unwrap());
+        podman_ids.insert(id.clone());
+        for name in img["Names"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            let (repo, tag) = name.rsplit_once(':').unwrap();
+            podman_tags.insert(format!("{repo}:{tag}"), id.clone());
+        }
+    }
+    assert_eq!(ids, podman_ids, "by-id differs from podman's image IDs");
+    let mount_tags = tags_of(&m, "");
+    assert_eq!(
+        mount_tags, podman_tags,
+        "by-tag differs from podman's names"
+    );
+
+    // the shapes the README promises
+    let api = ok(&format!(
+        "ls -i {} {}",
+        m.p("by-tag/localhost/whoami/api:1.0"),
+        m.p("by-tag/localhost/whoami/api:latest")
+    ));
+    let inodes: BTreeSet<&str> = api.split_whitespace().step_by(2).collect();
+    assert_eq!(
+        inodes.len(),
+        1,
+        "api:1.0 and api:latest must be one inode: {api}"
+    );
+    let untagged = ok(&format!(
+        "cd {} && find . -links 1 -printf '%P\\n'",
+        m.p("by-id")
+    ));
+    assert_eq!(
+        lines(&untagged),
+        lines(f.id("WEB_V1")),
+        "the old web:latest is the untagged one"
+    );
+    let same = ok(&format!(
+        "find {} -samefile {} -printf '%P\\n'",
+        m.p("by-tag"),
+        m.p(&format!("by-id/{}", f.id("BUSYBOX")))
+    ));
+    assert_eq!(
+        lines(&same),
+        lines(
+            "docker.io/library/busybox:latest\nlocalhost:5000/mirror/busybox:stable\nquay.io/app/tool:v1"
+        )
+    );
+    let dups = ok(&format!(
+        "cd {} && find . -links +2 -printf '%P\\n'",
+        m.p("by-id")
+    ));
+    assert_eq!(
+        lines(&dups),
+        lines(&format!("{}\n{}", f.id("API"), f.id("BUSYBOX")))
+    );
+    assert_eq!(ok(&format!("find {} -xtype l", m.p("by-tag"))), "");
+}
+
+#[test]
+fn stat_shows_created_time_true_size_and_read_only_modes() {
+    let f = fixtures();
+    let m = Mount::new(&[&f.path("sample.tar")]);
+    let web = m.p("by-tag/localhost/whoami/web:latest");
+    let config: serde_json::Value = serde_json::from_str(&ok(&format!("cat {web}"))).unwrap();
+    let created = config["created"].as_str().unwrap();
+    let stat = ok(&format!("stat -c '%Y %s %A %h %F' {web}"));
+    let want_secs = ok(&format!("date -d '{created}' +%s"));
+    let size = ok(&format!("wc -c < {web}"));
+    assert_eq!(
+        stat.trim(),
+        format!(
+            "{} {} -r--r--r-- 2 regular file",
+            want_secs.trim(),
+            size.trim()
+        )
+    );
+    let dir = ok(&format!("stat -c '%A %F' {}", m.p("by-tag/localhost")));
+    assert_eq!(dir.trim(), "dr-xr-xr-x directory");
+    // ls -l of by-id lists every image, one regular file each
+    let ls = ok(&format!("ls -l {}", m.p("by-id")));
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("-r--r--r--")).count(),
+        4
+    );
+}
+
+#[test]
+fn getfattr_shows_what_a_table_would() {
+    let f = fixtures();
+    let m = Mount::new(&[&f.path("sample.tar")]);
+    let out = ok(&format!(
+        "getfattr -d --absolute-names {}",
+        m.p("by-tag/localhost/whoami/api:latest")
+    ));
+    for want in [
+        "user.image.tags=\"localhost/whoami/api:1.0,localhost/whoami/api:latest\"",
+        "user.image.architecture=\"amd64\"",
+        "user.image.os=\"linux\"",
+        &format!(
+            "user.image.source=\"docker-archive:{}\"",
+            f.path("sample.tar")
+        ),
+    ] {
+        assert!(out.contains(want), "missing {want} in:\n{out}");
+    }
+    // the layers' size: what the archive holds for this image's two layers
+    let size = ok(&format!(
+        "getfattr --only-values -n user.image.size {}",
+        m.p("by-tag/localhost/whoami/api:latest")
+    ));
+    assert!(size.parse::<u64>().unwrap() > 0);
+    // unknown names: "No such attribute", not "Operation not supported"
+    let o = sh(&format!(
+        "getfattr -n user.nonexistent {}",
+        m.p("by-tag/localhost/whoami/api:latest")
+    ));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("No such attribute"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn compressed_archives_mount_like_the_plain_one() {
+    let f = fixtures();
+    let m = Mount::new(&[
+        &format!("plain={}", f.path("sample.tar")),
+        &format!("gz={}", f.path("sample.tar.gz")),
+        &format!("zst={}", f.path("sample.tar.zst")),
+    ]);
+    assert_eq!(
+        lines(&ok(&format!("ls {}", m.p("")))),
+        lines("gz\nplain\nzst")
+    );
+    ok(&format!("diff -r {} {}", m.p("plain"), m.p("gz")));
+    ok(&format!("diff -r {} {}", m.p("plain"), m.p("zst")));
+    assert_eq!(tags_of(&m, "gz/"), tags_of(&m, "plain/"));
+}
+
+// ---------------------------------------------------------------------------------
+// OCI
+
+/// The config digest skopeo resolves for `transport:ref` (host platform for indexes).
+fn skopeo_id(image: &str) -> String {
+    let cfg = ok(&format!(
+        "skopeo inspect --raw --config {image} | sha256sum"
+    ));
+    format!("sha256:{}", cfg.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn oci_layout_ids_and_tags_equal_what_skopeo_reads() {
+    let f = fixtures();
+    let layout = f.path("layout");
+    let m = Mount::new(&[&layout]);
+    let mut want = BTreeMap::new();
+    for (ref_name, path) in [
+        ("localhost/whoami/api:1.0", "localhost/whoami/api:1.0"),
+        ("localhost/whoami/api:latest", "localhost/whoami/api:latest"),
+        ("localhost/whoami/web:latest", "localhost/whoami/web:latest"),
+        // a bare tag (the OCI spec's form) belongs to the layout's own name
+        ("stable", "localhost/layout:stable"),
+    ] {
+        want.insert(
+            path.to_string(),
+            skopeo_id(&format!("oci:{layout}:{ref_name}")),
+        );
+    }
+    assert_eq!(tags_of(&m, ""), want);
+    let ids: BTreeSet<String> = want.values().cloned().collect();
+    assert_eq!(lines(&ok(&format!("ls {}", m.p("by-id")))), ids);
+    let sums = ok(&format!("cd {} && sha256sum *", m.p("by-id")));
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
+    }
+    // manifest digests as skopeo sees them
+    let digest = ok(&format!(
+        "getfattr --only-values -n user.image.digest {}",
+        m.p("by-tag/localhost/whoami/web:latest")
+    ));
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&format!(
+        "skopeo inspect oci:{layout}:localhost/whoami/web:latest"
+    )))
+    .unwrap();
+    assert_eq!(digest, inspect["Digest"].as_str().unwrap());
+}
+
+#[test]
+fn multi_platform_index_shows_the_host_platform_and_lists_the_others() {
+    let f = fixtures();
+    let multi = f.path("multi");
+    let m = Mount::new(&[&multi]);
+    let want = skopeo_id(&format!("oci:{multi}:localhost/whoami/multi:latest"));
+    assert_eq!(ok(&format!("ls {}", m.p("by-id"))).trim(), want);
+    let t = m.p("by-tag/localhost/whoami/multi:latest");
+    assert_eq!(
+        ok(&format!(
+            "getfattr --only-values -n user.image.platforms {t}"
+        )),
+        "linux/arm64/v8"
+    );
+    assert_eq!(
+        ok(&format!(
+            "getfattr --only-values -n user.image.architecture {t}"
+        )),
+        "amd64"
+    );
+    // the arm64 image is the other one buildah made: not shown, only listed
+    assert_ne!(want, f.id("API_ARM64"));
+}
+
+#[test]
+fn oci_archive_mounts_in_place() {
+    let f = fixtures();
+    let arch = f.path("web.oci.tar");
+    let m = Mount::new(&[&format!("oci-archive:{arch}")]);
+    let want = skopeo_id(&format!("oci-archive:{arch}"));
+    let tags = tags_of(&m, "");
+    assert_eq!(
+        tags,
+        BTreeMap::from([("localhost/whoami/web:latest".to_string(), want)])
+    );
+}
+
+#[test]
+fn two_stores_compare_with_diff_and_comm() {
+    let f = fixtures();
+    let m = Mount::new(&[
+        &format!("cache={}", f.path("sample.tar")),
+        &format!("runtime={}", f.path("layout")),
+    ]);
+    // skopeo's docker→OCI conversion rewrote the configs: same tags, different images
+    let o = sh(&format!(
+        "diff -rq {} {}",
+        m.p("cache/by-tag"),
+        m.p("runtime/by-tag")
+    ));
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("web:latest") && out.contains("differ"),
+        "{out}"
+    );
+    assert!(out.contains("Only in") && out.contains("quay.io"), "{out}");
+    let missing = ok(&format!(
+        "comm -23 <(ls {}) <(ls {})",
+        m.p("cache/by-id"),
+        m.p("runtime/by-id")
+    ));
+    assert_eq!(lines(&missing).len(), 4, "{missing}");
+    // link counts stay per store
+    let api_cache = ok(&format!(
+        "stat -c %h {}",
+        m.p("cache/by-tag/localhost/whoami/api:1.0")
+    ));
+    assert_eq!(api_cache.trim(), "3");
+}
+
+// ---------------------------------------------------------------------------------
+// bad input
+
+#[test]
+fn missing_config_makes_a_dangling_tag_and_the_rest_is_shown() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("missing.tar");
+    let v2 = f.id("WEB_V2");
+    let member = format!("{}.json", v2.trim_start_matches("sha256:"));
+    mangle("drop-member", &f.path("sample.tar"), &out, Some(&member));
+    let m = Mount::new(&[out.to_str().unwrap()]);
+    let dangling = ok(&format!(
+        "cd {} && find . -xtype l -printf '%P\\n'",
+        m.p("by-tag")
+    ));
+    assert_eq!(dangling.trim(), "localhost/whoami/web:latest");
+    let target = ok(&format!(
+        "readlink {}",
+        m.p("by-tag/localhost/whoami/web:latest")
+    ));
+    assert_eq!(target.trim(), format!("../../../by-id/{v2}"));
+    assert_eq!(lines(&ok(&format!("ls {}", m.p("by-id")))).len(), 3);
+    let log = m.log();
+    assert!(
+        log.contains("missing.tar") && log.contains("dangling"),
+        "{log}"
+    );
+}
+
+#[test]
+fn digest_mismatch_is_reported_and_not_shown_as_that_image() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tampered.tar");
+    let api = f.id("API");
+    let member = format!("{}.json", api.trim_start_matches("sha256:"));
+    mangle("tamper-member", &f.path("sample.tar"), &out, Some(&member));
+    let m = Mount::new(&[out.to_str().unwrap()]);
+    assert!(!ok(&format!("ls {}", m.p("by-id"))).contains(api));
+    let dangling = ok(&format!(
+        "cd {} && find . -xtype l -printf '%P\\n'",
+        m.p("by-tag")
+    ));
+    assert_eq!(
+        lines(&dangling),
+        lines("localhost/whoami/api:1.0\nlocalhost/whoami/api:latest")
+    );
+    let log = m.log();
+    assert!(
+        log.contains(&format!("tampered.tar:{member}")) && log.contains("hashes to"),
+        "{log}"
+    );
+}
+
+#[test]
+fn unsafe_member_names_are_ignored_with_a_warning() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("unsafe.tar");
+    mangle("unsafe-names", &f.path("sample.tar"), &out, None);
+    let m = Mount::new(&[out.to_str().unwrap()]);
+    assert_eq!(lines(&ok(&format!("ls {}", m.p("by-id")))).len(), 4);
+    let log = m.log();
+    assert!(
+        log.contains("\"../escape\"") && log.contains("unsafe name"),
+        "{log}"
+    );
+    assert!(log.contains("/etc/imagefs-abs"), "{log}");
+}
+
+#[test]
+fn unreadable_archives_fail_before_daemonizing_with_the_reason() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    for case in ["truncate", "corrupt-manifest"] {
+        let out = dir.path().join(format!("{case}.tar"));
+        mangle(case, &f.path("sample.tar"), &out, None);
+        // no -f: the parent must exit non-zero with the reason, nothing mounted
+        let o = Command::new(BIN).arg(&out).arg(&mp).output().unwrap();
+        assert!(!o.status.success(), "{case}: mounted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{case}.tar")) && err.contains("manifest.json"),
+            "{case}: {err}"
+        );
+        assert!(!is_mounted(&mp));
+    }
+    let o = Command::new(BIN)
+        .arg("/nonexistent/x.tar")
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/x.tar"));
+}
+
+#[test]
+fn a_100_mib_config_is_served_whole_and_hashes_to_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("big.tar");
+    let id = mangle("big-config", "-", &out, Some("100"));
+    let m = Mount::new(&["-o", "cache_size=8M", out.to_str().unwrap()]);
+    let f = m.p(&format!("by-id/{id}"));
+    let size = ok(&format!("stat -c %s {f}"));
+    assert!(size.trim().parse::<u64>().unwrap() > 100 << 20);
+    let sum = ok(&format!("sha256sum < {}", m.p("by-tag/localhost/big:1")));
+    assert_eq!(
+        format!("sha256:{}", sum.split_whitespace().next().unwrap()),
+        id
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// command line and lifecycle
+
+#[test]
+fn writes_are_refused_read_only() {
+    let f = fixtures();
+    let m = Mount::new(&["-o", "ro", &f.path("sample.tar")]);
+    let web = m.p("by-tag/localhost/whoami/web:latest");
+    for cmd in [
+        format!("rm {web}"),
+        format!(
+            "ln {} {}",
+            m.p(&format!("by-id/{}", f.id("WEB_V1"))),
+            m.p("by-tag/localhost/whoami/web:old")
+        ),
+        format!("mv {web} {}", m.p("by-tag/localhost/whoami/web:new")),
+        format!("touch {}", m.p("by-tag/localhost/new")),
+        format!("echo x >> {web}"),
+    ] {
+        let o = sh(&cmd);
+        assert!(!o.status.success(), "{cmd} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("Read-only file system"), "{cmd}: {err}");
+    }
+    assert_eq!(tags_of(&m, "").len(), 6, "nothing changed");
+}
+
+#[test]
+fn daemon_mode_returns_once_mounted_and_exits_on_umount() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let o = Command::new(BIN)
+        .arg(f.path("sample.tar"))
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // up as soon as the command returns
+    let ids = std::fs::read_dir(mp.join("by-id")).map(|d| d.count());
+    let mp_s = mp.display().to_string();
+    let daemon_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&mp_s))
+                .unwrap_or(false)
+        })
+    };
+    let running = daemon_running();
+    let _ = sh(&format!("umount '{mp_s}'"));
+    assert_eq!(ids.ok(), Some(4));
+    assert!(running, "no daemon process serves the mount");
+    wait_for("the daemon to exit after umount", || !daemon_running());
+    assert!(!is_mounted(&mp));
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let f = fixtures();
+    let mut m = Mount::new(&[&f.path("sample.tar")]);
+    assert!(is_mounted(&m.mp()));
+    let st = m.stop();
+    assert!(st.success(), "exit status {st}: {}", m.log());
+    assert!(!is_mounted(&m.mp()), "still mounted after SIGTERM");
+    // and the mount point is a plain empty directory again
+    assert_eq!(std::fs::read_dir(m.mp()).unwrap().count(), 0);
+}
+
+#[test]
+fn no_source_and_nothing_readable_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no SOURCE given"), "{err}");
+    assert!(!is_mounted(dir.path()));
+}
+
+#[test]
+fn bad_options_and_mountpoints_are_refused() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["-o", "bogus"])
+        .arg(f.path("sample.tar"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bogus"));
+    let o = Command::new(BIN)
+        .arg(f.path("sample.tar"))
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+}
