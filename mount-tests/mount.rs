@@ -750,3 +750,64 @@ fn bad_options_and_mountpoints_are_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
 }
+
+#[test]
+fn the_shipped_samples_mount_as_the_readme_says() {
+    let dir = Path::new(SCRIPTS).join("fixtures");
+    let m = Mount::new(&[
+        &format!("cache={}", dir.join("sample.tar").display()),
+        &format!("runtime={}", dir.join("runtime.oci.tar").display()),
+    ]);
+    let sums = ok(&format!("cd {} && sha256sum *", m.p("cache/by-id")));
+    assert_eq!(sums.lines().count(), 4);
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
+    }
+    assert_eq!(
+        ok(&format!(
+            "cd {} && find . -links 1 | wc -l",
+            m.p("cache/by-id")
+        ))
+        .trim(),
+        "1"
+    );
+    let o = sh(&format!(
+        "diff -r {} {}",
+        m.p("cache/by-tag"),
+        m.p("runtime/by-tag")
+    ));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the runtime's web:latest is another image"
+    );
+}
+
+#[test]
+fn mount_fuse_form_works_as_in_fstab() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    // what `imagefs#SOURCE MOUNTPOINT fuse ro 0 0` in /etc/fstab runs (mount.fuse
+    // runs its helper with a clean PATH: the test names the binary by its path)
+    let o = sh(&format!(
+        "mount -t fuse '{BIN}#{}' '{}' -o ro,nodev,noauto",
+        f.path("sample.tar"),
+        mp.display()
+    ));
+    let listed = std::fs::read_dir(mp.join("by-id")).map(|d| d.count()).ok();
+    let ro = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.contains(&mp.display().to_string())
+                && l.split(' ').nth(5).is_some_and(|o| o.starts_with("ro"))
+        });
+    let _ = sh(&format!("umount '{}'", mp.display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(listed, Some(4));
+    assert!(ro, "mounted read-write");
+    wait_for("the daemon to let go", || !is_mounted(&mp));
+}
