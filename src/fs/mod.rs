@@ -291,31 +291,41 @@ impl ImageFs {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (store, image) = {
+        // Only the location is taken out of the lock: reads of large configs go to
+        // the source without holding it.
+        let (store, config) = {
             let state = self.state.read();
             let node = state.tree.get(ino).ok_or(Errno::ENOENT)?;
             match &node.kind {
                 NodeKind::Image { store, index, .. } => {
-                    (*store, image_at(&state, *store, *index)?.clone())
+                    (*store, image_at(&state, *store, *index)?.config.clone())
                 }
                 NodeKind::Dir { .. } => return Err(Errno::EISDIR),
                 NodeKind::Symlink { .. } => return Err(Errno::EINVAL),
             }
         };
-        let total = image.config_size();
+        let total = config.size();
         if offset >= total {
             return Ok(Vec::new());
         }
         let len = (size as u64).min(total - offset) as usize;
+        let start = offset as usize;
         let source = self.stores[store].source.as_ref();
-        let key = (store, image.config.clone());
+        let key = (store, config);
         if let Some(bytes) = self.cache.get(&key) {
-            return Ok(bytes[offset as usize..offset as usize + len].to_vec());
+            return bytes
+                .get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or(Errno::EIO);
         }
+        let config = &key.1;
         if total <= WHOLE_READ_LIMIT {
-            let bytes = crate::source::read_blob(source, &image.config, WHOLE_READ_LIMIT)
-                .map_err(|e| self.io_error(store, &image, e))?;
-            let out = bytes[offset as usize..offset as usize + len].to_vec();
+            let bytes = crate::source::read_blob(source, config, WHOLE_READ_LIMIT)
+                .map_err(|e| self.io_error(store, ino, e))?;
+            let out = bytes
+                .get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or(Errno::EIO)?;
             self.cache.insert(key, Arc::from(bytes));
             return Ok(out);
         }
@@ -323,8 +333,8 @@ impl ImageFs {
         let mut done = 0;
         while done < len {
             let n = source
-                .read_at(&image.config, offset + done as u64, &mut buf[done..])
-                .map_err(|e| self.io_error(store, &image, e))?;
+                .read_at(config, offset + done as u64, &mut buf[done..])
+                .map_err(|e| self.io_error(store, ino, e))?;
             if n == 0 {
                 break;
             }
@@ -334,8 +344,8 @@ impl ImageFs {
         Ok(buf)
     }
 
-    fn io_error(&self, store: usize, image: &Image, e: std::io::Error) -> Errno {
-        warn!(store = %self.stores[store].source.describe(), image = %image.id, "cannot read config: {e}");
+    fn io_error(&self, store: usize, ino: u64, e: std::io::Error) -> Errno {
+        warn!(store = %self.stores[store].source.describe(), ino, "cannot read config: {e}");
         Errno::EIO
     }
 

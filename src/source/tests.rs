@@ -208,3 +208,44 @@ fn a_blob_symlinked_out_of_the_layout_is_not_read() {
     let err = layout.blob(&cfg).unwrap_err();
     assert!(err.contains("outside the layout"), "{err}");
 }
+
+/// What Docker before 25 writes: `<id>.json` configs, `<v1id>/layer.tar` layers as
+/// real files, a `repositories` file, and short names in RepoTags.
+#[test]
+fn docker_pre_25_layout_with_short_names() {
+    let cfg = digest(CONFIG);
+    let cfg_name = format!("{}.json", hex_of(&cfg));
+    let v1 = "d".repeat(64);
+    let layer_name = format!("{v1}/layer.tar");
+    let layer = vec![9u8; 2048];
+    let mjson = serde_json::to_vec(&json!([{
+        "Config": cfg_name, "RepoTags": ["busybox:latest", "user/app:1"], "Layers": [layer_name]
+    }]))
+    .unwrap();
+    let v1json = format!("{v1}/json");
+    let v1version = format!("{v1}/VERSION");
+    let tar = tar_bytes(
+        &[
+            (v1version.as_str(), b"1.0"),
+            (v1json.as_str(), b"{}"),
+            (layer_name.as_str(), &layer),
+            (cfg_name.as_str(), CONFIG),
+            ("repositories", br#"{"busybox":{"latest":"dddd"}}"#),
+            ("manifest.json", &mjson),
+        ],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "old.tar", &tar);
+    let src = open(path.to_str().unwrap()).unwrap();
+    let inv = src.scan().unwrap();
+    assert!(inv.problems.is_empty(), "{:?}", inv.problems);
+    let r = &inv.images[0];
+    assert_eq!(r.claimed_id, cfg);
+    assert_eq!(
+        tags(r),
+        ["docker.io/library/busybox:latest", "docker.io/user/app:1"]
+    );
+    assert_eq!(r.layers_size, Some(2048));
+    assert!(r.manifest_digests.is_empty());
+}
