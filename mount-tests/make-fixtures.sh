@@ -114,6 +114,36 @@ bh manifest add localhost/whoami/multi:latest "${CS}localhost/whoami/api:1.0" >/
 bh manifest add localhost/whoami/multi:latest "${CS}localhost/whoami/api:arm64" >/dev/null
 bh manifest push -q --all localhost/whoami/multi:latest "oci:$out/multi:localhost/whoami/multi:latest"
 
+# A real Docker (pre-25) archive: dockerd loads the podman archive and saves it again.
+# dockerd runs offline with its own roots and a socket under /tmp, and is stopped by
+# its PID whatever happens.
+dk=$(mktemp -d /tmp/ifs-dk.XXXXXX)
+stop_dockerd() {
+  local pid
+  pid=$(cat "$dk/pid" 2>/dev/null || true)
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  umount -R "$store/docker" 2>/dev/null || true
+  rm -rf "$dk"
+}
+trap stop_dockerd EXIT
+dockerd --storage-driver vfs --iptables=false --ip6tables=false --ip-masq=false \
+  --bridge=none --userland-proxy=false --data-root "$store/docker" \
+  --exec-root "$dk/exec" --host "unix://$dk/sock" --pidfile "$dk/pid" >"$store/dockerd.log" 2>&1 &
+export DOCKER_HOST="unix://$dk/sock"
+for _ in $(seq 300); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
+docker version >/dev/null || { cat "$store/dockerd.log" >&2; exit 1; }
+docker load -q -i "$out/sample.tar" >/dev/null
+docker tag docker.io/library/busybox:latest busybox:1.36
+docker save -o "$out/docker.tar" localhost/whoami/web:latest localhost/whoami/api:1.0 \
+  localhost/whoami/api:latest busybox:latest busybox:1.36 quay.io/app/tool:v1
+docker images --no-trunc --format '{{json .}}' >"$out/docker-images.jsonl"
+stop_dockerd
+trap - EXIT
+unset DOCKER_HOST
+
 cat >"$out/ids.env" <<IDS
 WEB_V1=$web_v1
 WEB_V2=$web_v2

@@ -811,3 +811,48 @@ fn mount_fuse_form_works_as_in_fstab() {
     assert!(ro, "mounted read-write");
     wait_for("the daemon to let go", || !is_mounted(&mp));
 }
+
+/// Docker's familiar names, made canonical the way Docker itself does.
+fn docker_canonical(repo: &str) -> String {
+    let first = repo.split('/').next().unwrap_or_default();
+    if !repo.contains('/') {
+        format!("docker.io/library/{repo}")
+    } else if first.contains('.') || first.contains(':') || first == "localhost" {
+        repo.to_string()
+    } else {
+        format!("docker.io/{repo}")
+    }
+}
+
+#[test]
+fn docker_save_archive_ids_and_tags_equal_docker_images() {
+    let f = fixtures();
+    let m = Mount::new(&[&f.path("docker.tar")]);
+    let mut want = BTreeMap::new();
+    let mut saved_ids = BTreeSet::new();
+    let images = std::fs::read_to_string(f.dir.join("docker-images.jsonl")).unwrap();
+    let saved = [
+        "localhost/whoami/web",
+        "localhost/whoami/api",
+        "docker.io/library/busybox",
+        "quay.io/app/tool",
+    ];
+    for line in images.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let repo = docker_canonical(v["Repository"].as_str().unwrap());
+        if saved.contains(&repo.as_str()) {
+            let id = v["ID"].as_str().unwrap().to_string();
+            want.insert(format!("{repo}:{}", v["Tag"].as_str().unwrap()), id.clone());
+            saved_ids.insert(id);
+        }
+    }
+    assert_eq!(want.len(), 6, "{images}");
+    assert_eq!(tags_of(&m, ""), want);
+    assert_eq!(lines(&ok(&format!("ls {}", m.p("by-id")))), saved_ids);
+    // Docker keeps the IDs podman saved: the same configs, byte for byte
+    ok(&format!(
+        "cmp {} {}",
+        m.p(&format!("by-id/{}", f.id("API"))),
+        m.p("by-tag/localhost/whoami/api:1.0")
+    ));
+}
