@@ -748,7 +748,7 @@ fn bad_options_and_mountpoints_are_refused() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No such file"));
 }
 
 #[test]
@@ -855,4 +855,22 @@ fn docker_save_archive_ids_and_tags_equal_docker_images() {
         m.p(&format!("by-id/{}", f.id("API"))),
         m.p("by-tag/localhost/whoami/api:1.0")
     ));
+}
+
+#[test]
+fn a_stale_mount_point_is_named_as_such() {
+    let f = fixtures();
+    let mut m = Mount::new(&[&f.path("sample.tar")]);
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no chance to unmount
+    child.wait().unwrap();
+    let o = Command::new(BIN)
+        .arg(f.path("sample.tar"))
+        .arg(m.mp())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stale") && err.contains("umount"), "{err}");
+    // Drop unmounts the stale mount
 }

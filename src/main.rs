@@ -48,11 +48,21 @@ fn run(args: Args) -> Result<(), String> {
     let mut positional = args.args.clone();
     let mountpoint = PathBuf::from(positional.pop().ok_or("no MOUNTPOINT given")?);
     let options = cli::parse_options(&args.options)?;
-    if !mountpoint.is_dir() {
-        return Err(format!(
-            "{}: mount point is not a directory",
-            mountpoint.display()
-        ));
+    match std::fs::metadata(&mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{}: mount point is not a directory",
+                mountpoint.display()
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "{0}: {e}: a stale FUSE mount (its daemon died); `umount {0}` first",
+                mountpoint.display()
+            ));
+        }
+        Err(e) => return Err(format!("{}: mount point: {e}", mountpoint.display())),
     }
     let stores = if positional.is_empty() {
         discover_stores()?
@@ -142,7 +152,9 @@ fn fuser_config(fs: &ImageFs, options: &MountOptions) -> fuser::Config {
             .iter()
             .map(|s| s.source.describe())
             .collect::<Vec<_>>()
-            .join(",")
+            // not ',': the name travels inside a comma-separated option string when
+            // fuser mounts through fusermount3
+            .join(";")
     });
     let mut mo = vec![
         MountOption::FSName(fsname),
