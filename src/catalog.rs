@@ -285,30 +285,19 @@ fn merge(
         other_platforms: vec![],
         extra_xattrs: vec![],
     });
-    for t in record.tags {
-        if !image.tags.contains(&t) {
-            image.tags.push(t);
-        }
-    }
-    for d in record.manifest_digests {
-        if !image.manifest_digests.contains(&d) {
-            image.manifest_digests.push(d);
-        }
-    }
-    for d in record.digest_refs {
-        if !image.digest_refs.contains(&d) {
-            image.digest_refs.push(d);
-        }
-    }
-    for p in record.other_platforms {
-        if !image.other_platforms.contains(&p) {
-            image.other_platforms.push(p);
-        }
-    }
-    for x in record.extra_xattrs {
-        if !image.extra_xattrs.contains(&x) {
-            image.extra_xattrs.push(x);
-        }
-    }
+    extend_unique(&mut image.tags, record.tags);
+    extend_unique(&mut image.manifest_digests, record.manifest_digests);
+    extend_unique(&mut image.digest_refs, record.digest_refs);
+    extend_unique(&mut image.other_platforms, record.other_platforms);
+    extend_unique(&mut image.extra_xattrs, record.extra_xattrs);
     image.tags.sort();
+}
+
+/// Appends what `v` does not hold yet, keeping first-seen order.
+fn extend_unique<T: PartialEq>(v: &mut Vec<T>, items: Vec<T>) {
+    for x in items {
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    }
 }

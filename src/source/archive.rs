@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tracing::info;
@@ -141,16 +140,8 @@ impl TarArchive {
         super::read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
     }
 
-    /// Size, mtime and inode of the archive file: any rewrite changes one of them.
     pub fn change_token(&self) -> io::Result<ChangeToken> {
-        let m = std::fs::metadata(&self.path)?;
-        Ok(ChangeToken(format!(
-            "{}:{}:{}.{}",
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec()
-        )))
+        ChangeToken::of_file(&self.path)
     }
 }
 

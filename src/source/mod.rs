@@ -114,6 +114,20 @@ pub struct Inventory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeToken(pub String);
 
+impl ChangeToken {
+    /// Inode, size and mtime of a file: a rewrite (in place or by rename) changes one.
+    pub fn of_file(path: &Path) -> io::Result<ChangeToken> {
+        let m = std::fs::metadata(path)?;
+        Ok(ChangeToken(format!(
+            "{}:{}:{}.{}",
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        )))
+    }
+}
+
 /// Owner, mode and times of the store itself: the tree's files follow them.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreMeta {

@@ -524,16 +524,9 @@ impl Source for OciLayout {
         }
     }
 
+    /// index.json is the layout's root of trust: every change rewrites it.
     fn change_token(&self) -> io::Result<ChangeToken> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(self.root.join("index.json"))?;
-        Ok(ChangeToken(format!(
-            "{}:{}:{}.{}",
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec()
-        )))
+        ChangeToken::of_file(&self.root.join("index.json"))
     }
 
     fn meta(&self) -> StoreMeta {
