@@ -7,6 +7,7 @@ usage: mangle.py CASE IN.tar OUT.tar [ARG]
   tamper-member NAME       member NAME with one byte changed (a digest mismatch)
   unsafe-names             extra members named ../escape and /etc/imagefs-abs
   truncate                 the first half of the archive's bytes
+  truncate-tail            manifest.json moved first, then the archive cut at 60%
   corrupt-manifest         manifest.json cut in the middle of its JSON
   big-config MIB           one image whose config is MIB MiB of valid JSON
 """
@@ -67,6 +68,10 @@ def main():
             add(dst, "../escape", b"outside\n")
             add(dst, "/etc/imagefs-abs", b"absolute\n")
             copy_members(src, dst)
+        elif case == "truncate-tail":
+            data = src.extractfile("manifest.json").read()
+            add(dst, "manifest.json", data)
+            copy_members(src, dst, skip=("manifest.json",))
         elif case == "corrupt-manifest":
             data = src.extractfile("manifest.json").read()
             copy_members(src, dst, replace={"manifest.json": data[: len(data) // 2]})
@@ -76,3 +81,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+    if sys.argv[1] == "truncate-tail":
+        out = sys.argv[3]
+        data = open(out, "rb").read()
+        open(out, "wb").write(data[: len(data) * 6 // 10])

@@ -874,3 +874,33 @@ fn a_stale_mount_point_is_named_as_such() {
     assert!(err.contains("stale") && err.contains("umount"), "{err}");
     // Drop unmounts the stale mount
 }
+
+#[test]
+fn a_truncated_archive_shows_what_precedes_the_cut() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cut.tar");
+    mangle("truncate-tail", &f.path("sample.tar"), &out, None);
+    let m = Mount::new(&[out.to_str().unwrap()]);
+    let shown = lines(&ok(&format!("ls {}", m.p("by-id"))));
+    let dangling = lines(&ok(&format!(
+        "cd {} && find . -xtype l -printf '%P\\n'",
+        m.p("by-tag")
+    )));
+    // some images are before the cut, some after; each tag is either a link or dangling
+    assert!(!shown.is_empty() && shown.len() < 4, "{shown:?}");
+    assert!(!dangling.is_empty(), "no dangling tags after the cut");
+    assert_eq!(tags_of(&m, "").len() + dangling.len(), 6);
+    for id in &shown {
+        let sum = ok(&format!("sha256sum < {}", m.p(&format!("by-id/{id}"))));
+        assert_eq!(
+            &format!("sha256:{}", sum.split_whitespace().next().unwrap()),
+            id
+        );
+    }
+    let log = m.log();
+    assert!(
+        log.contains("cut.tar") && (log.contains("truncated") || log.contains("damaged")),
+        "{log}"
+    );
+}
