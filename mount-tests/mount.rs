@@ -709,6 +709,12 @@ fn sigterm_unmounts_cleanly() {
     let f = fixtures();
     let mut m = Mount::new(&[&f.path("sample.tar")]);
     assert!(is_mounted(&m.mp()));
+    // several FUSE workers serve the mount (fuser's worker threads + the signal thread)
+    let pid = m.child.as_ref().unwrap().id();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert!(threads >= 4, "only {threads} threads");
     let st = m.stop();
     assert!(st.success(), "exit status {st}: {}", m.log());
     assert!(!is_mounted(&m.mp()), "still mounted after SIGTERM");
