@@ -10,6 +10,7 @@ usage: mangle.py CASE IN.tar OUT.tar [ARG]
   truncate-tail            manifest.json moved first, then the archive cut at 60%
   corrupt-manifest         manifest.json cut in the middle of its JSON
   big-config MIB           one image whose config is MIB MiB of valid JSON
+  big-layer GIB            the archive with a GIB GiB layer member first (sparse on disk)
 """
 import hashlib
 import io
@@ -56,6 +57,16 @@ def main():
             add(dst, hexd + ".json", config)
             add(dst, "manifest.json", manifest)
         print("sha256:" + hexd)
+        return
+    if case == "big-layer":
+        size = int(arg) << 30
+        with open(out_path, "wb") as raw:
+            info = tarfile.TarInfo("0000big/layer.tar")
+            info.size = size
+            raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            raw.seek(size, io.SEEK_CUR)  # a hole: the layer's bytes cost no disk
+            with tarfile.open(src_path) as src, tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as dst:
+                copy_members(src, dst)
         return
     with tarfile.open(src_path) as src, tarfile.open(out_path, "w", format=tarfile.GNU_FORMAT) as dst:
         if case == "drop-member":

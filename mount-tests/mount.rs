@@ -910,3 +910,35 @@ fn a_truncated_archive_shows_what_precedes_the_cut() {
         "{log}"
     );
 }
+
+#[test]
+fn layer_bytes_are_never_read() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("biglayer.tar");
+    mangle("big-layer", &f.path("sample.tar"), &out, Some("1"));
+    let m = Mount::new(&[out.to_str().unwrap()]);
+    ok(&format!(
+        "ls -l {} && cd {} && sha256sum * && find {}",
+        m.p("by-id"),
+        m.p("by-id"),
+        m.p("by-tag")
+    ));
+    let pid = m.child.as_ref().unwrap().id();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let rchar: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // headers, manifest.json and configs: a few hundred KiB, against a 1 GiB layer
+    assert!(
+        rchar < 8 << 20,
+        "imagefs read {rchar} bytes of a 1 GiB archive"
+    );
+    let size = ok(&format!(
+        "getfattr --only-values -n user.image.size {}",
+        m.p("by-tag/localhost/whoami/web:latest")
+    ));
+    assert!(size.parse::<u64>().unwrap() < 1 << 20);
+}
