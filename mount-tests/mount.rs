@@ -711,10 +711,13 @@ fn sigterm_unmounts_cleanly() {
     assert!(is_mounted(&m.mp()));
     // several FUSE workers serve the mount (fuser's worker threads + the signal thread)
     let pid = m.child.as_ref().unwrap().id();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .count();
-    assert!(threads >= 4, "only {threads} threads");
+    // (the mount is up before the workers start: wait for them)
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_for("4 FUSE worker threads", || threads() >= 4);
     let st = m.stop();
     assert!(st.success(), "exit status {st}: {}", m.log());
     assert!(!is_mounted(&m.mp()), "still mounted after SIGTERM");

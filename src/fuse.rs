@@ -185,10 +185,18 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        _flags: RenameFlags,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.rename(parent.0, name, newparent.0, newname), reply);
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        reply_empty(
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, no_replace),
+            reply,
+        );
     }
 
     fn link(
@@ -301,7 +309,7 @@ impl Filesystem for FuseAdapter {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let r = self.fs.getattr(ino.0).and_then(|_| {
-            if mask.contains(AccessFlags::W_OK) {
+            if mask.contains(AccessFlags::W_OK) && self.fs.options().read_only {
                 Err(fs::Errno::EROFS)
             } else {
                 Ok(())

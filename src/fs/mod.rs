@@ -8,15 +8,19 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::RwLock;
+use std::collections::BTreeSet;
+
+use parking_lot::{Mutex, RwLock};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, Image};
 use crate::config_cache::ConfigCache;
-use crate::source::{Source, StoreMeta};
+use crate::reference::{Parsed, TagRef};
+use crate::source::{ChangeToken, Source, StoreMeta, WriteError};
 use inode::InodeTable;
 pub use inode::ROOT_INO;
-use tree::{NodeKind, StoreView, Tree};
+pub use tree::Tree;
+use tree::{NodeKind, NodeRole, StoreView};
 
 /// An errno value, as the core answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +37,9 @@ impl Errno {
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -108,14 +115,37 @@ pub struct FsOptions {
 struct State {
     catalogs: Vec<Arc<Catalog>>,
     metas: Vec<StoreMeta>,
+    /// Per store: by-tag/ directories kept without tags (mkdir, or emptied by rm).
+    extra_dirs: Vec<BTreeSet<String>>,
+    /// Per store: the change token its catalog was read at.
+    tokens: Vec<Option<ChangeToken>>,
     tree: Tree,
-    #[allow(dead_code)] // kept for reloads: numbers must survive them
+    /// Kept across reloads: a name keeps its inode number.
     inodes: InodeTable,
+}
+
+impl State {
+    fn rebuild(&mut self, stores: &[Store]) -> Tree {
+        let views: Vec<StoreView<'_>> = stores
+            .iter()
+            .zip(&self.catalogs)
+            .zip(&self.extra_dirs)
+            .map(|((s, c), x)| StoreView {
+                label: &s.label,
+                catalog: c,
+                extra_dirs: x,
+            })
+            .collect();
+        let tree = Tree::build(&views, &mut self.inodes);
+        std::mem::replace(&mut self.tree, tree)
+    }
 }
 
 pub struct ImageFs {
     stores: Vec<Store>,
     state: RwLock<State>,
+    /// One writer at a time per store (the store's own lock guards against others).
+    write_locks: Vec<Mutex<()>>,
     cache: ConfigCache,
     options: FsOptions,
 }
@@ -133,7 +163,9 @@ impl ImageFs {
     ) -> Result<ImageFs, crate::source::SourceError> {
         let mut catalogs = Vec::with_capacity(stores.len());
         let mut metas = Vec::with_capacity(stores.len());
+        let mut tokens = Vec::with_capacity(stores.len());
         for (i, store) in stores.iter().enumerate() {
+            tokens.push(store.source.change_token().ok());
             let inv = store.source.scan()?;
             let catalog = Catalog::build(i, store.source.as_ref(), inv, &cache);
             catalog.log_problems(&store.source.describe());
@@ -146,16 +178,19 @@ impl ImageFs {
             catalogs.push(Arc::new(catalog));
             metas.push(store.source.meta());
         }
-        let mut inodes = InodeTable::new(stores.len() == 1);
-        let tree = build_tree(&stores, &catalogs, &mut inodes);
+        let mut state = State {
+            extra_dirs: vec![BTreeSet::new(); stores.len()],
+            catalogs,
+            metas,
+            tokens,
+            tree: Tree::default(),
+            inodes: InodeTable::new(stores.len() == 1),
+        };
+        state.rebuild(&stores);
         Ok(ImageFs {
+            write_locks: stores.iter().map(|_| Mutex::new(())).collect(),
             stores,
-            state: RwLock::new(State {
-                catalogs,
-                metas,
-                tree,
-                inodes,
-            }),
+            state: RwLock::new(state),
             cache,
             options,
         })
@@ -400,52 +435,226 @@ impl ImageFs {
         Ok(out)
     }
 
-    /// Every write this version refuses: EROFS under `-o ro` (and, until writes are
-    /// implemented, for every source), with a log line saying why.
+    /// Refuses a write that no source can do (chmod, write into a config, a new
+    /// regular file), or any write under `-o ro`, with a log line saying why.
     pub fn refuse_write(&self, op: &str, ino: u64) -> Errno {
         if self.options.read_only {
             debug!(op, ino, "refused: mounted read-only");
+            Errno::EROFS
         } else {
             warn!(
                 op,
-                ino, "refused: writing through the mount is not implemented yet"
+                ino,
+                "refused: by-id files are image configs and by-tag entries are tags; only rm, ln, mv, mkdir and rmdir change them"
             );
+            Errno::EPERM
         }
-        Errno::EROFS
+    }
+
+    fn writable(&self, op: &str) -> FsResult<()> {
+        if self.options.read_only {
+            debug!(op, "refused: mounted read-only");
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// The store and role of a node.
+    fn role(&self, ino: u64) -> FsResult<(Option<usize>, NodeRole)> {
+        let state = self.state.read();
+        let node = state.tree.get(ino).ok_or(Errno::ENOENT)?;
+        Ok((node.store, node.role.clone()))
+    }
+
+    /// The image ID of an image inode.
+    fn image_id(&self, ino: u64) -> FsResult<(usize, String)> {
+        let state = self.state.read();
+        match &state.tree.get(ino).ok_or(Errno::ENOENT)?.kind {
+            NodeKind::Image { store, index, .. } => {
+                Ok((*store, image_at(&state, *store, *index)?.id.clone()))
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    /// Rescans store `store` and rebuilds the tree; inode numbers are kept. Returns
+    /// the tree as it was, for telling the kernel what changed.
+    pub fn reload(&self, store: usize) -> Result<Tree, crate::source::SourceError> {
+        let source = self.stores[store].source.as_ref();
+        let token = source.change_token().ok();
+        let inv = source.scan()?;
+        self.cache.forget_store(store);
+        let catalog = Catalog::build(store, source, inv, &self.cache);
+        catalog.log_problems(&source.describe());
+        let mut state = self.state.write();
+        state.catalogs[store] = Arc::new(catalog);
+        state.metas[store] = source.meta();
+        state.tokens[store] = token;
+        Ok(state.rebuild(&self.stores))
+    }
+
+    /// Runs one write on a store's source, then reloads the store.
+    fn run_write(
+        &self,
+        store: usize,
+        what: &str,
+        write: impl FnOnce(&dyn Source) -> Result<(), WriteError>,
+    ) -> FsResult<()> {
+        let _one_writer = self.write_locks[store].lock();
+        let source = self.stores[store].source.as_ref();
+        if let Err(e) = write(source) {
+            warn!(store = %source.describe(), "{what} refused: {e}");
+            return Err(Errno(e.errno()));
+        }
+        info!(store = %source.describe(), "{what}");
+        self.reload(store).map_err(|e| {
+            warn!("{what} was written, but the store cannot be read back: {e}");
+            Errno::EIO
+        })?;
+        Ok(())
+    }
+
+    /// Keeps a by-tag/ directory (and so its parents) when its last tag goes, as a
+    /// real filesystem keeps an emptied directory until rmdir.
+    fn keep_dir(&self, store: usize, path: &str) {
+        if !path.is_empty() {
+            self.state.write().extra_dirs[store].insert(path.to_string());
+        }
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.lookup(parent, name)?;
-        Err(self.refuse_write("unlink", parent))
+        let child = self.lookup(parent, name)?;
+        self.writable("unlink")?;
+        let (store, parent_role) = self.role(parent)?;
+        let (_, child_role) = self.role(child.ino)?;
+        let store = store.ok_or(Errno::EPERM)?;
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        match (parent_role, child_role) {
+            (NodeRole::TagDir(path), NodeRole::Image | NodeRole::Dangling) => {
+                let tag = tag_at(&path, name)?;
+                self.keep_dir(store, &path);
+                self.run_write(store, &format!("untag {tag}"), |s| s.untag(&tag))
+            }
+            (NodeRole::ById, NodeRole::Image) => {
+                if child.nlink > 1 {
+                    warn!(
+                        image = name,
+                        "not deleted: it still has {} tag(s); rm them first",
+                        child.nlink - 1
+                    );
+                    return Err(Errno::EBUSY);
+                }
+                self.run_write(store, &format!("delete {name}"), |s| s.delete_image(name))
+            }
+            (_, NodeRole::TagDir(_)) => Err(Errno::EISDIR),
+            _ => Err(self.refuse_write("unlink", parent)),
+        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let attr = self.lookup(parent, name)?;
-        if attr.kind != FileKind::Dir {
+        let child = self.lookup(parent, name)?;
+        if child.kind != FileKind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        Err(self.refuse_write("rmdir", parent))
+        self.writable("rmdir")?;
+        let (store, role) = self.role(child.ino)?;
+        let (Some(store), NodeRole::TagDir(path)) = (store, role) else {
+            return Err(self.refuse_write("rmdir", parent));
+        };
+        if path.is_empty() {
+            return Err(self.refuse_write("rmdir", parent));
+        }
+        let mut state = self.state.write();
+        if let Some(NodeKind::Dir { children, .. }) = state.tree.get(child.ino).map(|n| &n.kind)
+            && !children.is_empty()
+        {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        // Nothing to persist: a repository directory exists through its tags.
+        state.extra_dirs[store].remove(&path);
+        state.rebuild(&self.stores);
+        Ok(())
     }
 
-    pub fn mkdir(&self, parent: u64, _name: &OsStr) -> FsResult<Attr> {
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         self.getattr(parent)?;
-        Err(self.refuse_write("mkdir", parent))
+        self.writable("mkdir")?;
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if self.lookup(parent, OsStr::new(name)).is_ok() {
+            return Err(Errno::EEXIST);
+        }
+        let (store, role) = self.role(parent)?;
+        let (Some(store), NodeRole::TagDir(path)) = (store, role) else {
+            return Err(self.refuse_write("mkdir", parent));
+        };
+        let dir = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}/{name}")
+        };
+        // A directory must be able to hold tags: `<dir>/x:t` must be canonical.
+        tag_at(&dir, "x:t")?;
+        {
+            let mut state = self.state.write();
+            state.extra_dirs[store].insert(dir);
+            state.rebuild(&self.stores);
+        }
+        self.lookup(parent, OsStr::new(name))
     }
 
-    pub fn link(&self, ino: u64, new_parent: u64, _new_name: &OsStr) -> FsResult<Attr> {
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Attr> {
         self.getattr(ino)?;
-        Err(self.refuse_write("link", new_parent))
+        self.writable("link")?;
+        let (store, id) = self.image_id(ino)?;
+        let (dir_store, role) = self.role(new_parent)?;
+        let NodeRole::TagDir(path) = role else {
+            return Err(self.refuse_write("link", new_parent));
+        };
+        if dir_store != Some(store) {
+            return Err(Errno::EXDEV);
+        }
+        let tag = tag_at(&path, new_name.to_str().ok_or(Errno::EINVAL)?)?;
+        self.run_write(store, &format!("tag {id} as {tag}"), |s| s.tag(&id, &tag))?;
+        self.getattr(ino)
     }
 
     pub fn rename(
         &self,
         parent: u64,
         name: &OsStr,
-        _new_parent: u64,
-        _new_name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
     ) -> FsResult<()> {
-        self.lookup(parent, name)?;
-        Err(self.refuse_write("rename", parent))
+        let child = self.lookup(parent, name)?;
+        self.writable("rename")?;
+        let (store, from_dir) = self.role(parent)?;
+        let (_, child_role) = self.role(child.ino)?;
+        let (to_store, to_dir) = self.role(new_parent)?;
+        let (
+            NodeRole::TagDir(from_path),
+            NodeRole::Image | NodeRole::Dangling,
+            NodeRole::TagDir(to_path),
+        ) = (from_dir, child_role, to_dir)
+        else {
+            return Err(self.refuse_write("rename", parent));
+        };
+        let store = store.ok_or(Errno::EPERM)?;
+        if to_store != Some(store) {
+            return Err(Errno::EXDEV);
+        }
+        if no_replace && self.lookup(new_parent, new_name).is_ok() {
+            return Err(Errno::EEXIST);
+        }
+        let from = tag_at(&from_path, name.to_str().ok_or(Errno::ENOENT)?)?;
+        let to = tag_at(&to_path, new_name.to_str().ok_or(Errno::EINVAL)?)?;
+        if from == to {
+            return Ok(());
+        }
+        self.keep_dir(store, &from_path);
+        self.run_write(store, &format!("re-tag {from} as {to}"), |s| {
+            s.retag(&from, &to)
+        })
     }
 
     pub fn statfs(&self) -> (u64, u64) {
@@ -517,16 +726,24 @@ fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(",")
 }
 
-fn build_tree(stores: &[Store], catalogs: &[Arc<Catalog>], inodes: &mut InodeTable) -> Tree {
-    let views: Vec<StoreView<'_>> = stores
-        .iter()
-        .zip(catalogs)
-        .map(|(s, c)| StoreView {
-            label: &s.label,
-            catalog: c,
-        })
-        .collect();
-    Tree::build(&views, inodes)
+/// The tag whose by-tag/ path is `<dir>/<name>`; EINVAL unless that path is the tag's
+/// canonical place (so `docker.io/busybox:1` must be written
+/// `docker.io/library/busybox:1`).
+pub fn tag_at(dir: &str, name: &str) -> FsResult<TagRef> {
+    let full = if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    };
+    let tag = match crate::reference::parse(&full) {
+        Ok(Parsed::Tag(t)) => t,
+        _ => return Err(Errno::EINVAL),
+    };
+    let comps = tag.components();
+    if comps.iter().map(String::as_str).ne(full.split('/')) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(tag)
 }
 
 #[cfg(test)]

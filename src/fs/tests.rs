@@ -12,11 +12,13 @@ use crate::source::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
 };
 
-/// Blobs are addressed as `Member { offset: index, size }`.
+/// Blobs are addressed as `Member { offset: index, size }`. Writable: tags live in
+/// `records`, behind a lock, as a store's index would.
 struct MemSource {
     path: PathBuf,
     blobs: Vec<Vec<u8>>,
     records: Vec<ImageRecord>,
+    live: parking_lot::Mutex<Option<Vec<ImageRecord>>>,
 }
 
 impl MemSource {
@@ -25,7 +27,15 @@ impl MemSource {
             path: PathBuf::from("/mem"),
             blobs: vec![],
             records: vec![],
+            live: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Runs `f` on the current records (the initial ones until the first write).
+    fn edit<T>(&self, f: impl FnOnce(&mut Vec<ImageRecord>) -> T) -> T {
+        let mut live = self.live.lock();
+        let records = live.get_or_insert_with(|| self.records.clone());
+        f(records)
     }
 
     /// Adds a config; returns its location and digest.
@@ -71,8 +81,55 @@ impl Source for MemSource {
     }
     fn scan(&self) -> Result<Inventory, SourceError> {
         Ok(Inventory {
-            images: self.records.clone(),
+            images: self.edit(|r| r.clone()),
             problems: vec![],
+        })
+    }
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), crate::source::WriteError> {
+        self.edit(|records| {
+            for r in records.iter_mut() {
+                r.tags.retain(|t| t != tag);
+            }
+            let r = records
+                .iter_mut()
+                .find(|r| r.claimed_id == id)
+                .ok_or_else(|| crate::source::WriteError::NotFound(id.into()))?;
+            r.tags.push(tag.clone());
+            Ok(())
+        })
+    }
+    fn untag(&self, tag: &TagRef) -> Result<(), crate::source::WriteError> {
+        self.edit(|records| {
+            let before: usize = records.iter().map(|r| r.tags.len()).sum();
+            for r in records.iter_mut() {
+                r.tags.retain(|t| t != tag);
+            }
+            let after: usize = records.iter().map(|r| r.tags.len()).sum();
+            if before == after {
+                return Err(crate::source::WriteError::NotFound(tag.to_string()));
+            }
+            Ok(())
+        })
+    }
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), crate::source::WriteError> {
+        self.edit(|records| {
+            for r in records.iter_mut() {
+                r.tags.retain(|t| t != to);
+            }
+            for r in records.iter_mut() {
+                for t in r.tags.iter_mut() {
+                    if t == from {
+                        *t = to.clone();
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+    fn delete_image(&self, id: &str) -> Result<(), crate::source::WriteError> {
+        self.edit(|records| {
+            records.retain(|r| r.claimed_id != id);
+            Ok(())
         })
     }
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -344,28 +401,179 @@ fn several_stores_are_self_contained_directories() {
 }
 
 #[test]
-fn writes_are_refused_with_erofs() {
-    let (fs, v1, ..) = sample();
-    let by_tag = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
-    let img = resolve(&fs, &format!("by-id/{v1}")).unwrap().ino;
+fn writes_tag_untag_retag_and_delete() {
+    let (fs, v1, v2, api) = sample();
+    let whoami = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    let v1_ino = resolve(&fs, &format!("by-id/{v1}")).unwrap().ino;
+    // ln by-id/<v1> by-tag/localhost/whoami/web:old
+    let a = fs.link(v1_ino, whoami, OsStr::new("web:old")).unwrap();
+    assert_eq!((a.ino, a.nlink), (v1_ino, 2));
     assert_eq!(
-        fs.unlink(by_tag, OsStr::new("web:latest")),
-        Err(Errno::EROFS)
+        resolve(&fs, "by-tag/localhost/whoami/web:old").unwrap().ino,
+        v1_ino
     );
-    assert_eq!(fs.unlink(by_tag, OsStr::new("nope")), Err(Errno::ENOENT));
-    assert_eq!(fs.link(img, by_tag, OsStr::new("x:1")), Err(Errno::EROFS));
+    // mv web:old web:v1 keeps the inode, one step
+    fs.rename(
+        whoami,
+        OsStr::new("web:old"),
+        whoami,
+        OsStr::new("web:v1"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        resolve(&fs, "by-tag/localhost/whoami/web:old"),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        resolve(&fs, "by-tag/localhost/whoami/web:v1").unwrap().ino,
+        v1_ino
+    );
+    // mv onto an existing tag moves it; with RENAME_NOREPLACE it refuses
     assert_eq!(
         fs.rename(
-            by_tag,
+            whoami,
+            OsStr::new("web:v1"),
+            whoami,
             OsStr::new("web:latest"),
-            by_tag,
-            OsStr::new("web:old")
+            true
         ),
+        Err(Errno::EEXIST)
+    );
+    fs.rename(
+        whoami,
+        OsStr::new("web:v1"),
+        whoami,
+        OsStr::new("web:latest"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        resolve(&fs, "by-tag/localhost/whoami/web:latest")
+            .unwrap()
+            .ino,
+        v1_ino
+    );
+    // v2 lost its only tag: untagged now
+    assert_eq!(resolve(&fs, &format!("by-id/{v2}")).unwrap().nlink, 1);
+    // rm by-id of a tagged image: EBUSY; of an untagged one: gone
+    let by_id = resolve(&fs, "by-id").unwrap().ino;
+    assert_eq!(fs.unlink(by_id, OsStr::new(&api)), Err(Errno::EBUSY));
+    fs.unlink(by_id, OsStr::new(&v2)).unwrap();
+    assert_eq!(resolve(&fs, &format!("by-id/{v2}")), Err(Errno::ENOENT));
+    // rm the last tag of a directory: the directory stays until rmdir
+    fs.unlink(whoami, OsStr::new("web:latest")).unwrap();
+    let quay_app = resolve(&fs, "by-tag/quay.io/app").unwrap().ino;
+    fs.unlink(quay_app, OsStr::new("broken:v1")).unwrap();
+    assert_eq!(names(&fs, "by-tag/quay.io/app"), [".", ".."]);
+    let quay = resolve(&fs, "by-tag/quay.io").unwrap().ino;
+    assert_eq!(fs.rmdir(quay, OsStr::new("app")), Ok(()));
+    assert_eq!(resolve(&fs, "by-tag/quay.io/app"), Err(Errno::ENOENT));
+    // inode numbers survive reloads
+    assert_eq!(resolve(&fs, &format!("by-id/{v1}")).unwrap().ino, v1_ino);
+}
+
+#[test]
+fn names_must_be_canonical_tags_and_directories_must_hold_them() {
+    let (fs, v1, ..) = sample();
+    let v1_ino = resolve(&fs, &format!("by-id/{v1}")).unwrap().ino;
+    let by_tag = resolve(&fs, "by-tag").unwrap().ino;
+    let whoami = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    for bad in ["web", "web:", "Web:1", "web:1:2", "..", "web:.x"] {
+        assert_eq!(
+            fs.link(v1_ino, whoami, OsStr::new(bad)),
+            Err(Errno::EINVAL),
+            "{bad}"
+        );
+    }
+    // docker.io/busybox is not canonical (docker.io/library/busybox is)
+    let dio = resolve(&fs, "by-tag/docker.io").unwrap().ino;
+    assert_eq!(
+        fs.link(v1_ino, dio, OsStr::new("busybox:1")),
+        Err(Errno::EINVAL)
+    );
+    // mkdir -p by-tag/registry.example:5000/team/app, then ln into it
+    let reg = fs
+        .mkdir(by_tag, OsStr::new("registry.example:5000"))
+        .unwrap();
+    let team = fs.mkdir(reg.ino, OsStr::new("team")).unwrap();
+    assert_eq!(fs.mkdir(by_tag, OsStr::new("UPPER")), Err(Errno::EINVAL));
+    assert_eq!(fs.mkdir(team.ino, OsStr::new("a..b")), Err(Errno::EINVAL));
+    fs.link(v1_ino, team.ino, OsStr::new("app:1")).unwrap();
+    assert_eq!(
+        resolve(&fs, "by-tag/registry.example:5000/team/app:1")
+            .unwrap()
+            .ino,
+        v1_ino
+    );
+    assert_eq!(
+        fs.rmdir(reg.ino, OsStr::new("team")),
+        Err(Errno(libc::ENOTEMPTY))
+    );
+    // nothing but tags can be made or changed
+    assert_eq!(fs.open(v1_ino, true), Err(Errno::EPERM));
+    assert_eq!(fs.rmdir(ROOT_INO, OsStr::new("by-tag")), Err(Errno::EPERM));
+    let by_id = resolve(&fs, "by-id").unwrap().ino;
+    assert_eq!(fs.link(v1_ino, by_id, OsStr::new("x")), Err(Errno::EPERM));
+}
+
+#[test]
+fn read_only_mounts_and_read_only_sources_answer_erofs() {
+    let mut s = MemSource::new();
+    let id = s.image(API, &["localhost/app:1"]);
+    let stores = vec![Store {
+        label: "s".into(),
+        source: Box::new(s),
+    }];
+    let fs = ImageFs::new(
+        stores,
+        ConfigCache::new(1 << 20),
+        FsOptions { read_only: true },
+    )
+    .unwrap();
+    let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;
+    let img = resolve(&fs, &format!("by-id/{id}")).unwrap().ino;
+    assert_eq!(fs.unlink(dir, OsStr::new("app:1")), Err(Errno::EROFS));
+    assert_eq!(fs.link(img, dir, OsStr::new("app:2")), Err(Errno::EROFS));
+    assert_eq!(
+        fs.rename(dir, OsStr::new("app:1"), dir, OsStr::new("app:3"), false),
         Err(Errno::EROFS)
     );
+    assert_eq!(fs.mkdir(dir, OsStr::new("x")), Err(Errno::EROFS));
     assert_eq!(fs.open(img, true), Err(Errno::EROFS));
-    assert_eq!(fs.open(img, false), Ok(()));
-    assert_eq!(fs.rmdir(ROOT_INO, OsStr::new("by-tag")), Err(Errno::EROFS));
+    assert_eq!(fs.unlink(dir, OsStr::new("nope:1")), Err(Errno::ENOENT));
+
+    // a source that cannot write answers EROFS even on a writable mount
+    struct ReadOnly(MemSource);
+    impl Source for ReadOnly {
+        fn kind(&self) -> SourceKind {
+            self.0.kind()
+        }
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+        fn scan(&self) -> Result<Inventory, SourceError> {
+            self.0.scan()
+        }
+        fn read_at(&self, b: &BlobLocation, o: u64, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read_at(b, o, buf)
+        }
+        fn change_token(&self) -> io::Result<ChangeToken> {
+            self.0.change_token()
+        }
+        fn meta(&self) -> StoreMeta {
+            self.0.meta()
+        }
+    }
+    let mut s = MemSource::new();
+    s.image(API, &["localhost/app:1"]);
+    let stores = vec![Store {
+        label: "s".into(),
+        source: Box::new(ReadOnly(s)),
+    }];
+    let fs = ImageFs::new(stores, ConfigCache::new(1 << 20), FsOptions::default()).unwrap();
+    let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;
+    assert_eq!(fs.unlink(dir, OsStr::new("app:1")), Err(Errno::EROFS));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! image inodes (by-id entries and the by-tag hard links to them), and dangling-tag
 //! symlinks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::inode::{InodeTable, NodeKey, ROOT_INO};
@@ -26,18 +26,36 @@ pub enum NodeKind {
     },
 }
 
+/// Where a node stands, for the writes: which names are tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    /// The mount root, or a store's own directory.
+    Root,
+    ById,
+    /// `by-tag/` itself (path "") or a directory below it, by its path there.
+    TagDir(String),
+    /// An image inode (its by-id entry and its tags).
+    Image,
+    /// A dangling tag.
+    Dangling,
+}
+
 #[derive(Debug, Clone)]
 pub struct Node {
     pub parent: u64,
     pub kind: NodeKind,
     /// Which store the node belongs to (`None` for the multi-store root).
     pub store: Option<usize>,
+    pub role: NodeRole,
 }
 
 /// What the tree needs of one store.
 pub struct StoreView<'a> {
     pub label: &'a str,
     pub catalog: &'a Arc<Catalog>,
+    /// by-tag/ directories that exist without a tag below them (made by mkdir, or
+    /// left empty by an rm through the mount), by path.
+    pub extra_dirs: &'a BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +63,8 @@ pub struct Tree {
     nodes: HashMap<u64, Node>,
 }
 
-/// Directories under construction: name → child, sorted.
-type DirMap = HashMap<u64, (u64, Option<usize>, BTreeMap<String, (u64, bool)>)>;
+/// Directories under construction: parent, store, role, and name → (child, is_dir).
+type DirMap = HashMap<u64, (u64, Option<usize>, NodeRole, BTreeMap<String, (u64, bool)>)>;
 
 impl Tree {
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -66,20 +84,28 @@ impl Tree {
     pub fn build(stores: &[StoreView<'_>], inodes: &mut InodeTable) -> Tree {
         let mut dirs: DirMap = HashMap::new();
         let mut leaves: HashMap<u64, Node> = HashMap::new();
-        dirs.insert(ROOT_INO, (ROOT_INO, None, BTreeMap::new()));
+        dirs.insert(ROOT_INO, (ROOT_INO, None, NodeRole::Root, BTreeMap::new()));
         let single = stores.len() == 1;
         for (s, view) in stores.iter().enumerate() {
             let root = inodes.ino(NodeKey::StoreRoot(s));
             if !single {
                 add_child(&mut dirs, ROOT_INO, view.label, root, true);
-                dirs.insert(root, (ROOT_INO, Some(s), BTreeMap::new()));
+                dirs.insert(root, (ROOT_INO, Some(s), NodeRole::Root, BTreeMap::new()));
             } else if let Some(d) = dirs.get_mut(&ROOT_INO) {
                 d.1 = Some(s);
             }
             let by_id = inodes.ino(NodeKey::ById(s));
             let by_tag = inodes.ino(NodeKey::ByTag(s));
-            dirs.insert(by_id, (root, Some(s), BTreeMap::new()));
-            dirs.insert(by_tag, (root, Some(s), BTreeMap::new()));
+            dirs.insert(by_id, (root, Some(s), NodeRole::ById, BTreeMap::new()));
+            dirs.insert(
+                by_tag,
+                (
+                    root,
+                    Some(s),
+                    NodeRole::TagDir(String::new()),
+                    BTreeMap::new(),
+                ),
+            );
             add_child(&mut dirs, root, "by-id", by_id, true);
             add_child(&mut dirs, root, "by-tag", by_tag, true);
 
@@ -95,6 +121,7 @@ impl Tree {
                             nlink: 1 + image.tags.len() as u32,
                         },
                         store: Some(s),
+                        role: NodeRole::Image,
                     },
                 );
                 add_child(&mut dirs, by_id, &image.id, ino, false);
@@ -116,13 +143,28 @@ impl Tree {
                         parent,
                         kind: NodeKind::Symlink { target },
                         store: Some(s),
+                        role: NodeRole::Dangling,
                     },
                 );
                 add_child(&mut dirs, parent, &name, ino, false);
             }
+            for path in view.extra_dirs {
+                let comps: Vec<String> = path.split('/').map(str::to_string).collect();
+                let (parent, name) = tag_parent(&mut dirs, inodes, s, by_tag, &comps);
+                let ino = inodes.ino(NodeKey::TagDir(s, path.clone()));
+                if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
+                    e.insert((
+                        parent,
+                        Some(s),
+                        NodeRole::TagDir(path.clone()),
+                        BTreeMap::new(),
+                    ));
+                    add_child(&mut dirs, parent, &name, ino, true);
+                }
+            }
         }
         let mut nodes = leaves;
-        for (ino, (parent, store, children)) in dirs {
+        for (ino, (parent, store, role, children)) in dirs {
             let subdirs = children.values().filter(|(_, is_dir)| *is_dir).count() as u32;
             nodes.insert(
                 ino,
@@ -133,6 +175,7 @@ impl Tree {
                         subdirs,
                     },
                     store,
+                    role,
                 },
             );
         }
@@ -141,7 +184,7 @@ impl Tree {
 }
 
 fn add_child(dirs: &mut DirMap, parent: u64, name: &str, ino: u64, is_dir: bool) {
-    if let Some((_, _, children)) = dirs.get_mut(&parent) {
+    if let Some((_, _, _, children)) = dirs.get_mut(&parent) {
         children.entry(name.to_string()).or_insert((ino, is_dir));
     }
 }
@@ -167,7 +210,12 @@ fn tag_parent(
         path.push_str(c);
         let ino = inodes.ino(NodeKey::TagDir(store, path.clone()));
         if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
-            e.insert((parent, Some(store), BTreeMap::new()));
+            e.insert((
+                parent,
+                Some(store),
+                NodeRole::TagDir(path.clone()),
+                BTreeMap::new(),
+            ));
             add_child(dirs, parent, c, ino, true);
         }
         parent = ino;

@@ -172,13 +172,39 @@ impl SourceError {
     }
 }
 
-/// Why a write was refused.
+/// Why a write was refused; each maps to the errno the caller sees.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{0} is read-only")]
-    ReadOnly(String),
+    /// The source kind (or this store) cannot be written: EROFS.
     #[error("{0}")]
     NotSupported(String),
+    /// The image is in use (tagged, or held by a daemon): EBUSY.
+    #[error("{0}")]
+    Busy(String),
+    /// No such tag or image: ENOENT.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store's own files failed us; the store is unchanged.
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl WriteError {
+    pub fn io(context: impl fmt::Display, source: io::Error) -> WriteError {
+        WriteError::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self {
+            WriteError::NotSupported(_) => libc::EROFS,
+            WriteError::Busy(_) => libc::EBUSY,
+            WriteError::NotFound(_) => libc::ENOENT,
+            WriteError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
 }
 
 pub trait Source: Send + Sync {
@@ -205,29 +231,30 @@ pub trait Source: Send + Sync {
 
     /// Tag the image `id` as `tag`, moving an existing tag of that name.
     fn tag(&self, _id: &str, _tag: &TagRef) -> Result<(), WriteError> {
-        Err(WriteError::NotSupported(format!(
-            "{}: tagging is not supported for {} sources yet",
-            self.describe(),
-            self.kind()
-        )))
+        Err(self.cannot("tag"))
     }
 
-    /// Remove the tag `tag`.
+    /// Remove the tag `tag`; the image stays (untagged if it was its last tag).
     fn untag(&self, _tag: &TagRef) -> Result<(), WriteError> {
-        Err(WriteError::NotSupported(format!(
-            "{}: untagging is not supported for {} sources yet",
-            self.describe(),
-            self.kind()
-        )))
+        Err(self.cannot("untag"))
     }
 
-    /// Delete the untagged image `id`.
+    /// Move tag `from` to `to` in one atomic step (replacing an existing `to`).
+    fn retag(&self, _from: &TagRef, _to: &TagRef) -> Result<(), WriteError> {
+        Err(self.cannot("re-tag"))
+    }
+
+    /// Delete the untagged image `id`, with what no other image uses.
     fn delete_image(&self, _id: &str) -> Result<(), WriteError> {
-        Err(WriteError::NotSupported(format!(
-            "{}: deleting images is not supported for {} sources yet",
+        Err(self.cannot("delete images"))
+    }
+
+    fn cannot(&self, what: &str) -> WriteError {
+        WriteError::NotSupported(format!(
+            "{}: cannot {what}: writing {} sources is not supported yet",
             self.describe(),
             self.kind()
-        )))
+        ))
     }
 }
 
