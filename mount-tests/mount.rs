@@ -945,3 +945,165 @@ fn layer_bytes_are_never_read() {
     ));
     assert!(size.parse::<u64>().unwrap() < 1 << 20);
 }
+
+// ---------------------------------------------------------------------------------
+// writes
+
+/// A private copy of a fixture, to write to.
+fn copy_fixture(f: &Fixtures, name: &str, dir: &Path) -> String {
+    let dst = dir.join(name);
+    ok(&format!("cp -a '{}' '{}'", f.path(name), dst.display()));
+    dst.display().to_string()
+}
+
+fn skopeo_fails(image: &str) -> bool {
+    !sh(&format!("skopeo inspect --raw {image}"))
+        .status
+        .success()
+}
+
+#[test]
+fn oci_layout_writes_are_what_skopeo_reads_back() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let lw = copy_fixture(f, "layout", dir.path());
+    let m = Mount::new(&[&lw]);
+    let whoami = m.p("by-tag/localhost/whoami");
+    let web = f.id("WEB_V2");
+    let web_oci = skopeo_id(&format!("oci:{lw}:localhost/whoami/web:latest"));
+    assert_ne!(
+        web, web_oci,
+        "skopeo's conversion gives the layout its own IDs"
+    );
+
+    // untag
+    ok(&format!("rm {whoami}/api:1.0"));
+    assert!(skopeo_fails(&format!("oci:{lw}:localhost/whoami/api:1.0")));
+    let api_oci = skopeo_id(&format!("oci:{lw}:localhost/whoami/api:latest"));
+    // tag, into a new repository made with mkdir -p
+    ok(&format!(
+        "ln {} {whoami}/web:v2",
+        m.p(&format!("by-id/{web_oci}"))
+    ));
+    ok(&format!(
+        "mkdir -p {}",
+        m.p("by-tag/registry.example:5000/team")
+    ));
+    ok(&format!(
+        "ln {}/web:latest {}",
+        whoami,
+        m.p("by-tag/registry.example:5000/team/app:1")
+    ));
+    assert_eq!(
+        skopeo_id(&format!("oci:{lw}:localhost/whoami/web:v2")),
+        web_oci
+    );
+    assert_eq!(
+        skopeo_id(&format!("oci:{lw}:registry.example:5000/team/app:1")),
+        web_oci
+    );
+    assert_eq!(ok(&format!("stat -c %h {whoami}/web:latest")).trim(), "4");
+    // re-tag
+    ok(&format!("mv {whoami}/web:v2 {whoami}/web:v3"));
+    assert!(skopeo_fails(&format!("oci:{lw}:localhost/whoami/web:v2")));
+    assert_eq!(
+        skopeo_id(&format!("oci:{lw}:localhost/whoami/web:v3")),
+        web_oci
+    );
+    // a tagged image cannot be deleted
+    let o = sh(&format!("rm {}", m.p(&format!("by-id/{api_oci}"))));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Device or resource busy"),
+        "{o:?}"
+    );
+    // the bare-tag image loses its only tag: untagged, still there
+    let busybox_oci = skopeo_id(&format!("oci:{lw}:stable"));
+    ok(&format!("rm {}", m.p("by-tag/localhost/layout:stable")));
+    let untagged = ok(&format!(
+        "cd {} && find . -links 1 -printf '%P\\n'",
+        m.p("by-id")
+    ));
+    assert_eq!(untagged.trim(), busybox_oci);
+    // the cron job of the original report, as one line
+    ok(&format!("find {} -links 1 -delete", m.p("by-id")));
+    assert_eq!(
+        lines(&ok(&format!("ls {}", m.p("by-id")))),
+        lines(&format!("{api_oci}\n{web_oci}"))
+    );
+    // its blobs went with it; what remains is whole for skopeo
+    let cfg_blob = format!(
+        "{lw}/blobs/sha256/{}",
+        busybox_oci.trim_start_matches("sha256:")
+    );
+    assert!(!Path::new(&cfg_blob).exists(), "{cfg_blob} left behind");
+    for r in [
+        "localhost/whoami/api:latest",
+        "localhost/whoami/web:latest",
+        "localhost/whoami/web:v3",
+        "registry.example:5000/team/app:1",
+    ] {
+        ok(&format!(
+            "skopeo copy -q oci:{lw}:{r} dir:{}/check-{}",
+            dir.path().display(),
+            r.replace(['/', ':'], "_")
+        ));
+    }
+    // a fresh mount sees the same
+    let before = tags_of(&m, "");
+    drop(m);
+    let again = Mount::new(&[&lw]);
+    assert_eq!(tags_of(&again, ""), before);
+}
+
+#[test]
+fn a_full_disk_answers_enospc_and_leaves_the_layout_as_it_was() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    ok(&format!(
+        "mount -t tmpfs -o size=1M tmpfs '{}'",
+        small.display()
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh(&format!("umount -l '{}'", self.0.display()));
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let lw = copy_fixture(f, "layout", &small);
+    let index_before = std::fs::read(format!("{lw}/index.json")).unwrap();
+    let m = Mount::new(&[&lw]);
+    // fill the filesystem
+    let _ = sh(&format!(
+        "dd if=/dev/zero of='{}/fill' bs=4k 2>/dev/null",
+        small.display()
+    ));
+    let o = sh(&format!(
+        "ln {} {}",
+        m.p("by-tag/localhost/whoami/web:latest"),
+        m.p("by-tag/localhost/whoami/web:full")
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("No space left on device"),
+        "{o:?}"
+    );
+    assert_eq!(
+        std::fs::read(format!("{lw}/index.json")).unwrap(),
+        index_before
+    );
+    assert_eq!(
+        ok(&format!("ls -A '{lw}'")).lines().count(),
+        3,
+        "a temporary file was left"
+    );
+    // room again: the same write succeeds
+    std::fs::remove_file(small.join("fill")).unwrap();
+    ok(&format!(
+        "ln {} {}",
+        m.p("by-tag/localhost/whoami/web:latest"),
+        m.p("by-tag/localhost/whoami/web:full")
+    ));
+    drop(m);
+}

@@ -9,6 +9,8 @@ pub mod archive;
 pub mod docker_archive;
 pub mod oci;
 pub mod oci_archive;
+pub mod oci_index;
+pub mod store_file;
 
 use std::fmt;
 use std::io;

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::oci_index::{self, IndexEdit};
+use super::store_file::{self, FileLock};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    pread_clamped, read_whole,
+    WriteError, pread_clamped, read_whole,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -161,7 +163,7 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, String> {
 }
 
 /// The tag (and digest reference) an index entry's annotations give it.
-fn references_of(
+pub(crate) fn references_of(
     layout: &dyn LayoutBlobs,
     desc: &Descriptor,
     what: &str,
@@ -194,6 +196,19 @@ fn references_of(
             (vec![], vec![])
         }
     }
+}
+
+/// The image ID (config digest) a top-level index entry resolves to, if it does.
+pub(crate) fn resolve_descriptor(layout: &dyn LayoutBlobs, desc: &Descriptor) -> Option<String> {
+    let host = host_platform();
+    let mut problems = Vec::new();
+    let mut walk = Walk {
+        layout,
+        host: &host,
+        problems: &mut problems,
+        visited: HashSet::new(),
+    };
+    walk.resolve(desc, "", 0).map(|r| r.claimed_id)
 }
 
 struct Walk<'a> {
@@ -448,6 +463,33 @@ impl OciLayout {
     }
 }
 
+impl OciLayout {
+    /// One index.json edit: under the layout's exclusive lock, read, edit, replace
+    /// atomically; then (for a delete) remove the blobs no remaining entry uses. A
+    /// crash before the rename leaves the old index, after it at worst unreferenced
+    /// blobs, which every reader ignores.
+    fn edit(&self, edit: IndexEdit<'_>) -> Result<(), WriteError> {
+        let _lock = FileLock::exclusive(&self.root)
+            .map_err(|e| WriteError::io(format!("{}: lock", self.root.display()), e))?;
+        let edited = oci_index::apply(self, &edit)?;
+        let garbage = oci_index::unshared_blobs(self, &edited.index, &edited.removed);
+        let index = self.root.join("index.json");
+        store_file::replace_file(&index, &edited.index)
+            .map_err(|e| WriteError::io(format!("{}: write", index.display()), e))?;
+        for digest in garbage {
+            if let Some(rel) = blob_rel_path(&digest) {
+                let path = self.root.join(rel);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => debug!(blob = %path.display(), "removed: no image uses it"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => warn!(blob = %path.display(), "not removed: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl LayoutBlobs for OciLayout {
     fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String> {
         let path = self
@@ -508,7 +550,26 @@ impl Source for OciLayout {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
+        // flock on the layout directory: other imagefs mounts writing the same
+        // layout hold it exclusively while they replace index.json.
+        let _lock = FileLock::shared(&self.root);
         scan_layout(self).map_err(|e| SourceError::new(self.root.display(), e))
+    }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Tag { id, tag })
+    }
+
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Untag(tag))
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Retag { from, to })
+    }
+
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Delete(id))
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,0 +1,117 @@
+//! How imagefs touches a store's own files: advisory locks (flock, which podman's
+//! archive writers, skopeo and other imagefs mounts see) and atomic replacement
+//! (write a temporary file, fsync, rename, fsync the directory), so that a crash at
+//! any point leaves the old file or the new one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A held flock; released when dropped.
+pub struct FileLock(File);
+
+impl FileLock {
+    fn take(file: File, how: libc::c_int) -> io::Result<FileLock> {
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), how) };
+            if rc == 0 {
+                return Ok(FileLock(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Readers: waits for any writer.
+    pub fn shared(path: &Path) -> io::Result<FileLock> {
+        FileLock::take(File::open(path)?, libc::LOCK_SH)
+    }
+
+    /// Writers: one at a time, and no reader in the middle.
+    pub fn exclusive(path: &Path) -> io::Result<FileLock> {
+        FileLock::take(File::open(path)?, libc::LOCK_EX)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.0
+    }
+}
+
+/// The temporary name a new version of `path` is written under, beside it (the rename
+/// must stay within one filesystem).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.imagefs-{}.tmp", std::process::id()))
+}
+
+/// Replaces `path` with `bytes` atomically, keeping its permission bits.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        commit_rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames a fully written and synced temporary file over `path`, and makes the
+/// rename durable.
+pub fn commit_rename(tmp: &Path, path: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?;
+    d.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_keeps_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.json");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        replace_file(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let _a = FileLock::shared(&p).unwrap();
+        let _b = FileLock::shared(&p).unwrap();
+    }
+}
