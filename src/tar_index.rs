@@ -15,6 +15,23 @@ pub struct TarMember {
     pub offset: u64,
     pub size: u64,
     pub kind: MemberKind,
+    /// Where this member's entry begins (its first header, extension headers
+    /// included): entries are contiguous, so it is where the previous one ended.
+    pub entry_start: u64,
+    /// Its own (last) header, which carries the name when `renamable`.
+    pub header_offset: u64,
+    /// The header's mtime: imagefs's generation when a name appears twice.
+    pub mtime: u64,
+    /// True when the name is in the header itself (no long-name or PAX path
+    /// extension), so one 512-byte write renames the member.
+    pub renamable: bool,
+}
+
+impl TarMember {
+    /// Where the entry ends: its data rounded up to the 512-byte block.
+    pub fn entry_end(&self) -> u64 {
+        self.offset + self.size.div_ceil(512) * 512
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +48,13 @@ pub enum MemberKind {
 
 #[derive(Debug, Default)]
 pub struct TarIndex {
-    members: HashMap<String, TarMember>,
+    /// Every entry, in archive order.
+    entries: Vec<(String, TarMember)>,
+    /// Name → the entry that counts: the highest generation (header mtime), the later
+    /// one on a tie (as `tar -x` leaves it).
+    members: HashMap<String, usize>,
+    /// Where the end-of-archive blocks begin.
+    pub end_of_entries: u64,
     /// Human-readable problems met while indexing, each naming the member.
     pub problems: Vec<String>,
 }
@@ -50,27 +73,40 @@ impl TarIndex {
                 return index;
             }
         };
+        let mut next_start = 0u64;
         for entry in entries {
-            let entry = match entry {
+            let mut entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
                     index.problems.push(format!(
                         "tar is damaged after {} members ({e}); members after that point are not shown",
-                        index.members.len()
+                        index.entries.len()
                     ));
                     break;
                 }
             };
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let offset = entry.raw_file_position();
+            let size = entry.size();
+            let header_offset = entry.raw_header_position();
+            let entry_start = next_start;
+            next_start = offset + size.div_ceil(512) * 512;
+            let pax_path = entry
+                .pax_extensions()
+                .ok()
+                .flatten()
+                .is_some_and(|mut exts| exts.any(|x| x.is_ok_and(|x| x.key() == Ok("path"))));
+            let header = entry.header();
+            let renamable = !pax_path
+                && header_offset == entry_start
+                && header.path_bytes().as_ref() == raw_name.as_bytes();
+            let mtime = header.mtime().unwrap_or(0);
             let Some(name) = normalize_member_name(&raw_name) else {
                 index.problems.push(format!(
                     "member {raw_name:?} has an unsafe name (absolute, '..' or NUL): ignored"
                 ));
                 continue;
             };
-            let offset = entry.raw_file_position();
-            let size = entry.size();
-            let header = entry.header();
             let kind = match header.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => MemberKind::File,
                 tar::EntryType::Directory => MemberKind::Dir,
@@ -94,18 +130,40 @@ impl TarIndex {
                 ));
                 break;
             }
-            // A later member of the same name replaces an earlier one, as tar -x does.
-            index.members.insert(name, TarMember { offset, size, kind });
+            let member = TarMember {
+                offset,
+                size,
+                kind,
+                entry_start,
+                header_offset,
+                mtime,
+                renamable,
+            };
+            let i = index.entries.len();
+            let wins = match index.members.get(&name) {
+                Some(&j) => mtime >= index.entries[j].1.mtime,
+                None => true,
+            };
+            if wins {
+                index.members.insert(name.clone(), i);
+            }
+            index.entries.push((name, member));
+            index.end_of_entries = next_start;
         }
         index
     }
 
+    /// Every entry, in archive order (names normalised).
+    pub fn entries(&self) -> &[(String, TarMember)] {
+        &self.entries
+    }
+
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -114,7 +172,9 @@ impl TarIndex {
 
     /// The member itself, links not followed.
     pub fn get(&self, name: &str) -> Option<&TarMember> {
-        normalize_member_name(name).and_then(|n| self.members.get(&n))
+        normalize_member_name(name)
+            .and_then(|n| self.members.get(&n))
+            .map(|&i| &self.entries[i].1)
     }
 
     /// The regular file `name` names, following symbolic and hard links inside the
@@ -123,7 +183,7 @@ impl TarIndex {
     pub fn resolve(&self, name: &str) -> Option<(&str, &TarMember)> {
         let mut current = normalize_member_name(name)?;
         for _ in 0..MAX_LINK_DEPTH {
-            let (key, member) = self.members.get_key_value(&current)?;
+            let (key, member) = self.members.get(&current).map(|&i| (&self.entries[i].0, &self.entries[i].1))?;
             match &member.kind {
                 MemberKind::File => return Some((key.as_str(), member)),
                 MemberKind::Symlink(target) => {

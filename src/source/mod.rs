@@ -11,6 +11,7 @@ pub mod oci;
 pub mod oci_archive;
 pub mod oci_index;
 pub mod store_file;
+pub mod tar_rewrite;
 
 use std::fmt;
 use std::io;
