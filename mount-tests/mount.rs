@@ -133,6 +133,10 @@ struct Mount {
 
 impl Mount {
     fn new(args: &[&str]) -> Mount {
+        Mount::with_env(args, &[])
+    }
+
+    fn with_env(args: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
@@ -140,6 +144,8 @@ impl Mount {
         let child = Command::new(BIN)
             .arg("-f")
             .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "imagefs=info")
             .arg(&mp)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -1106,4 +1112,257 @@ fn a_full_disk_answers_enospc_and_leaves_the_layout_as_it_was() {
         m.p("by-tag/localhost/whoami/web:full")
     ));
     drop(m);
+}
+
+/// (tag → image) of `archive` as podman loads it into an empty store.
+fn podman_loaded_tags(archive: &str) -> BTreeMap<String, String> {
+    let store = tempfile::tempdir().unwrap();
+    let pm = podman(store.path());
+    ok(&format!("{pm} load -q -i '{archive}'"));
+    let loaded = podman_json(&format!("{pm} images --no-trunc --format json"));
+    let mut tags = BTreeMap::new();
+    for img in loaded.as_array().unwrap() {
+        let id = format!("sha256:{}", img["Id"].as_str().unwrap());
+        for name in img["Names"].as_array().into_iter().flatten() {
+            tags.insert(name.as_str().unwrap().to_string(), id.clone());
+        }
+    }
+    tags
+}
+
+#[test]
+fn docker_archive_writes_are_what_podman_loads() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = copy_fixture(f, "sample.tar", dir.path());
+    let size_before = std::fs::metadata(&archive).unwrap().len();
+    let m = Mount::new(&[&archive]);
+    let w = m.p("by-tag/localhost/whoami");
+    ok(&format!("rm {w}/api:1.0"));
+    ok(&format!(
+        "ln {} {w}/web:v1",
+        m.p(&format!("by-id/{}", f.id("WEB_V1")))
+    ));
+    ok(&format!(
+        "mkdir -p {} && ln {w}/api:latest {}",
+        m.p("by-tag/registry.example:5000/team"),
+        m.p("by-tag/registry.example:5000/team/api:2")
+    ));
+    ok(&format!("mv {w}/web:v1 {w}/web:old"));
+    // tag, untag and re-tag are metadata writes: the archive is not copied
+    let grown = std::fs::metadata(&archive).unwrap().len() - size_before;
+    assert!(grown < 64 * 1024, "archive grew by {grown} bytes");
+    assert!(!m.log().contains("rewritten in full"), "{}", m.log());
+    let mount_tags = tags_of(&m, "");
+    assert_eq!(podman_loaded_tags(&archive), mount_tags);
+    assert_eq!(mount_tags["localhost/whoami/web:old"], f.id("WEB_V1"));
+    assert!(!mount_tags.contains_key("localhost/whoami/api:1.0"));
+    // skopeo reads the new names too
+    let cfg = ok(&format!(
+        "skopeo inspect --raw --config docker-archive:{archive}:registry.example:5000/team/api:2 | sha256sum"
+    ));
+    assert_eq!(
+        format!("sha256:{}", cfg.split_whitespace().next().unwrap()),
+        f.id("API")
+    );
+    // delete: untag web v1 again, then the cron line removes it and nothing else
+    ok(&format!("rm {w}/web:old"));
+    ok(&format!("find {} -links 1 -delete", m.p("by-id")));
+    let ids = lines(&ok(&format!("ls {}", m.p("by-id"))));
+    assert_eq!(
+        ids,
+        lines(&format!(
+            "{}\n{}\n{}",
+            f.id("WEB_V2"),
+            f.id("API"),
+            f.id("BUSYBOX")
+        ))
+    );
+    let members = ok(&format!("tar tf '{archive}'"));
+    assert!(
+        !members.contains(f.id("WEB_V1").trim_start_matches("sha256:")),
+        "config left: {members}"
+    );
+    assert!(m.log().contains("rewritten in full"));
+    assert_eq!(podman_loaded_tags(&archive), tags_of(&m, ""));
+    // no temporary left beside the archive
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn oci_archive_and_docker_save_archive_writes_read_back() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let oa = copy_fixture(f, "web.oci.tar", dir.path());
+    let da = copy_fixture(f, "docker.tar", dir.path());
+    let m = Mount::new(&[&format!("oa={oa}"), &format!("da={da}")]);
+    let web = skopeo_id(&format!("oci-archive:{oa}"));
+    ok(&format!(
+        "ln {} {}",
+        m.p("oa/by-tag/localhost/whoami/web:latest"),
+        m.p("oa/by-tag/localhost/whoami/web:2")
+    ));
+    ok(&format!(
+        "rm {}",
+        m.p("oa/by-tag/localhost/whoami/web:latest")
+    ));
+    assert_eq!(
+        skopeo_id(&format!("oci-archive:{oa}:localhost/whoami/web:2")),
+        web
+    );
+    assert!(skopeo_fails(&format!(
+        "oci-archive:{oa}:localhost/whoami/web:latest"
+    )));
+    // the real Docker layout: short names in RepoTags, `repositories` kept in step
+    ok(&format!(
+        "mv {} {}",
+        m.p("da/by-tag/docker.io/library/busybox:1.36"),
+        m.p("da/by-tag/docker.io/library/busybox:1.37")
+    ));
+    ok(&format!("rm {}", m.p("da/by-tag/quay.io/app/tool:v1")));
+    // Docker's own reading of its RepoTags is the truth for Docker's archive (podman
+    // 4.3 reads a short `busybox:latest` as localhost/busybox:latest)
+    let manifest: serde_json::Value =
+        serde_json::from_str(&ok(&format!("tar xOf '{da}' manifest.json"))).unwrap();
+    let mut written = BTreeSet::new();
+    for e in manifest.as_array().unwrap() {
+        for t in e["RepoTags"].as_array().into_iter().flatten() {
+            let (repo, tag) = t.as_str().unwrap().rsplit_once(':').unwrap();
+            written.insert(format!("{}:{tag}", docker_canonical(repo)));
+        }
+    }
+    let mounted: BTreeSet<String> = tags_of(&m, "da/").into_keys().collect();
+    assert_eq!(written, mounted);
+    assert!(
+        mounted.contains("docker.io/library/busybox:1.37")
+            && !mounted.contains("quay.io/app/tool:v1")
+    );
+    // and podman accepts the archive, with the new name
+    assert!(podman_loaded_tags(&da).contains_key("docker.io/library/busybox:1.37"));
+    let repos: serde_json::Value =
+        serde_json::from_str(&ok(&format!("tar xOf '{da}' repositories"))).unwrap();
+    assert!(
+        repos["busybox"].get("1.37").is_some() && repos["busybox"].get("1.36").is_none(),
+        "{repos}"
+    );
+}
+
+#[test]
+fn compressed_archives_are_read_only() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let gz = copy_fixture(f, "sample.tar.gz", dir.path());
+    let m = Mount::new(&[&gz]);
+    let o = sh(&format!("rm {}", m.p("by-tag/localhost/whoami/api:1.0")));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "{o:?}"
+    );
+    assert!(
+        m.log().contains("compressed archives are read-only"),
+        "{}",
+        m.log()
+    );
+}
+
+/// Runs the write sequence on a mount until one fails; returns how many succeeded.
+fn run_ops(m: &Mount, ops: &[String]) -> usize {
+    for (i, op) in ops.iter().enumerate() {
+        let cmd = op.replace("$M", &m.mp().display().to_string());
+        if !sh(&cmd).status.success() {
+            return i;
+        }
+    }
+    ops.len()
+}
+
+/// kill -9 at every durable step of a loop of writes (fault injection counts the
+/// steps): each time, the archive must be in the state before or after the write
+/// that was cut, and podman, skopeo and a fresh mount must all accept it.
+#[test]
+fn a_crash_at_any_step_of_a_write_leaves_the_old_or_the_new_archive() {
+    let f = fixtures();
+    let v1 = f.id("WEB_V1");
+    let ops: Vec<String> = vec![
+        "mv $M/by-tag/localhost/whoami/web:latest $M/by-tag/localhost/whoami/web:a".into(),
+        format!("ln $M/by-id/{v1} $M/by-tag/localhost/whoami/web:b"),
+        "rm $M/by-tag/localhost/whoami/web:b".into(),
+        "mv $M/by-tag/localhost/whoami/web:a $M/by-tag/localhost/whoami/web:latest".into(),
+        format!("rm $M/by-id/{v1}"),
+    ];
+    // the states before and after each op, from an uninterrupted run
+    let dir = tempfile::tempdir().unwrap();
+    let clean = copy_fixture(f, "sample.tar", dir.path());
+    let mut states = vec![];
+    {
+        let m = Mount::new(&[&clean]);
+        states.push(tags_of(&m, ""));
+        for op in &ops {
+            assert_eq!(
+                run_ops(&m, std::slice::from_ref(op)),
+                1,
+                "{op}: {}",
+                m.log()
+            );
+            states.push(tags_of(&m, ""));
+        }
+    }
+    let mut n = 1;
+    loop {
+        let work = tempfile::tempdir().unwrap();
+        let archive = copy_fixture(f, "sample.tar", work.path());
+        let mut m = Mount::with_env(&[&archive], &[("IMAGEFS_TEST_CRASH_AT", &n.to_string())]);
+        let done = run_ops(&m, &ops);
+        let log = m.log();
+        if done == ops.len() {
+            m.stop();
+            assert!(!log.contains("killed at"), "{log}");
+            break; // every step has been a crash point
+        }
+        assert!(
+            log.contains("killed at"),
+            "op {done} failed without the crash: {log}"
+        );
+        // the daemon killed itself: reap it, drop the dead mount
+        drop(m.child.take().map(|mut c| c.wait()));
+        drop(m);
+        let step = log
+            .lines()
+            .find(|l| l.contains("killed at"))
+            .unwrap_or_default()
+            .to_string();
+        // before any recovery: skopeo and podman accept it, in one of the two states
+        ok(&format!(
+            "skopeo inspect --raw docker-archive:{archive}:localhost/whoami/api:latest >/dev/null"
+        ));
+        let podman_sees = podman_loaded_tags(&archive);
+        assert!(
+            podman_sees == states[done] || podman_sees == states[done + 1],
+            "crash point {n} ({step}) during op {done}: podman loads {podman_sees:?}"
+        );
+        // a fresh mount: one of the two states around the cut op
+        let fresh = Mount::new(&[&archive]);
+        let now = tags_of(&fresh, "");
+        assert!(
+            now == states[done] || now == states[done + 1],
+            "crash point {n} ({step}) during op {done}: {now:?}"
+        );
+        let sums = ok(&format!("cd {} && sha256sum *", fresh.p("by-id")));
+        for line in sums.lines() {
+            let (sum, name) = line.split_once("  ").unwrap();
+            assert_eq!(format!("sha256:{sum}"), name);
+        }
+        drop(fresh);
+        // the mount finished any half-done switch: now every reader agrees
+        assert_eq!(
+            podman_loaded_tags(&archive),
+            now,
+            "crash point {n} ({step})"
+        );
+        n += 1;
+    }
+    assert!(
+        n > 15,
+        "only {n} crash points: the sweep did not reach every step"
+    );
 }

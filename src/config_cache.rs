@@ -92,6 +92,7 @@ mod tests {
         (
             0,
             BlobLocation::Member {
+                archive: 0,
                 offset: n,
                 size: 10,
             },

@@ -183,7 +183,10 @@ impl TarIndex {
     pub fn resolve(&self, name: &str) -> Option<(&str, &TarMember)> {
         let mut current = normalize_member_name(name)?;
         for _ in 0..MAX_LINK_DEPTH {
-            let (key, member) = self.members.get(&current).map(|&i| (&self.entries[i].0, &self.entries[i].1))?;
+            let (key, member) = self
+                .members
+                .get(&current)
+                .map(|&i| (&self.entries[i].0, &self.entries[i].1))?;
             match &member.kind {
                 MemberKind::File => return Some((key.as_str(), member)),
                 MemberKind::Symlink(target) => {

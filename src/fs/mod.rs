@@ -165,6 +165,11 @@ impl ImageFs {
         let mut metas = Vec::with_capacity(stores.len());
         let mut tokens = Vec::with_capacity(stores.len());
         for (i, store) in stores.iter().enumerate() {
+            if !options.read_only
+                && let Err(e) = store.source.recover()
+            {
+                warn!(store = %store.source.describe(), "cannot recover from an interrupted write: {e}");
+            }
             tokens.push(store.source.change_token().ok());
             let inv = store.source.scan()?;
             let catalog = Catalog::build(i, store.source.as_ref(), inv, &cache);

@@ -42,6 +42,7 @@ impl MemSource {
     fn blob(&mut self, bytes: &[u8]) -> (BlobLocation, String) {
         self.blobs.push(bytes.to_vec());
         let loc = BlobLocation::Member {
+            archive: 0,
             offset: (self.blobs.len() - 1) as u64,
             size: bytes.len() as u64,
         };

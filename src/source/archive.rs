@@ -2,12 +2,20 @@
 //! uncompressed spool of it), its [`TarIndex`], and reads by member. Shared by the
 //! docker-archive and oci-archive sources.
 
-use std::fs::File;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use tracing::info;
+use tracing::{info, warn};
 
+use super::WriteError;
+use super::store_file::{self, FileLock};
+use super::tar_rewrite::{self, WriteStats};
 use super::{BlobLocation, ChangeToken, Source, SourceError, SourceKind, StoreMeta, pread_clamped};
 use crate::tar_index::{MemberKind, TarIndex};
 
@@ -31,6 +39,9 @@ impl Compression {
 }
 
 pub struct TarArchive {
+    /// Which opening of the archive this is: blob locations carry it, so a read is
+    /// never served from another version of the file.
+    generation: u64,
     path: PathBuf,
     /// The uncompressed tar bytes: the archive itself, or an unlinked temporary copy.
     data: File,
@@ -39,17 +50,24 @@ pub struct TarArchive {
     meta: StoreMeta,
 }
 
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
 impl TarArchive {
     pub fn open(path: &Path) -> Result<TarArchive, SourceError> {
+        let file = File::open(path).map_err(|e| SourceError::new(path.display(), e))?;
+        // A shared lock while indexing: a writer holding the exclusive lock (a later
+        // imagefs write, or a tool honouring flock) is waited for, never read half-done.
+        let _lock = FileLock::on(&file, false).ok();
+        TarArchive::open_file(path, file)
+    }
+
+    /// Indexes an archive already opened (and, by a writer, locked).
+    pub fn open_file(path: &Path, file: File) -> Result<TarArchive, SourceError> {
         let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
-        let file = File::open(path).map_err(|e| fail(&e))?;
         let meta = file.metadata().map_err(|e| fail(&e))?;
         if !meta.is_file() {
             return Err(fail(&"not a regular file"));
         }
-        // A shared lock while indexing: a writer holding the exclusive lock (a later
-        // imagefs write, or a tool honouring flock) is waited for, never read half-done.
-        let _lock = SharedLock::take(&file);
         let mut magic = [0u8; 4];
         let n = read_up_to(&file, &mut magic).map_err(|e| fail(&e))?;
         (&file).seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
@@ -75,6 +93,7 @@ impl TarArchive {
             return Err(fail(&format!("not a tar archive: {why}")));
         }
         Ok(TarArchive {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             data,
             compression,
@@ -99,6 +118,7 @@ impl TarArchive {
     /// The regular file a member name leads to (links followed inside the archive).
     pub fn location(&self, name: &str) -> Option<BlobLocation> {
         self.index.resolve(name).map(|(_, m)| BlobLocation::Member {
+            archive: self.generation,
             offset: m.offset,
             size: m.size,
         })
@@ -113,9 +133,19 @@ impl TarArchive {
     pub fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         match blob {
             BlobLocation::Member {
+                archive,
                 offset: start,
                 size,
-            } => pread_clamped(&self.data, *start, *size, offset, buf),
+            } if *archive == self.generation => {
+                pread_clamped(&self.data, *start, *size, offset, buf)
+            }
+            BlobLocation::Member { .. } => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: the archive changed since this blob was located",
+                    self.path.display()
+                ),
+            )),
             BlobLocation::File { path, .. } => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -172,24 +202,170 @@ fn spool(file: &File, c: Compression) -> io::Result<File> {
     Ok(out)
 }
 
-/// flock(LOCK_SH) for the life of the value; best effort (a filesystem without flock
-/// still mounts).
-struct SharedLock<'a>(&'a File);
-
-impl<'a> SharedLock<'a> {
-    fn take(file: &'a File) -> Option<SharedLock<'a>> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a valid open descriptor has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        (rc == 0).then_some(SharedLock(file))
-    }
+/// What a write does to an archive: new contents for metadata members (JSON), and
+/// for a delete, the members to leave out (which needs a full rewrite).
+#[derive(Default)]
+pub struct WritePlan {
+    pub updates: Vec<(String, Vec<u8>)>,
+    pub drop: HashSet<String>,
 }
 
-impl Drop for SharedLock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+/// An archive source's hold on its file: the archive as last indexed, reopened when
+/// the file changes, with the previous version kept readable until the catalog has
+/// moved on (blob locations name their version).
+pub struct ArchiveStore {
+    path: PathBuf,
+    versions: RwLock<(Arc<TarArchive>, Option<Arc<TarArchive>>)>,
+    indexed_at: Mutex<Option<ChangeToken>>,
+}
+
+impl ArchiveStore {
+    pub fn new(archive: TarArchive) -> ArchiveStore {
+        let token = archive.change_token().ok();
+        ArchiveStore {
+            path: archive.path().to_path_buf(),
+            versions: RwLock::new((Arc::new(archive), None)),
+            indexed_at: Mutex::new(token),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn current(&self) -> Arc<TarArchive> {
+        self.versions.read().0.clone()
+    }
+
+    /// The archive as it is now: reindexed if the file changed since.
+    pub fn refresh(&self) -> Result<Arc<TarArchive>, SourceError> {
+        let mut indexed_at = self.indexed_at.lock();
+        let now = ChangeToken::of_file(&self.path).ok();
+        if now.is_some() && *indexed_at == now {
+            return Ok(self.current());
+        }
+        let fresh = Arc::new(TarArchive::open(&self.path)?);
+        let mut v = self.versions.write();
+        let old = std::mem::replace(&mut v.0, fresh.clone());
+        v.1 = Some(old);
+        *indexed_at = now;
+        Ok(fresh)
+    }
+
+    pub fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let archive = {
+            let v = self.versions.read();
+            match (blob, &v.1) {
+                (BlobLocation::Member { archive, .. }, Some(prev))
+                    if *archive == prev.generation =>
+                {
+                    prev.clone()
+                }
+                _ => v.0.clone(),
+            }
+        };
+        archive.read_at(blob, offset, buf)
+    }
+
+    pub fn change_token(&self) -> io::Result<ChangeToken> {
+        ChangeToken::of_file(&self.path)
+    }
+
+    pub fn meta(&self) -> StoreMeta {
+        self.current().meta()
+    }
+
+    /// Finishes what a crashed write left half done (see tar_rewrite), under the
+    /// exclusive lock. Only for writable mounts; a read-only mount reads either state.
+    pub fn recover(&self) -> Result<(), WriteError> {
+        let path = &self.path;
+        if self.current().compression != Compression::None {
+            return Ok(());
+        }
+        let io_err = |e: io::Error| WriteError::io(format!("{}: recover", path.display()), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err)?;
+        let _lock = FileLock::on(&file, true).map_err(io_err)?;
+        store_file::remove_stale_temps(path);
+        let fresh = TarArchive::open_file(path, file.try_clone().map_err(io_err)?)
+            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+        let repaired = tar_rewrite::finish_interrupted(&file, &fresh.index).map_err(io_err)?;
+        for name in repaired {
+            warn!(archive = %path.display(), member = %name, "completed a write a crash interrupted: the older copy is now a spare");
+        }
+        Ok(())
+    }
+
+    /// One write: under the archive's exclusive lock, index it afresh, plan, and
+    /// persist in place (metadata only) or by a full rewrite (when members go, or
+    /// one cannot be replaced in place).
+    pub fn write(
+        &self,
+        plan: impl FnOnce(&TarArchive) -> Result<WritePlan, WriteError>,
+    ) -> Result<WriteStats, WriteError> {
+        let path = &self.path;
+        let io_err =
+            |what: &str, e: io::Error| WriteError::io(format!("{}: {what}", path.display()), e);
+        if self.current().compression != Compression::None {
+            return Err(WriteError::NotSupported(format!(
+                "{}: compressed archives are read-only here (decompress it to write to it)",
+                path.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err("open for writing", e))?;
+        let _lock = FileLock::on(&file, true).map_err(|e| io_err("lock", e))?;
+        store_file::remove_stale_temps(path);
+        let fresh = TarArchive::open_file(path, file.try_clone().map_err(|e| io_err("open", e))?)
+            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+        if let Some(p) = fresh.index.problems.first() {
+            return Err(WriteError::NotSupported(format!(
+                "{}: not written, the archive is damaged: {p}",
+                path.display()
+            )));
+        }
+        let plan = plan(&fresh)?;
+        let updates: Vec<(&str, &[u8])> = plan
+            .updates
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        let stats = if plan.drop.is_empty() {
+            match tar_rewrite::replace_in_place(&file, fresh.index, &updates)
+                .map_err(|e| io_err("write", e))?
+            {
+                Some(stats) => stats,
+                None => {
+                    info!(archive = %path.display(), "metadata cannot be replaced in place: rewriting the archive");
+                    let index = TarArchive::open_file(
+                        path,
+                        file.try_clone().map_err(|e| io_err("open", e))?,
+                    )
+                    .map_err(|e| WriteError::NotSupported(e.to_string()))?
+                    .index;
+                    tar_rewrite::rewrite(path, &file, &index, |_| true, &updates)
+                        .map_err(|e| io_err("rewrite", e))?
+                }
+            }
+        } else {
+            info!(archive = %path.display(), members = plan.drop.len(), "removing members: rewriting the archive");
+            tar_rewrite::rewrite(
+                path,
+                &file,
+                &fresh.index,
+                |n| !plan.drop.contains(n),
+                &updates,
+            )
+            .map_err(|e| io_err("rewrite", e))?
+        };
+        info!(archive = %path.display(), bytes_written = stats.bytes_written, full_rewrite = stats.full_rewrite, "written");
+        Ok(stats)
     }
 }
 

@@ -8,18 +8,24 @@
 //! - Docker 25+: an OCI layout (`index.json`, `blobs/sha256/…`) with manifest.json
 //!   pointing into blobs/; the OCI index adds the manifest digests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use std::io;
 use std::path::Path;
 
 use serde::Deserialize;
 
-use super::archive::TarArchive;
+use super::archive::{ArchiveStore, TarArchive, WritePlan};
 use super::oci;
+use super::oci_archive::plan_index_edit;
+use super::oci_index::IndexEdit;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
+    WriteError,
 };
-use crate::reference::{self, Parsed};
+use crate::reference::{self, Parsed, TagRef};
 
 /// manifest.json lists every image of the archive; thousands fit in a few MiB.
 const MANIFEST_JSON_LIMIT: u64 = 64 << 20;
@@ -35,7 +41,7 @@ struct ManifestEntry {
 }
 
 pub struct DockerArchive {
-    archive: TarArchive,
+    store: ArchiveStore,
 }
 
 impl DockerArchive {
@@ -44,7 +50,13 @@ impl DockerArchive {
     }
 
     pub fn from_archive(archive: TarArchive) -> DockerArchive {
-        DockerArchive { archive }
+        DockerArchive {
+            store: ArchiveStore::new(archive),
+        }
+    }
+
+    fn edit(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+        self.store.write(|a| plan(a, &edit)).map(|_| ())
     }
 }
 
@@ -67,11 +79,12 @@ impl Source for DockerArchive {
     }
 
     fn path(&self) -> &Path {
-        self.archive.path()
+        self.store.path()
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
-        let a = &self.archive;
+        let a = self.store.refresh()?;
+        let a = a.as_ref();
         let fail = |msg: String| SourceError::new(a.path().display(), msg);
         let bytes = a
             .read_member("manifest.json", MANIFEST_JSON_LIMIT)
@@ -127,27 +140,47 @@ impl Source for DockerArchive {
         }
         // Docker 25+: the OCI index beside manifest.json knows the manifest digests.
         if a.has_member("index.json") {
-            self.add_manifest_digests(&mut inv);
+            add_manifest_digests(a, &mut inv);
         }
         Ok(inv)
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.archive.read_at(blob, offset, buf)
+        self.store.read_at(blob, offset, buf)
     }
 
     fn change_token(&self) -> io::Result<ChangeToken> {
-        self.archive.change_token()
+        self.store.change_token()
     }
 
     fn meta(&self) -> StoreMeta {
-        self.archive.meta()
+        self.store.meta()
+    }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(Edit::Tag { id, tag })
+    }
+
+    fn recover(&self) -> Result<(), WriteError> {
+        self.store.recover()
+    }
+
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(Edit::Untag(tag))
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        self.edit(Edit::Retag { from, to })
+    }
+
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        self.edit(Edit::Delete(id))
     }
 }
 
-impl DockerArchive {
-    fn add_manifest_digests(&self, inv: &mut Inventory) {
-        let layout = match oci::scan_layout(&self.archive) {
+fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
+    {
+        let layout = match oci::scan_layout(a) {
             Ok(l) => l,
             Err(e) => {
                 inv.problems
@@ -166,6 +199,261 @@ impl DockerArchive {
             }
         }
     }
+}
+
+/// One change to the archive's names.
+pub enum Edit<'a> {
+    Tag { id: &'a str, tag: &'a TagRef },
+    Untag(&'a TagRef),
+    Retag { from: &'a TagRef, to: &'a TagRef },
+    Delete(&'a str),
+}
+
+/// Plans an edit: new manifest.json (and `repositories`, and for Docker 25+ the OCI
+/// index.json, kept in step), and for a delete the members no other image uses.
+fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+    let bytes = a
+        .read_member("manifest.json", MANIFEST_JSON_LIMIT)
+        .map_err(WriteError::NotSupported)?;
+    let mut entries: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        WriteError::NotSupported(format!(
+            "{}: manifest.json is not valid: {e}",
+            a.path().display()
+        ))
+    })?;
+    let ids: Vec<String> = entries.iter().map(|e| entry_id(a, e)).collect();
+    let mut repositories: Option<serde_json::Map<String, Value>> = a
+        .read_member("repositories", MANIFEST_JSON_LIMIT)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut drop = HashSet::new();
+    let not_found = |what: String| WriteError::NotFound(format!("{}: {what}", a.path().display()));
+    match edit {
+        Edit::Untag(tag) => {
+            if !remove_tag(&mut entries, tag) {
+                return Err(not_found(format!("no tag {tag}")));
+            }
+            set_repository(&mut repositories, tag, None);
+        }
+        Edit::Tag { id, tag } => {
+            let i = ids
+                .iter()
+                .position(|x| x == id)
+                .ok_or_else(|| not_found(format!("no image {id}")))?;
+            remove_tag(&mut entries, tag);
+            push_tag(&mut entries[i], tag);
+            set_repository(&mut repositories, tag, top_layer_v1_id(&entries[i]));
+        }
+        Edit::Retag { from, to } => {
+            let Some(i) = entries
+                .iter()
+                .position(|e| repo_tags(e).any(|t| &t == *from))
+            else {
+                return Err(not_found(format!("no tag {from}")));
+            };
+            remove_tag(&mut entries, to);
+            remove_tag(&mut entries, from);
+            push_tag(&mut entries[i], to);
+            set_repository(&mut repositories, from, None);
+            set_repository(&mut repositories, to, top_layer_v1_id(&entries[i]));
+        }
+        Edit::Delete(id) => {
+            let i = ids
+                .iter()
+                .position(|x| x == id)
+                .ok_or_else(|| not_found(format!("no image {id}")))?;
+            if let Some(t) = repo_tags(&entries[i]).next() {
+                return Err(WriteError::Busy(format!(
+                    "{}: image {id} is still tagged {t}",
+                    a.path().display()
+                )));
+            }
+            let gone = entries.remove(i);
+            drop = unshared_members(a, &gone, &entries);
+        }
+    }
+    let mut plan = WritePlan::default();
+    if let Some(repos) = repositories {
+        plan.updates
+            .push(("repositories".into(), to_json(&Value::Object(repos))?));
+    }
+    // Docker 25+: the OCI index names the same images.
+    if a.has_member("index.json") {
+        let index_edit = match edit {
+            Edit::Tag { id, tag } => IndexEdit::Tag { id, tag },
+            Edit::Untag(t) => IndexEdit::Untag(t),
+            Edit::Retag { from, to } => IndexEdit::Retag { from, to },
+            Edit::Delete(id) => IndexEdit::Delete(id),
+        };
+        match plan_index_edit(a, &index_edit) {
+            Ok(p) => {
+                plan.updates.extend(p.updates);
+                drop.extend(p.drop);
+            }
+            // the index may not list every image manifest.json does
+            Err(WriteError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // manifest.json last: it is what loaders read, so it switches last
+    plan.updates
+        .push(("manifest.json".into(), to_json(&Value::Array(entries))?));
+    plan.drop = drop;
+    Ok(plan)
+}
+
+fn to_json(v: &Value) -> Result<Vec<u8>, WriteError> {
+    serde_json::to_vec(v).map_err(|e| WriteError::NotSupported(format!("cannot serialise: {e}")))
+}
+
+/// The ID of a manifest.json entry: what its Config path names, else the hash of the
+/// config member.
+fn entry_id(a: &TarArchive, entry: &Value) -> String {
+    let config = entry
+        .get("Config")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let id = claimed_id(config);
+    if !id.is_empty() {
+        return id;
+    }
+    a.read_member(config, 64 << 20)
+        .map(|b| format!("sha256:{}", hex::encode(Sha256::digest(&b))))
+        .unwrap_or_default()
+}
+
+fn repo_tags(entry: &Value) -> impl Iterator<Item = TagRef> + '_ {
+    entry
+        .get("RepoTags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match reference::parse(v.as_str()?) {
+            Ok(Parsed::Tag(t)) => Some(t),
+            _ => None,
+        })
+}
+
+/// Removes `tag` (in any spelling) from every entry; true if one had it.
+fn remove_tag(entries: &mut [Value], tag: &TagRef) -> bool {
+    let mut found = false;
+    for e in entries.iter_mut() {
+        if let Some(tags) = e.get_mut("RepoTags").and_then(Value::as_array_mut) {
+            let before = tags.len();
+            tags.retain(|v| {
+                !matches!(v.as_str().map(reference::parse), Some(Ok(Parsed::Tag(ref t))) if t == tag)
+            });
+            found |= tags.len() != before;
+        }
+    }
+    found
+}
+
+fn push_tag(entry: &mut Value, tag: &TagRef) {
+    let Some(obj) = entry.as_object_mut() else {
+        return;
+    };
+    let tags = obj.entry("RepoTags").or_insert(Value::Null);
+    if !tags.is_array() {
+        *tags = Value::Array(vec![]);
+    }
+    if let Some(a) = tags.as_array_mut() {
+        a.push(Value::String(tag.to_string()));
+    }
+}
+
+/// The v1 ID the legacy `repositories` file maps a tag to: the top layer's directory.
+fn top_layer_v1_id(entry: &Value) -> Option<String> {
+    let last = entry.get("Layers")?.as_array()?.last()?.as_str()?;
+    let (dir, file) = last.rsplit_once('/')?;
+    (file == "layer.tar" && !dir.contains('/')).then(|| dir.to_string())
+}
+
+/// Updates the legacy `repositories` file: {repository: {tag: v1 id}}. Keys may be
+/// familiar (`busybox`) or canonical names; both spellings of a tag are matched.
+fn set_repository(
+    repos: &mut Option<serde_json::Map<String, Value>>,
+    tag: &TagRef,
+    v1: Option<String>,
+) {
+    let Some(repos) = repos else { return };
+    let same_repo = |key: &str| match reference::parse(&format!("{key}:x")) {
+        Ok(Parsed::Tag(t)) => t.name() == tag.name(),
+        _ => false,
+    };
+    for (key, tags) in repos.iter_mut() {
+        if same_repo(key)
+            && let Some(t) = tags.as_object_mut()
+        {
+            t.remove(&tag.tag);
+        }
+    }
+    repos.retain(|_, tags| tags.as_object().is_none_or(|t| !t.is_empty()));
+    if let Some(v1) = v1 {
+        let key = repos
+            .keys()
+            .find(|k| same_repo(k))
+            .cloned()
+            .unwrap_or_else(|| tag.name());
+        let entry = repos
+            .entry(key)
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(t) = entry.as_object_mut() {
+            t.insert(tag.tag.clone(), Value::String(v1));
+        }
+    }
+}
+
+/// The members only the deleted entry used: its config, its layers (and the links
+/// and targets they go through), and the legacy `<v1id>/` directories of those layers.
+fn unshared_members(a: &TarArchive, gone: &Value, kept: &[Value]) -> HashSet<String> {
+    let names_of = |e: &Value| -> Vec<String> {
+        let config = e.get("Config").and_then(Value::as_str).map(str::to_string);
+        let layers = e
+            .get("Layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string));
+        config.into_iter().chain(layers).collect()
+    };
+    let closure = |names: Vec<String>| -> HashSet<String> {
+        let mut out = HashSet::new();
+        for n in names {
+            let Some(n) = crate::tar_index::normalize_member_name(&n) else {
+                continue;
+            };
+            if let Some((target, _)) = a.index.resolve(&n) {
+                out.insert(target.to_string());
+            }
+            out.insert(n);
+        }
+        out
+    };
+    let keep = closure(kept.iter().flat_map(names_of).collect());
+    let mut drop: HashSet<String> = closure(names_of(gone)).difference(&keep).cloned().collect();
+    // `<v1id>/layer.tar` that was or pointed at a dropped layer: its whole directory
+    let dirs: HashSet<String> = a
+        .index
+        .entries()
+        .iter()
+        .filter_map(|(name, _)| {
+            let dir = name.strip_suffix("/layer.tar")?;
+            let target = a.index.resolve(name).map(|(t, _)| t.to_string());
+            let dropped = drop.contains(name) || target.is_some_and(|t| drop.contains(&t));
+            let kept_dir = keep.iter().any(|k| k.starts_with(&format!("{dir}/")));
+            (dropped && !kept_dir).then(|| dir.to_string())
+        })
+        .collect();
+    for (name, _) in a.index.entries() {
+        if dirs
+            .iter()
+            .any(|d| name == d || name.starts_with(&format!("{d}/")))
+        {
+            drop.insert(name.clone());
+        }
+    }
+    drop
 }
 
 #[cfg(test)]

@@ -66,8 +66,13 @@ impl fmt::Display for SourceKind {
 /// Where a blob's bytes are, in terms the owning source understands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BlobLocation {
-    /// A member of the source's (uncompressed) tar archive.
-    Member { offset: u64, size: u64 },
+    /// A member of the source's (uncompressed) tar archive, as opened in generation
+    /// `archive`.
+    Member {
+        archive: u64,
+        offset: u64,
+        size: u64,
+    },
     /// A file of a store directory, already checked to lie inside the store.
     File { path: PathBuf, size: u64 },
 }
@@ -231,6 +236,12 @@ pub trait Source: Send + Sync {
     fn change_token(&self) -> io::Result<ChangeToken>;
 
     fn meta(&self) -> StoreMeta;
+
+    /// Completes or undoes what a crashed writer left (called once, before the first
+    /// scan, on writable mounts).
+    fn recover(&self) -> Result<(), WriteError> {
+        Ok(())
+    }
 
     /// Tag the image `id` as `tag`, moving an existing tag of that name.
     fn tag(&self, _id: &str, _tag: &TagRef) -> Result<(), WriteError> {

@@ -471,6 +471,7 @@ impl OciLayout {
     fn edit(&self, edit: IndexEdit<'_>) -> Result<(), WriteError> {
         let _lock = FileLock::exclusive(&self.root)
             .map_err(|e| WriteError::io(format!("{}: lock", self.root.display()), e))?;
+        store_file::remove_stale_temps(&self.root.join("index.json"));
         let edited = oci_index::apply(self, &edit)?;
         let garbage = oci_index::unshared_blobs(self, &edited.index, &edited.removed);
         let index = self.root.join("index.json");

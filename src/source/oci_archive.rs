@@ -1,14 +1,19 @@
-//! `oci-archive:`: a tar of an OCI image layout, read in place through the tar index.
+//! `oci-archive:`: a tar of an OCI image layout, read in place through the tar index
+//! and written through it (index.json in place; deleted blobs by a rewrite).
 
 use std::io;
 use std::path::Path;
 
-use super::archive::TarArchive;
+use super::archive::{ArchiveStore, TarArchive, WritePlan};
 use super::oci::{self, LayoutBlobs};
-use super::{BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, StoreMeta};
+use super::oci_index::{self, IndexEdit};
+use super::{
+    BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, StoreMeta, WriteError,
+};
+use crate::reference::TagRef;
 
 pub struct OciArchive {
-    archive: TarArchive,
+    store: ArchiveStore,
 }
 
 impl OciArchive {
@@ -17,8 +22,27 @@ impl OciArchive {
     }
 
     pub fn from_archive(archive: TarArchive) -> OciArchive {
-        OciArchive { archive }
+        OciArchive {
+            store: ArchiveStore::new(archive),
+        }
     }
+
+    fn edit(&self, edit: IndexEdit<'_>) -> Result<(), WriteError> {
+        self.store.write(|a| plan_index_edit(a, &edit)).map(|_| ())
+    }
+}
+
+/// The plan of an index.json edit inside an archive (also Docker 25+'s index).
+pub fn plan_index_edit(a: &TarArchive, edit: &IndexEdit<'_>) -> Result<WritePlan, WriteError> {
+    let edited = oci_index::apply(a, edit)?;
+    let drop = oci_index::unshared_blobs(a, &edited.index, &edited.removed)
+        .iter()
+        .filter_map(|d| oci::blob_rel_path(d))
+        .collect();
+    Ok(WritePlan {
+        updates: vec![("index.json".into(), edited.index)],
+        drop,
+    })
 }
 
 /// The layout inside a tar: also how Docker 25+ archives' OCI index is read.
@@ -53,26 +77,46 @@ impl Source for OciArchive {
     }
 
     fn path(&self) -> &Path {
-        self.archive.path()
+        self.store.path()
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
-        let mut inv = oci::scan_layout(&self.archive)
-            .map_err(|e| SourceError::new(self.archive.path().display(), e))?;
-        inv.problems
-            .splice(0..0, self.archive.index.problems.iter().cloned());
+        let a = self.store.refresh()?;
+        let mut inv =
+            oci::scan_layout(a.as_ref()).map_err(|e| SourceError::new(a.path().display(), e))?;
+        inv.problems.splice(0..0, a.index.problems.iter().cloned());
         Ok(inv)
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.archive.read_at(blob, offset, buf)
+        self.store.read_at(blob, offset, buf)
     }
 
     fn change_token(&self) -> io::Result<ChangeToken> {
-        self.archive.change_token()
+        self.store.change_token()
     }
 
     fn meta(&self) -> StoreMeta {
-        self.archive.meta()
+        self.store.meta()
+    }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Tag { id, tag })
+    }
+
+    fn recover(&self) -> Result<(), WriteError> {
+        self.store.recover()
+    }
+
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Untag(tag))
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Retag { from, to })
+    }
+
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        self.edit(IndexEdit::Delete(id))
     }
 }

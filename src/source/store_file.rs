@@ -9,8 +9,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// A held flock; released when dropped.
+/// A held flock; released when dropped (explicitly: a duplicated descriptor would
+/// otherwise keep it while the original stays open).
 pub struct FileLock(File);
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
 
 impl FileLock {
     fn take(file: File, how: libc::c_int) -> io::Result<FileLock> {
@@ -37,8 +45,39 @@ impl FileLock {
         FileLock::take(File::open(path)?, libc::LOCK_EX)
     }
 
-    pub fn file(&self) -> &File {
-        &self.0
+    /// The same lock on an already open file (a duplicate descriptor shares the
+    /// open file description, and so the lock).
+    pub fn on(file: &File, exclusive: bool) -> io::Result<FileLock> {
+        FileLock::take(
+            file.try_clone()?,
+            if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            },
+        )
+    }
+}
+
+/// Fault injection for the crash tests: with `IMAGEFS_TEST_CRASH_AT=N`, the N-th
+/// durable step of any write (counted from 1 across the process) kills the process
+/// with SIGKILL, as a crash would: nothing after it runs, no destructor, no unlock.
+pub fn crash_point(step: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TARGET: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let Some(target) = *TARGET.get_or_init(|| {
+        std::env::var("IMAGEFS_TEST_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == target {
+        eprintln!("imagefs: IMAGEFS_TEST_CRASH_AT={target}: killed at {step}");
+        // SAFETY: signalling ourselves.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
 
@@ -50,6 +89,36 @@ pub fn temp_path(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.imagefs-{}.tmp", std::process::id()))
+}
+
+/// Removes temporaries of `path` that a crashed writer left. Call only under the
+/// store's exclusive lock: then no writer is using one.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.imagefs-", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed a temporary file a crashed write left")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), "cannot remove a stale temporary file: {err}")
+                }
+            }
+        }
+    }
 }
 
 /// Replaces `path` with `bytes` atomically, keeping its permission bits.
@@ -65,9 +134,13 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        crash_point("temporary file written, not synced");
         f.sync_all()?;
         drop(f);
-        commit_rename(&tmp, path)
+        crash_point("temporary file synced, not renamed");
+        commit_rename(&tmp, path)?;
+        crash_point("renamed");
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

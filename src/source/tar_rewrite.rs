@@ -24,7 +24,7 @@ use std::path::Path;
 
 use tracing::info;
 
-use super::store_file;
+use super::store_file::{self, crash_point};
 use crate::tar_index::{MemberKind, TarIndex};
 
 /// The name of a spare slot. Readers look members up by name, so they pass over it;
@@ -54,6 +54,15 @@ pub fn replace_in_place(
     mut index: TarIndex,
     updates: &[(&str, &[u8])],
 ) -> io::Result<Option<WriteStats>> {
+    // Nothing is written unless every member can be replaced in place.
+    let all_renamable = updates.iter().all(|(name, _)| {
+        index
+            .get(name)
+            .is_some_and(|m| m.renamable && m.kind == MemberKind::File)
+    });
+    if !all_renamable {
+        return Ok(None);
+    }
     let mut stats = WriteStats::default();
     for (name, content) in updates {
         let Some(active) = index.get(name).cloned() else {
@@ -67,7 +76,9 @@ pub fn replace_in_place(
         let spare = index
             .entries()
             .iter()
-            .filter(|(n, m)| n == SPARE_NAME && m.renamable && m.kind == MemberKind::File && m.size >= need)
+            .filter(|(n, m)| {
+                n == SPARE_NAME && m.renamable && m.kind == MemberKind::File && m.size >= need
+            })
             .min_by_key(|(_, m)| m.size)
             .map(|(_, m)| m.clone());
         let spare = match spare {
@@ -83,12 +94,16 @@ pub fn replace_in_place(
         let mut data = content.to_vec();
         data.resize(spare.size as usize, b' ');
         file.write_all_at(&data, spare.offset)?;
+        crash_point("spare data written");
         file.sync_data()?;
+        crash_point("spare data synced");
         stats.bytes_written += data.len() as u64;
         // 2. the spare takes the name, one generation up
         let generation = active.mtime.max(spare.mtime) + 1;
         rename_header(file, spare.header_offset, name, generation)?;
+        crash_point("spare named");
         file.sync_data()?;
+        crash_point("spare name synced");
         // 3. the old member becomes a spare, and so does any older copy of the name a
         //    crash between steps 2 and 3 of an earlier write left behind
         let stale: Vec<u64> = index
@@ -99,13 +114,35 @@ pub fn replace_in_place(
             .collect();
         for offset in &stale {
             rename_header(file, *offset, SPARE_NAME, 0)?;
+            crash_point("old copy renamed to spare");
         }
         file.sync_data()?;
+        crash_point("switch synced");
         stats.bytes_written += (1 + stale.len() as u64) * BLOCK;
         // the next update sees this one
         index = reindex(file)?;
     }
     Ok(Some(stats))
+}
+
+/// Completes switches a crash interrupted (a name present twice): every copy but the
+/// newest becomes a spare. Returns the names repaired. Same locking as for a write.
+pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<String>> {
+    let mut repaired = Vec::new();
+    for (name, member) in index.entries() {
+        if name == SPARE_NAME || !member.renamable {
+            continue;
+        }
+        let winner = index.get(name);
+        if winner.is_some_and(|w| w.header_offset != member.header_offset) {
+            rename_header(file, member.header_offset, SPARE_NAME, 0)?;
+            repaired.push(name.clone());
+        }
+    }
+    if !repaired.is_empty() {
+        file.sync_data()?;
+    }
+    Ok(repaired)
 }
 
 fn reindex(file: &File) -> io::Result<TarIndex> {
@@ -127,13 +164,20 @@ fn rename_header(file: &File, offset: u64, name: &str, mtime: u64) -> io::Result
     file.write_all_at(header.as_bytes(), offset)
 }
 
-/// Appends an empty spare slot behind the last entry: its data and a new end of
-/// archive first, its header (over the old end-of-archive block) last.
-fn append_spare(file: &File, end: u64, size: u64) -> io::Result<(crate::tar_index::TarMember, u64)> {
+/// Appends an empty spare slot behind the last entry. Go's tar reader (podman,
+/// skopeo) wants both end-of-archive blocks zero, so nothing non-zero may appear
+/// behind the end before the header that covers it: first zeros over the slot's
+/// extent and a new end (zeros over zeros: valid at every instant), then the header
+/// (one aligned block), which makes a spare of zeros appear whole.
+fn append_spare(
+    file: &File,
+    end: u64,
+    size: u64,
+) -> io::Result<(crate::tar_index::TarMember, u64)> {
     let data_at = end + BLOCK;
-    let mut tail = vec![b' '; size as usize];
-    tail.extend(std::iter::repeat_n(0u8, 2 * BLOCK as usize));
-    file.write_all_at(&tail, data_at)?;
+    let zeros = vec![0u8; (size + 2 * BLOCK) as usize];
+    file.write_all_at(&zeros, data_at)?;
+    crash_point("new spare's extent zeroed");
     file.sync_data()?;
     let mut header = tar::Header::new_ustar();
     header.set_path(SPARE_NAME)?;
@@ -143,6 +187,7 @@ fn append_spare(file: &File, end: u64, size: u64) -> io::Result<(crate::tar_inde
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     file.write_all_at(header.as_bytes(), end)?;
+    crash_point("new spare's header written");
     file.sync_data()?;
     Ok((
         crate::tar_index::TarMember {
@@ -154,7 +199,7 @@ fn append_spare(file: &File, end: u64, size: u64) -> io::Result<(crate::tar_inde
             mtime: 0,
             renamable: true,
         },
-        tail.len() as u64 + BLOCK,
+        zeros.len() as u64 + BLOCK,
     ))
 }
 
@@ -183,6 +228,10 @@ pub fn rewrite(
             }
             let (start, end) = (member.entry_start, member.entry_end());
             copy_range(old, &out, start, pos, end - start)?;
+            if pos == 0 {
+                // one point stands for all copies: none is visible before the rename
+                crash_point("rewrite: first member copied");
+            }
             pos += end - start;
         }
         io::Seek::seek(&mut out, io::SeekFrom::Start(pos))?;
@@ -198,10 +247,13 @@ pub fn rewrite(
         builder.finish()?;
         drop(builder);
         out.flush()?;
+        crash_point("rewrite: written, not synced");
         out.sync_all()?;
         let written = out.metadata()?.len();
         drop(out);
+        crash_point("rewrite: synced, not renamed");
         store_file::commit_rename(&tmp, path)?;
+        crash_point("rewrite: renamed");
         Ok(WriteStats {
             bytes_written: written,
             full_rewrite: true,
@@ -226,17 +278,30 @@ fn copy_range(from: &File, to: &File, from_off: u64, to_off: u64, len: u64) -> i
         let want = (len - done).min(1 << 30) as usize;
         // SAFETY: both descriptors are open files we own; the offsets are ours.
         let n = unsafe {
-            libc::copy_file_range(from.as_raw_fd(), &mut src, to.as_raw_fd(), &mut dst, want, 0)
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut src,
+                to.as_raw_fd(),
+                &mut dst,
+                want,
+                0,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)) {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+            ) {
                 return copy_by_hand(from, to, from_off + done, to_off + done, len - done);
             }
             return Err(e);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive shorter than its index"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive shorter than its index",
+            ));
         }
         done += n as u64;
     }
@@ -268,7 +333,10 @@ mod tests {
         let idx = index_of(path);
         let m = idx.get(name).unwrap().clone();
         let mut buf = vec![0u8; m.size as usize];
-        File::open(path).unwrap().read_exact_at(&mut buf, m.offset).unwrap();
+        File::open(path)
+            .unwrap()
+            .read_exact_at(&mut buf, m.offset)
+            .unwrap();
         buf
     }
 
@@ -288,22 +356,36 @@ mod tests {
         let p = dir.path().join("a.tar");
         std::fs::write(
             &p,
-            tar_bytes(&[("layer.tar", &[1u8; 3000]), ("manifest.json", b"[{\"RepoTags\":[\"a:1\"]}]")], &[]),
+            tar_bytes(
+                &[
+                    ("layer.tar", &[1u8; 3000]),
+                    ("manifest.json", b"[{\"RepoTags\":[\"a:1\"]}]"),
+                ],
+                &[],
+            ),
         )
         .unwrap();
         let len0 = std::fs::metadata(&p).unwrap().len();
         let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        let s1 = replace_in_place(&f, index_of(&p), &[("manifest.json", b"[{\"RepoTags\":[]}]")])
-            .unwrap()
-            .unwrap();
+        let s1 = replace_in_place(
+            &f,
+            index_of(&p),
+            &[("manifest.json", b"[{\"RepoTags\":[]}]")],
+        )
+        .unwrap()
+        .unwrap();
         assert!(!s1.full_rewrite);
         let v: serde_json::Value = serde_json::from_slice(&member(&p, "manifest.json")).unwrap();
         assert_eq!(v, serde_json::json!([{"RepoTags": []}]));
         // the old member became the spare: the second write reuses it, no growth
         let len1 = std::fs::metadata(&p).unwrap().len();
-        let s2 = replace_in_place(&f, index_of(&p), &[("manifest.json", b"[{\"RepoTags\":[\"b:2\"]}]")])
-            .unwrap()
-            .unwrap();
+        let s2 = replace_in_place(
+            &f,
+            index_of(&p),
+            &[("manifest.json", b"[{\"RepoTags\":[\"b:2\"]}]")],
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len(), len1);
         assert!(s2.bytes_written < 2048, "{s2:?}");
         assert!(len1 - len0 < 16 * 1024);
@@ -311,7 +393,11 @@ mod tests {
         assert_eq!(v, serde_json::json!([{"RepoTags": ["b:2"]}]));
         // one manifest.json for every reader; the layer untouched
         let names = names_in_order(&p);
-        assert_eq!(names.iter().filter(|n| *n == "manifest.json").count(), 1, "{names:?}");
+        assert_eq!(
+            names.iter().filter(|n| *n == "manifest.json").count(),
+            1,
+            "{names:?}"
+        );
         assert_eq!(member(&p, "layer.tar"), vec![1u8; 3000]);
     }
 
@@ -329,13 +415,28 @@ mod tests {
         f.write_all_at(&data, spare.offset).unwrap();
         rename_header(&f, spare.header_offset, "manifest.json", 5).unwrap();
         // imagefs takes the higher generation
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&member(&p, "manifest.json")).unwrap(), serde_json::json!([2]));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&member(&p, "manifest.json")).unwrap(),
+            serde_json::json!([2])
+        );
         // and the archive is still a tar that lists both
-        assert_eq!(names_in_order(&p).iter().filter(|n| *n == "manifest.json").count(), 2);
+        assert_eq!(
+            names_in_order(&p)
+                .iter()
+                .filter(|n| *n == "manifest.json")
+                .count(),
+            2
+        );
         // the next write cleans up: one manifest.json again
-        replace_in_place(&f, index_of(&p), &[("manifest.json", b"[3]")]).unwrap().unwrap();
+        replace_in_place(&f, index_of(&p), &[("manifest.json", b"[3]")])
+            .unwrap()
+            .unwrap();
         let names = names_in_order(&p);
-        assert_eq!(names.iter().filter(|n| *n == "manifest.json").count(), 1, "{names:?}");
+        assert_eq!(
+            names.iter().filter(|n| *n == "manifest.json").count(),
+            1,
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -344,11 +445,25 @@ mod tests {
         let p = dir.path().join("a.tar");
         std::fs::write(
             &p,
-            tar_bytes(&[("keep", b"k"), ("drop", &[2u8; 5000]), ("manifest.json", b"[]")], &[("link", "keep")]),
+            tar_bytes(
+                &[
+                    ("keep", b"k"),
+                    ("drop", &[2u8; 5000]),
+                    ("manifest.json", b"[]"),
+                ],
+                &[("link", "keep")],
+            ),
         )
         .unwrap();
         let f = File::open(&p).unwrap();
-        let s = rewrite(&p, &f, &index_of(&p), |n| n != "drop", &[("manifest.json", b"[\"new\"]")]).unwrap();
+        let s = rewrite(
+            &p,
+            &f,
+            &index_of(&p),
+            |n| n != "drop",
+            &[("manifest.json", b"[\"new\"]")],
+        )
+        .unwrap();
         assert!(s.full_rewrite);
         assert_eq!(names_in_order(&p), ["keep", "link", "manifest.json"]);
         assert_eq!(member(&p, "manifest.json"), b"[\"new\"]");
