@@ -1366,3 +1366,60 @@ fn a_crash_at_any_step_of_a_write_leaves_the_old_or_the_new_archive() {
         "only {n} crash points: the sweep did not reach every step"
     );
 }
+
+/// A change another program makes to the store shows within a second, through the
+/// kernel's 10 s entry and attribute caches.
+#[test]
+fn a_store_changed_underneath_shows_within_a_second() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = copy_fixture(f, "sample.tar", dir.path());
+    let m = Mount::new(&[&archive]);
+    let w = m.p("by-tag/localhost/whoami");
+    // prime the kernel's caches
+    ok(&format!("ls -li {w} && stat {w}/api:latest"));
+    assert_eq!(ok(&format!("stat -c %h {w}/api:latest")).trim(), "3");
+    // podman, outside the mount: tag, untag, save over the archive (in place: podman
+    // truncates and rewrites the file)
+    let store = tempfile::tempdir().unwrap();
+    let pm = podman(store.path());
+    ok(&format!("{pm} load -q -i '{archive}'"));
+    ok(&format!(
+        "{pm} tag localhost/whoami/api:latest localhost/whoami/api:new"
+    ));
+    ok(&format!("{pm} untag localhost/whoami/web:latest"));
+    ok(&format!(
+        "{pm} save -q -m -o '{archive}.new' localhost/whoami/api:1.0 localhost/whoami/api:latest localhost/whoami/api:new && mv '{archive}.new' '{archive}'"
+    ));
+    let start = Instant::now();
+    wait_for("the new tag", || {
+        sh(&format!("stat {w}/api:new")).status.success()
+    });
+    wait_for("the old tag to go", || {
+        !sh(&format!("stat {w}/web:latest")).status.success()
+    });
+    wait_for("the link count", || {
+        ok(&format!("stat -c %h {w}/api:latest")).trim() == "4"
+    });
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(
+        lines(&ok(&format!("ls {w}"))),
+        lines("api:1.0\napi:latest\napi:new")
+    );
+    assert_eq!(
+        lines(&ok(&format!("ls {}", m.p("by-id")))),
+        lines(f.id("API"))
+    );
+    // another imagefs mount of the same archive writes in place (under the lock):
+    // this one follows
+    let other = Mount::new(&[&archive]);
+    ok(&format!(
+        "rm {}",
+        other.p("by-tag/localhost/whoami/api:new")
+    ));
+    wait_for("the other mount's untag", || {
+        !sh(&format!("stat {w}/api:new")).status.success()
+    });
+    assert_eq!(ok(&format!("stat -c %h {w}/api:latest")).trim(), "3");
+}

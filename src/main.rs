@@ -257,6 +257,7 @@ fn serve(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    spawn_watcher(fs.clone(), session.notifier())?;
     info!(mountpoint = %mountpoint.display(), stores = fs.stores().len(), "mounted");
     // The parent reads until EOF: closing our end is what lets it exit.
     if let Some(mut pipe) = status_pipe.take() {
@@ -268,6 +269,40 @@ fn serve(
         warn!("session ended: {e}");
         format!("{}: {e}", mountpoint.display())
     })
+}
+
+/// How often the stores' change tokens are checked: a change made by another program
+/// shows within this (plus a reload).
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Watches the stores for changes made by other programs, reloads them, and tells the
+/// kernel what to forget (outside any request, so the kernel can take its locks).
+fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> Result<(), String> {
+    use imagefs::fs::Invalidation;
+    std::thread::Builder::new()
+        .name("watcher".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(WATCH_INTERVAL);
+                for inv in fs.refresh_changed() {
+                    let r = match &inv {
+                        Invalidation::Entry { parent, name } => notifier
+                            .inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name)),
+                        Invalidation::Inode(ino) => {
+                            notifier.inval_inode(fuser::INodeNo(*ino), 0, 0)
+                        }
+                    };
+                    // ENOENT: the kernel had nothing cached for it, which is fine
+                    if let Err(e) = r
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::debug!("invalidate {inv:?}: {e}");
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the store watcher: {e}"))
 }
 
 /// SIGTERM, SIGINT and SIGHUP are taken by the signal thread alone: blocked here,

@@ -100,6 +100,15 @@ pub fn xattr_reply(value: Vec<u8>, size: u32) -> FsResult<XattrReply> {
     Ok(XattrReply::Data(value))
 }
 
+/// Something the kernel must forget after a store changed underneath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The name `name` in directory `parent`.
+    Entry { parent: u64, name: String },
+    /// The cached attributes (and data) of an inode.
+    Inode(u64),
+}
+
 /// One mounted source.
 pub struct Store {
     pub label: String,
@@ -496,6 +505,60 @@ impl ImageFs {
         state.metas[store] = source.meta();
         state.tokens[store] = token;
         Ok(state.rebuild(&self.stores))
+    }
+
+    /// Reloads every store whose change token moved (a change made by another
+    /// program), and says what the kernel must forget. Cheap when nothing changed: one
+    /// stat-like call per store.
+    pub fn refresh_changed(&self) -> Vec<Invalidation> {
+        let mut out = Vec::new();
+        for (i, store) in self.stores.iter().enumerate() {
+            let _one_writer = self.write_locks[i].lock();
+            let now = store.source.change_token().ok();
+            if now.is_none() || self.state.read().tokens[i] == now {
+                continue;
+            }
+            info!(store = %store.source.describe(), "changed outside the mount: reloading");
+            match self.reload(i) {
+                Ok(old) => out.extend(self.invalidations(&old)),
+                Err(e) => warn!("{e}: keeping the tree as it was"),
+            }
+        }
+        out
+    }
+
+    /// What changed between `old` and the current tree: names that went or now lead
+    /// elsewhere, and inodes whose attributes changed.
+    fn invalidations(&self, old: &Tree) -> Vec<Invalidation> {
+        let state = self.state.read();
+        let mut out = Vec::new();
+        for (ino, node) in old.iter() {
+            if let NodeKind::Dir { children, .. } = &node.kind {
+                for (name, child) in children {
+                    if state.tree.lookup(ino, name) != Some(*child) {
+                        out.push(Invalidation::Entry {
+                            parent: ino,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            let same_attr = match (&node.kind, state.tree.get(ino).map(|n| &n.kind)) {
+                (NodeKind::Image { nlink: a, .. }, Some(NodeKind::Image { nlink: b, .. })) => {
+                    a == b
+                }
+                (NodeKind::Dir { subdirs: a, .. }, Some(NodeKind::Dir { subdirs: b, .. })) => {
+                    a == b
+                }
+                (NodeKind::Symlink { target: a }, Some(NodeKind::Symlink { target: b })) => a == b,
+                (_, None) => true, // gone: its names are invalidated above
+                _ => false,
+            };
+            if !same_attr {
+                out.push(Invalidation::Inode(ino));
+            }
+        }
+        out
     }
 
     /// Runs one write on a store's source, then reloads the store.

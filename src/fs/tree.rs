@@ -71,6 +71,10 @@ impl Tree {
         self.nodes.get(&ino)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes.iter().map(|(i, n)| (*i, n))
+    }
+
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         match &self.nodes.get(&parent)?.kind {
             NodeKind::Dir { children, .. } => children
