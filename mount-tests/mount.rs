@@ -1178,11 +1178,50 @@ fn docker_archive_writes_are_what_podman_loads() {
             f.id("BUSYBOX")
         ))
     );
+    // the layers only web v1 used, from the original archive's manifest
+    let original: serde_json::Value = serde_json::from_str(&ok(&format!(
+        "tar xOf '{}' manifest.json",
+        f.path("sample.tar")
+    )))
+    .unwrap();
+    let layers_of = |id: &str| -> BTreeSet<String> {
+        original
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["Config"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(id.trim_start_matches("sha256:"))
+            })
+            .flat_map(|e| {
+                e["Layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l.as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let v1_layers = layers_of(f.id("WEB_V1"));
+    let others: BTreeSet<String> = ["WEB_V2", "API", "BUSYBOX"]
+        .iter()
+        .flat_map(|k| layers_of(f.id(k)))
+        .collect();
+    let unshared: Vec<&String> = v1_layers.difference(&others).collect();
+    assert!(!unshared.is_empty());
     let members = ok(&format!("tar tf '{archive}'"));
     assert!(
         !members.contains(f.id("WEB_V1").trim_start_matches("sha256:")),
         "config left: {members}"
     );
+    for l in &unshared {
+        assert!(
+            !members.lines().any(|m| m == l.as_str()),
+            "layer {l} left behind"
+        );
+    }
     assert!(m.log().contains("rewritten in full"));
     assert_eq!(podman_loaded_tags(&archive), tags_of(&m, ""));
     // no temporary left beside the archive
@@ -1422,4 +1461,74 @@ fn a_store_changed_underneath_shows_within_a_second() {
         !sh(&format!("stat {w}/api:new")).status.success()
     });
     assert_eq!(ok(&format!("stat -c %h {w}/api:latest")).trim(), "3");
+}
+
+#[test]
+fn a_full_disk_leaves_the_archive_as_it_was() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    ok(&format!(
+        "mount -t tmpfs -o size=1M tmpfs '{}'",
+        small.display()
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh(&format!("umount -l '{}'", self.0.display()));
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let archive = copy_fixture(f, "sample.tar", &small);
+    let before = std::fs::read(&archive).unwrap();
+    let m = Mount::new(&[&archive]);
+    let _ = sh(&format!(
+        "dd if=/dev/zero of='{}/fill' bs=4k 2>/dev/null",
+        small.display()
+    ));
+    let w = m.p("by-tag/localhost/whoami");
+    // a tag needs a spare slot (growth); a delete needs a whole new archive
+    let o = sh(&format!("ln {w}/web:latest {w}/web:full"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("No space left on device"),
+        "{o:?}"
+    );
+    let o = sh(&format!("rm {}", m.p(&format!("by-id/{}", f.id("WEB_V1")))));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("No space left on device"),
+        "{o:?}"
+    );
+    // the archive reads as before: same members, same tags for podman
+    assert_eq!(
+        lines(&ok(&format!("tar tf '{archive}'"))),
+        lines(&String::from_utf8_lossy(&ok_bytes(
+            &format!("tar tf -",),
+            &before
+        )))
+    );
+    assert_eq!(
+        ok(&format!("ls -A '{}'", small.display())).lines().count(),
+        2,
+        "a temporary was left"
+    );
+    std::fs::remove_file(small.join("fill")).unwrap();
+    drop(m);
+    assert_eq!(podman_loaded_tags(&archive).len(), 6);
+}
+
+/// Runs a command with `input` on its standard input; returns its stdout.
+fn ok_bytes(cmd: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd}");
+    out.stdout
 }
