@@ -1502,10 +1502,7 @@ fn a_full_disk_leaves_the_archive_as_it_was() {
     // the archive reads as before: same members, same tags for podman
     assert_eq!(
         lines(&ok(&format!("tar tf '{archive}'"))),
-        lines(&String::from_utf8_lossy(&ok_bytes(
-            &format!("tar tf -",),
-            &before
-        )))
+        lines(&String::from_utf8_lossy(&ok_bytes("tar tf -", &before)))
     );
     assert_eq!(
         ok(&format!("ls -A '{}'", small.display())).lines().count(),
