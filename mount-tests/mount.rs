@@ -1529,3 +1529,41 @@ fn ok_bytes(cmd: &str, input: &[u8]) -> Vec<u8> {
     assert!(out.status.success(), "{cmd}");
     out.stdout
 }
+
+/// Two mounts of one archive writing at the same time: the archive's lock serialises
+/// them, each write starts from the other's result, and no update is lost.
+#[test]
+fn two_mounts_writing_one_archive_lose_no_update() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = copy_fixture(f, "sample.tar", dir.path());
+    let a = Mount::new(&[&archive]);
+    let b = Mount::new(&[&archive]);
+    let api = f.id("API");
+    let script = |m: &Mount, who: &str| {
+        format!(
+            "for i in $(seq 1 12); do ln {id} {w}/{who}:$i || exit 1; done; \
+             for i in $(seq 1 12 | grep -v '^3$'); do rm {w}/{who}:$i || exit 1; done",
+            id = m.p(&format!("by-id/{api}")),
+            w = m.p("by-tag/localhost/whoami"),
+        )
+    };
+    let (sa, sb) = (script(&a, "a"), script(&b, "b"));
+    let ta = std::thread::spawn(move || sh(&sa));
+    let tb = std::thread::spawn(move || sh(&sb));
+    let (oa, ob) = (ta.join().unwrap(), tb.join().unwrap());
+    assert!(oa.status.success(), "{oa:?}");
+    assert!(ob.status.success(), "{ob:?}");
+    // 24 tags and 22 untags: each mount kept its :3, and the other's too
+    let want: BTreeSet<String> = lines(
+        "docker.io/library/busybox:latest\nlocalhost/whoami/a:3\nlocalhost/whoami/api:1.0\n\
+         localhost/whoami/api:latest\nlocalhost/whoami/b:3\nlocalhost/whoami/web:latest\n\
+         localhost:5000/mirror/busybox:stable\nquay.io/app/tool:v1",
+    );
+    let loaded: BTreeSet<String> = podman_loaded_tags(&archive).into_keys().collect();
+    assert_eq!(loaded, want);
+    wait_for("both mounts to agree", || {
+        tags_of(&a, "").into_keys().collect::<BTreeSet<_>>() == want
+            && tags_of(&b, "").into_keys().collect::<BTreeSet<_>>() == want
+    });
+}
