@@ -1065,19 +1065,8 @@ fn oci_layout_writes_are_what_skopeo_reads_back() {
 fn a_full_disk_answers_enospc_and_leaves_the_layout_as_it_was() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    ok(&format!(
-        "mount -t tmpfs -o size=1M tmpfs '{}'",
-        small.display()
-    ));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh(&format!("umount -l '{}'", self.0.display()));
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
+    let tmpfs = SmallTmpfs::new(dir.path());
+    let small = tmpfs.0.clone();
     let lw = copy_fixture(f, "layout", &small);
     let index_before = std::fs::read(format!("{lw}/index.json")).unwrap();
     let m = Mount::new(&[&lw]);
@@ -1467,19 +1456,8 @@ fn a_store_changed_underneath_shows_within_a_second() {
 fn a_full_disk_leaves_the_archive_as_it_was() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    ok(&format!(
-        "mount -t tmpfs -o size=1M tmpfs '{}'",
-        small.display()
-    ));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh(&format!("umount -l '{}'", self.0.display()));
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
+    let tmpfs = SmallTmpfs::new(dir.path());
+    let small = tmpfs.0.clone();
     let archive = copy_fixture(f, "sample.tar", &small);
     let before = std::fs::read(&archive).unwrap();
     let m = Mount::new(&[&archive]);
@@ -1566,4 +1544,25 @@ fn two_mounts_writing_one_archive_lose_no_update() {
         tags_of(&a, "").into_keys().collect::<BTreeSet<_>>() == want
             && tags_of(&b, "").into_keys().collect::<BTreeSet<_>>() == want
     });
+}
+
+/// A 1 MiB tmpfs, to fill up; unmounted when dropped.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn new(parent: &Path) -> SmallTmpfs {
+        let p = parent.join("small");
+        std::fs::create_dir(&p).unwrap();
+        ok(&format!(
+            "mount -t tmpfs -o size=1M tmpfs '{}'",
+            p.display()
+        ));
+        SmallTmpfs(p)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l '{}'", self.0.display()));
+    }
 }
