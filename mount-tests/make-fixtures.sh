@@ -14,7 +14,7 @@ out=${1:?usage: make-fixtures.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 store="$out/store"
-rm -rf "$store" "$out/layout" "$out/multi" "$out"/*.tar* 
+rm -rf "$store" "$out/layout" "$out/multi" "$out/cs" "$out"/*.tar*
 mkdir -p "$store/root" "$store/run" "$store/tmp"
 
 export BUILDAH_ISOLATION=chroot
@@ -151,6 +151,12 @@ API=$api
 API_ARM64=$api_arm64
 BUSYBOX=$busybox
 IDS
+
+# The containers-storage store itself, for the containers-storage tests (podman's
+# libpod database records the store's path: without it, podman works on a copy).
+rm -rf "$out/cs"
+cp -a "$store/root" "$out/cs"
+rm -rf "$out/cs/libpod"
 
 if [ "${KEEP_STORE:-0}" != 1 ]; then
   bh rm -a >/dev/null 2>&1 || true

@@ -289,7 +289,20 @@ fn merge(
     extend_unique(&mut image.manifest_digests, record.manifest_digests);
     extend_unique(&mut image.digest_refs, record.digest_refs);
     extend_unique(&mut image.other_platforms, record.other_platforms);
-    extend_unique(&mut image.extra_xattrs, record.extra_xattrs);
+    // one attribute per name: values from several records are joined
+    for (name, value) in record.extra_xattrs {
+        match image.extra_xattrs.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => {
+                for part in value.split(',') {
+                    if !v.split(',').any(|p| p == part) {
+                        v.push(',');
+                        v.push_str(part);
+                    }
+                }
+            }
+            None => image.extra_xattrs.push((name, value)),
+        }
+    }
     image.tags.sort();
 }
 

@@ -6,6 +6,7 @@
 //! catalog verifies it.
 
 pub mod archive;
+pub mod containers_storage;
 pub mod docker_archive;
 pub mod oci;
 pub mod oci_archive;
@@ -376,6 +377,9 @@ pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
         SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(&path)?)),
         SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path)?)),
         SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path)?)),
+        SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
+            &path,
+        )?)),
         other => Err(SourceError::new(
             path.display(),
             format!(

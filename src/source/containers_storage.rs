@@ -1,0 +1,639 @@
+//! `containers-storage:`: the store podman, CRI-O and buildah share. Where
+//! `<driver>-images/images.json` is parsed and written.
+//!
+//! - An image's config is the big-data item whose key is its config digest (found
+//!   through the image's manifest, else the digest-shaped key), in
+//!   `<driver>-images/<id>/<encoded key>` (`=` + base64 for keys outside `[0-9a-z.]`,
+//!   as containers/storage names them). The store's own `id` can differ from the
+//!   config digest (TOC pulls): it goes to `user.image.store-id`.
+//! - Locking follows containers/storage's protocol: an fcntl lock over the whole of
+//!   `images.lock` (shared to read, exclusive to write), and after a write a new
+//!   64-byte last-write token at its start, which is what tells podman, CRI-O and
+//!   buildah (and imagefs's watcher) to reload. imagefs takes open-file-description
+//!   locks on one long-lived descriptor: they conflict with podman's record locks
+//!   like record locks do, but closing another descriptor of the file in this process
+//!   cannot drop them.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::store_file;
+use super::{
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
+    WriteError, pread_clamped,
+};
+use crate::reference::{self, Parsed, TagRef};
+
+const IMAGES_JSON_LIMIT: u64 = 256 << 20;
+const MANIFEST_LIMIT: u64 = 4 << 20;
+
+pub struct ContainersStorage {
+    root: PathBuf,
+    /// `<root>/<driver>-images`
+    images_dir: PathBuf,
+    driver: String,
+    /// images.lock, open for the life of the source: locks and tokens go through it.
+    lock_file: File,
+    /// In-process: one lock holder at a time on `lock_file`.
+    lock_guard: Mutex<()>,
+    meta: StoreMeta,
+}
+
+/// An OFD lock over the whole of images.lock; released when dropped.
+struct StoreLock<'a>(&'a File);
+
+impl<'a> StoreLock<'a> {
+    fn take(file: &'a File, exclusive: bool) -> io::Result<StoreLock<'a>> {
+        // SAFETY: a zeroed flock is a valid value; the fields are set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = if exclusive {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        loop {
+            // SAFETY: fcntl on our descriptor with a valid flock.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+            if rc == 0 {
+                return Ok(StoreLock(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above, unlocking.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_UNLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl on our descriptor with a valid flock.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    }
+}
+
+/// containers/storage's file name for a big-data key.
+pub fn big_data_file_name(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|c| c == b'.' || c.is_ascii_digit() || c.is_ascii_lowercase())
+    {
+        key.to_string()
+    } else {
+        format!("={}", base64::engine::general_purpose::STANDARD.encode(key))
+    }
+}
+
+fn is_store_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl ContainersStorage {
+    pub fn open(root: &Path) -> Result<ContainersStorage, SourceError> {
+        let fail = |m: String| SourceError::new(root.display(), m);
+        let mut found: Vec<(std::time::SystemTime, String, PathBuf)> = std::fs::read_dir(root)
+            .map_err(|e| fail(e.to_string()))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let driver = name.strip_suffix("-images")?.to_string();
+                let json = e.path().join("images.json");
+                let mtime = std::fs::metadata(&json).and_then(|m| m.modified()).ok()?;
+                Some((mtime, driver, e.path()))
+            })
+            .collect();
+        found.sort();
+        let Some((_, driver, images_dir)) = found.pop() else {
+            return Err(fail(
+                "not a containers-storage graph root: no <driver>-images/images.json".into(),
+            ));
+        };
+        for (_, other, _) in &found {
+            warn!(store = %root.display(), "images of the {other} driver are not shown: the store's newest is {driver}");
+        }
+        let lock_path = images_dir.join("images.lock");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .or_else(|_| File::open(&lock_path))
+            .map_err(|e| SourceError::new(lock_path.display(), e))?;
+        let meta =
+            std::fs::metadata(images_dir.join("images.json")).map_err(|e| fail(e.to_string()))?;
+        Ok(ContainersStorage {
+            root: root.to_path_buf(),
+            images_dir,
+            driver,
+            lock_file,
+            lock_guard: Mutex::new(()),
+            meta: StoreMeta::of(&meta),
+        })
+    }
+
+    fn images_json(&self) -> PathBuf {
+        self.images_dir.join("images.json")
+    }
+
+    fn read_images(&self) -> Result<Vec<Value>, String> {
+        let path = self.images_json();
+        let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let bytes = super::read_whole(len, IMAGES_JSON_LIMIT, |off, buf| f.read_at(buf, off))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not valid: {e}", path.display()))
+    }
+
+    /// A big-data file of image `id`, if it is there (and inside the store).
+    fn big_data(&self, id: &str, key: &str) -> Option<PathBuf> {
+        if !is_store_id(id) {
+            return None;
+        }
+        let path = self.images_dir.join(id).join(big_data_file_name(key));
+        let canonical = path.canonicalize().ok()?;
+        canonical
+            .starts_with(&self.images_dir.canonicalize().ok()?)
+            .then_some(canonical)
+    }
+
+    /// The config digest of an image: what its manifest names, else the big-data key
+    /// that is a digest.
+    fn config_digest(&self, image: &Value) -> Option<String> {
+        let id = image.get("id")?.as_str()?;
+        if let Some(path) = self.big_data(id, "manifest")
+            && let Ok(bytes) = std::fs::read(&path)
+            && bytes.len() as u64 <= MANIFEST_LIMIT
+            && let Ok(m) = serde_json::from_slice::<Value>(&bytes)
+            && let Some(d) = m.pointer("/config/digest").and_then(Value::as_str)
+            && reference::is_digest(d)
+        {
+            return Some(d.to_string());
+        }
+        image
+            .get("big-data-names")?
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| reference::is_digest(k))
+            .map(str::to_string)
+    }
+
+    /// For a manifest list (`buildah manifest create`): the instance for the host
+    /// platform among the store's images (None when the store lacks it), and the
+    /// other platforms. None for an ordinary image.
+    fn list_instance(
+        &self,
+        image: &Value,
+        images: &[Value],
+        by_manifest: &HashMap<String, usize>,
+    ) -> Option<(Option<usize>, Vec<String>)> {
+        let id = image.get("id")?.as_str()?;
+        let path = self.big_data(id, "manifest")?;
+        let bytes = std::fs::read(path).ok()?;
+        let list: Value = serde_json::from_slice(&bytes).ok()?;
+        let entries = list.get("manifests")?.as_array()?;
+        let host = super::oci::host_platform();
+        let platform = |e: &Value| {
+            let p = e.get("platform")?;
+            Some(super::oci::Platform {
+                architecture: p.get("architecture")?.as_str()?.to_string(),
+                os: p.get("os")?.as_str()?.to_string(),
+                variant: p.get("variant").and_then(Value::as_str).map(str::to_string),
+            })
+        };
+        let chosen = entries
+            .iter()
+            .position(|e| {
+                platform(e).is_some_and(|p| p.os == host.os && p.architecture == host.architecture)
+            })
+            .unwrap_or(0);
+        let others = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != chosen)
+            .filter_map(|(_, e)| platform(e).map(|p| p.display()))
+            .collect();
+        let digest = entries.get(chosen)?.get("digest")?.as_str()?;
+        let instance = by_manifest
+            .get(digest)
+            .copied()
+            .filter(|&i| i < images.len());
+        Some((instance, others))
+    }
+
+    /// layer id → (parent, size), from `<driver>-layers/layers.json`.
+    fn layer_sizes(&self) -> HashMap<String, (Option<String>, u64)> {
+        let path = self
+            .root
+            .join(format!("{}-layers", self.driver))
+            .join("layers.json");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return HashMap::new();
+        };
+        let Ok(layers) = serde_json::from_slice::<Vec<Value>>(&bytes) else {
+            return HashMap::new();
+        };
+        layers
+            .iter()
+            .filter_map(|l| {
+                let id = l.get("id")?.as_str()?.to_string();
+                let parent = l.get("parent").and_then(Value::as_str).map(str::to_string);
+                let size = l
+                    .get("diff-size")
+                    .or_else(|| l.get("compressed-size"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                Some((id, (parent, size)))
+            })
+            .collect()
+    }
+
+    /// One names edit under the store's write lock, written the way
+    /// containers/storage writes: images.json replaced atomically, then a new
+    /// last-write token.
+    fn edit_names(
+        &self,
+        edit: impl FnOnce(&mut Vec<Value>, &dyn Fn(&Value) -> Option<String>) -> Result<(), WriteError>,
+    ) -> Result<(), WriteError> {
+        let path = self.images_json();
+        let _in_process = self.lock_guard.lock();
+        let _lock = StoreLock::take(&self.lock_file, true).map_err(|e| {
+            WriteError::io(
+                format!("{}: lock", self.images_dir.join("images.lock").display()),
+                e,
+            )
+        })?;
+        let mut images = self.read_images().map_err(WriteError::NotSupported)?;
+        let id_of = |image: &Value| self.config_digest(image);
+        edit(&mut images, &id_of)?;
+        let bytes = serde_json::to_vec(&images)
+            .map_err(|e| WriteError::NotSupported(format!("cannot serialise images.json: {e}")))?;
+        store_file::replace_file(&path, &bytes)
+            .map_err(|e| WriteError::io(format!("{}: write", path.display()), e))?;
+        self.record_write().map_err(|e| {
+            WriteError::io(
+                format!("{}: last-write token", self.images_dir.display()),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Writes a new last-write token, as containers/storage's RecordWrite does:
+    /// nanoseconds, a counter, the pid, random bytes; 64 bytes at the start.
+    fn record_write(&self) -> io::Result<()> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut token = [0u8; 64];
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        token[0..8].copy_from_slice(&nanos.to_le_bytes());
+        token[8..16].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        token[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+        // SAFETY: getrandom fills the buffer we own.
+        let n = unsafe { libc::getrandom(token[20..].as_mut_ptr().cast(), 44, 0) };
+        if n != 44 {
+            return Err(io::Error::last_os_error());
+        }
+        self.lock_file.write_all_at(&token, 0)?;
+        self.lock_file.sync_data()
+    }
+}
+
+fn names(image: &Value) -> Vec<String> {
+    image
+        .get("names")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+fn set_names(image: &mut Value, new: Vec<String>) {
+    let Some(obj) = image.as_object_mut() else {
+        return;
+    };
+    if new.is_empty() {
+        obj.remove("names"); // containers/storage omits an empty list
+    } else {
+        obj.insert("names".into(), Value::from(new));
+    }
+}
+
+/// As containers/storage's addNameToHistory: the newest first, no duplicates.
+fn add_to_history(image: &mut Value, name: &str) {
+    let Some(obj) = image.as_object_mut() else {
+        return;
+    };
+    let mut history: Vec<String> = obj
+        .get("names-history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .filter(|n| n != name)
+        .collect();
+    history.insert(0, name.to_string());
+    obj.insert("names-history".into(), Value::from(history));
+}
+
+/// Whether a stored name is this tag (stored names are canonical; short ones are
+/// compared after normalising).
+fn is_tag(name: &str, tag: &TagRef) -> bool {
+    matches!(reference::parse(name), Ok(Parsed::Tag(t)) if &t == tag)
+}
+
+impl Source for ContainersStorage {
+    fn kind(&self) -> SourceKind {
+        SourceKind::ContainersStorage
+    }
+
+    fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn scan(&self) -> Result<Inventory, SourceError> {
+        let images = {
+            let _in_process = self.lock_guard.lock();
+            let _lock = StoreLock::take(&self.lock_file, false)
+                .map_err(|e| SourceError::new(self.images_dir.join("images.lock").display(), e))?;
+            self.read_images()
+                .map_err(|e| SourceError::new(self.root.display(), e))?
+        };
+        let layers = self.layer_sizes();
+        let mut inv = Inventory::default();
+        // manifest digest → image, for manifest lists, whose instances are images of
+        // the same store
+        let mut by_manifest: HashMap<String, usize> = HashMap::new();
+        for (i, image) in images.iter().enumerate() {
+            if let Some(d) = image.get("digest").and_then(Value::as_str) {
+                by_manifest.entry(d.to_string()).or_insert(i);
+            }
+            for key in image
+                .get("big-data-names")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(d) = key.as_str().and_then(|k| k.strip_prefix("manifest-")) {
+                    by_manifest.entry(d.to_string()).or_insert(i);
+                }
+            }
+        }
+        for image in &images {
+            let Some(id) = image.get("id").and_then(Value::as_str) else {
+                inv.problems.push(format!(
+                    "{}: an image without an id: skipped",
+                    self.images_json().display()
+                ));
+                continue;
+            };
+            let what = format!("{}: image {id}", self.images_json().display());
+            let mut record = ImageRecord {
+                config_name: format!("{what} config"),
+                ..Default::default()
+            };
+            let list = self.list_instance(image, &images, &by_manifest);
+            if let Some((_, others)) = &list {
+                record.other_platforms = others.clone();
+                record
+                    .extra_xattrs
+                    .push(("user.image.manifest-list".into(), format!("sha256:{id}")));
+            }
+            let source_image = list
+                .as_ref()
+                .and_then(|(i, _)| *i)
+                .map(|i| &images[i])
+                .unwrap_or(image);
+            let source_id = source_image.get("id").and_then(Value::as_str).unwrap_or(id);
+            match self.config_digest(source_image) {
+                Some(digest) => {
+                    let id = source_id;
+                    record.config = self.big_data(id, &digest).and_then(|path| {
+                        let size = std::fs::metadata(&path).ok()?.len();
+                        Some(BlobLocation::File { path, size })
+                    });
+                    if record.config.is_none() {
+                        inv.problems
+                            .push(format!("{what}: config {digest} is missing"));
+                    }
+                    if digest != format!("sha256:{id}") {
+                        record
+                            .extra_xattrs
+                            .push(("user.image.store-id".into(), id.to_string()));
+                    }
+                    record.claimed_id = digest;
+                }
+                None => {
+                    inv.problems
+                        .push(format!("{what}: no config digest among its big data"));
+                    record.claimed_id = format!("sha256:{id}");
+                }
+            }
+            for name in names(image) {
+                match reference::parse(&name) {
+                    Ok(Parsed::Tag(t)) => record.tags.push(t),
+                    Ok(Parsed::Digest { name, digest }) => {
+                        record.digest_refs.push(format!("{name}@{digest}"))
+                    }
+                    Ok(Parsed::Id(_)) => {}
+                    Err(e) => inv
+                        .problems
+                        .push(format!("{what}: {e}: not shown as a tag")),
+                }
+            }
+            if let Some(d) = image.get("digest").and_then(Value::as_str) {
+                record.manifest_digests.push(d.to_string());
+            }
+            let history: Vec<String> = image
+                .get("names-history")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if !history.is_empty() {
+                record
+                    .extra_xattrs
+                    .push(("user.image.history".into(), history.join(",")));
+            }
+            // the layer chain from the top layer down
+            let mut size = 0;
+            let mut next = source_image
+                .get("layer")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let mut seen = 0;
+            while let Some(l) = next.take() {
+                seen += 1;
+                if seen > 4096 {
+                    break; // a loop in layers.json
+                }
+                if let Some((parent, s)) = layers.get(&l) {
+                    size += s;
+                    next = parent.clone();
+                }
+            }
+            record.layers_size = Some(size);
+            inv.images.push(record);
+        }
+        Ok(inv)
+    }
+
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match blob {
+            BlobLocation::File { path, size } => {
+                pread_clamped(&File::open(path)?, 0, *size, offset, buf)
+            }
+            BlobLocation::Member { .. } => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a containers-storage store has no tar members",
+            )),
+        }
+    }
+
+    /// The 64-byte last-write token every writer of the store records.
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        let mut token = [0u8; 64];
+        let n = self.lock_file.read_at(&mut token, 0)?;
+        let m = std::fs::metadata(self.images_json())?;
+        use std::os::unix::fs::MetadataExt;
+        // the file's identity too, for stores whose writers predate the token
+        Ok(ChangeToken(format!(
+            "{}:{}:{}:{}",
+            hex::encode(&token[..n]),
+            m.ino(),
+            m.size(),
+            m.mtime_nsec()
+        )))
+    }
+
+    fn meta(&self) -> StoreMeta {
+        self.meta
+    }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        let name = tag.to_string();
+        self.edit_names(|images, id_of| {
+            let target = images
+                .iter()
+                .position(|i| id_of(i).as_deref() == Some(id))
+                .ok_or_else(|| WriteError::NotFound(format!("no image {id}")))?;
+            for (i, image) in images.iter_mut().enumerate() {
+                if i != target {
+                    let kept: Vec<String> = names(image)
+                        .into_iter()
+                        .filter(|n| !is_tag(n, tag))
+                        .collect();
+                    set_names(image, kept);
+                }
+            }
+            let image = &mut images[target];
+            let mut new: Vec<String> = names(image)
+                .into_iter()
+                .filter(|n| !is_tag(n, tag))
+                .collect();
+            new.push(name.clone());
+            set_names(image, new);
+            add_to_history(image, &name);
+            Ok(())
+        })
+    }
+
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        self.edit_names(|images, _| {
+            let mut found = false;
+            for image in images.iter_mut() {
+                let before = names(image);
+                let kept: Vec<String> =
+                    before.iter().filter(|n| !is_tag(n, tag)).cloned().collect();
+                if kept.len() != before.len() {
+                    found = true;
+                    set_names(image, kept);
+                }
+            }
+            if found {
+                Ok(())
+            } else {
+                Err(WriteError::NotFound(format!("no tag {tag}")))
+            }
+        })
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        let name = to.to_string();
+        self.edit_names(|images, _| {
+            let owner = images
+                .iter()
+                .position(|i| names(i).iter().any(|n| is_tag(n, from)))
+                .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
+            for image in images.iter_mut() {
+                let kept: Vec<String> = names(image)
+                    .into_iter()
+                    .filter(|n| !is_tag(n, to) && !is_tag(n, from))
+                    .collect();
+                set_names(image, kept);
+            }
+            let image = &mut images[owner];
+            let mut new = names(image);
+            new.push(name.clone());
+            set_names(image, new);
+            add_to_history(image, &name);
+            Ok(())
+        })
+    }
+
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        info!(store = %self.root.display(), image = id, "not deleted: layers are podman's to remove");
+        Err(WriteError::NotSupported(format!(
+            "{}: deleting images is left to `podman rmi {}` (it removes the image's layers under the store's layer locks)",
+            self.root.display(),
+            id.trim_start_matches("sha256:")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_data_names_follow_containers_storage() {
+        assert_eq!(big_data_file_name("manifest"), "manifest");
+        assert_eq!(
+            big_data_file_name("sha256:ab"),
+            format!(
+                "={}",
+                base64::engine::general_purpose::STANDARD.encode("sha256:ab")
+            )
+        );
+        assert_eq!(big_data_file_name("Manifest"), "=TWFuaWZlc3Q=");
+    }
+
+    #[test]
+    fn history_puts_the_newest_first_once() {
+        let mut image = serde_json::json!({"names-history": ["a:1", "b:1"]});
+        add_to_history(&mut image, "b:1");
+        assert_eq!(image["names-history"], serde_json::json!(["b:1", "a:1"]));
+    }
+}
