@@ -605,7 +605,7 @@ impl Source for ContainersStorage {
 
     fn delete_image(&self, id: &str) -> Result<(), WriteError> {
         info!(store = %self.root.display(), image = id, "not deleted: layers are podman's to remove");
-        Err(WriteError::NotSupported(format!(
+        Err(WriteError::NotPermitted(format!(
             "{}: deleting images is left to `podman rmi {}` (it removes the image's layers under the store's layer locks)",
             self.root.display(),
             id.trim_start_matches("sha256:")

@@ -187,6 +187,9 @@ pub enum WriteError {
     /// The source kind (or this store) cannot be written: EROFS.
     #[error("{0}")]
     NotSupported(String),
+    /// The source can write, but leaves this operation to its own tools: EPERM.
+    #[error("{0}")]
+    NotPermitted(String),
     /// The image is in use (tagged, or held by a daemon): EBUSY.
     #[error("{0}")]
     Busy(String),
@@ -209,6 +212,7 @@ impl WriteError {
     pub fn errno(&self) -> i32 {
         match self {
             WriteError::NotSupported(_) => libc::EROFS,
+            WriteError::NotPermitted(_) => libc::EPERM,
             WriteError::Busy(_) => libc::EBUSY,
             WriteError::NotFound(_) => libc::ENOENT,
             WriteError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
