@@ -734,15 +734,41 @@ fn sigterm_unmounts_cleanly() {
 #[test]
 fn no_source_and_nothing_readable_says_so_and_fails() {
     let dir = tempfile::tempdir().unwrap();
+    // the machine's own stores, if any exist, are found and named; with none, or none
+    // readable, imagefs says so and fails
+    let system: Vec<&str> = [
+        "/var/lib/containers/storage",
+        "/var/lib/docker",
+        "/var/lib/containerd",
+        "/var/lib/rancher/k3s/agent/containerd",
+    ]
+    .into_iter()
+    .filter(|p| Path::new(p).exists())
+    .collect();
     let o = Command::new(BIN)
+        .args(["-o", "ro"])
         .arg(dir.path())
         .env("HOME", dir.path())
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("no SOURCE given"), "{err}");
-    assert!(!is_mounted(dir.path()));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let mounted = is_mounted(dir.path());
+    if mounted {
+        let _ = sh(&format!("umount '{}'", dir.path().display()));
+    }
+    for p in &system {
+        assert!(
+            err.contains("found ") && err.contains(p),
+            "{p} not named: {err}"
+        );
+    }
+    if system.is_empty() {
+        assert!(!o.status.success());
+        assert!(err.contains("no SOURCE given"), "{err}");
+        assert!(!mounted);
+    } else {
+        assert_eq!(o.status.success(), mounted, "{err}");
+    }
 }
 
 #[test]
@@ -1854,4 +1880,198 @@ fn no_source_finds_the_users_containers_storage() {
             .any(|n| n == "by-id" || n.starts_with("storage")),
         "{listed:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// docker-root
+
+/// A private dockerd, offline (vfs, no networking), with its own data root, exec root
+/// and socket under /tmp (socket paths must stay short); stopped by PID when dropped.
+struct Dockerd {
+    data: tempfile::TempDir,
+    run: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    fn start(data: tempfile::TempDir) -> Dockerd {
+        let run = tempfile::Builder::new()
+            .prefix("ifs-dk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut d = Dockerd {
+            data,
+            run,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+    fn root(&self) -> String {
+        format!("{}/root", self.data.path().display())
+    }
+    fn host(&self) -> String {
+        format!("unix://{}/s", self.run.path().display())
+    }
+    fn docker(&self) -> String {
+        format!("DOCKER_HOST={} docker", self.host())
+    }
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data.path().join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+            ])
+            .args(["--bridge=none", "--userland-proxy=false"])
+            .arg("--data-root")
+            .arg(self.root())
+            .arg("--exec-root")
+            .arg(self.run.path().join("ex"))
+            .arg("--host")
+            .arg(self.host())
+            .arg("--pidfile")
+            .arg(self.run.path().join("pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        self.child = Some(child);
+        let docker = self.docker();
+        wait_for("dockerd", || {
+            sh(&format!("{docker} version")).status.success()
+        });
+    }
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+    /// (tag → ID) and IDs as `docker images -a` reports them, names made canonical.
+    fn images(&self) -> (BTreeMap<String, String>, BTreeSet<String>) {
+        let out = ok(&format!(
+            "{} images -a --no-trunc --format '{{{{json .}}}}'",
+            self.docker()
+        ));
+        let (mut tags, mut ids) = (BTreeMap::new(), BTreeSet::new());
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let id = v["ID"].as_str().unwrap().to_string();
+            let (repo, tag) = (
+                v["Repository"].as_str().unwrap(),
+                v["Tag"].as_str().unwrap(),
+            );
+            if repo != "<none>" && tag != "<none>" {
+                tags.insert(format!("{}:{tag}", docker_canonical(repo)), id.clone());
+            }
+            ids.insert(id);
+        }
+        (tags, ids)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn docker_root_reads_like_docker_images_and_writes_through_dockerd_or_its_files() {
+    let f = fixtures();
+    let mut d = Dockerd::start(tempfile::tempdir().unwrap());
+    let docker = d.docker();
+    ok(&format!("{docker} load -q -i '{}'", f.path("sample.tar")));
+    let m = Mount::new(&[
+        "-o",
+        &format!("docker_host={}", d.host()),
+        &format!("docker-root:{}", d.root()),
+    ]);
+    let (tags, ids) = d.images();
+    assert_eq!(tags_of(&m, ""), tags);
+    assert_eq!(lines(&ok(&format!("ls {}", m.p("by-id")))), ids);
+    // the untagged web v1 (docker's <none>), and a sha256sum that matches every name
+    assert!(
+        lines(&ok(&format!(
+            "cd {} && find . -links 1 -printf '%P\\n'",
+            m.p("by-id")
+        )))
+        .contains(f.id("WEB_V1"))
+    );
+    for line in ok(&format!("cd {} && sha256sum *", m.p("by-id"))).lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
+    }
+    // docker tag while mounted
+    ok(&format!(
+        "{docker} tag busybox:latest localhost/whoami/dock:1"
+    ));
+    let w = m.p("by-tag/localhost/whoami");
+    let start = Instant::now();
+    wait_for("docker's tag", || {
+        sh(&format!("stat {w}/dock:1")).status.success()
+    });
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // writes through the Engine API
+    ok(&format!(
+        "ln {w}/api:1.0 {w}/api:fs && mv {w}/api:fs {w}/api:moved && rm {w}/dock:1"
+    ));
+    let o = sh(&format!("rm {w}/web:latest"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Device or resource busy"),
+        "{o:?}"
+    );
+    assert!(m.log().contains("last tag"), "{}", m.log());
+    ok(&format!("rm {}", m.p(&format!("by-id/{}", f.id("WEB_V1")))));
+    let (tags, ids) = d.images();
+    assert_eq!(tags_of(&m, ""), tags);
+    assert!(
+        tags.contains_key("localhost/whoami/api:moved")
+            && !tags.contains_key("localhost/whoami/dock:1")
+    );
+    assert!(!ids.contains(f.id("WEB_V1")));
+    // dockerd stopped: the same writes go to repositories.json, and dockerd sees them
+    d.stop();
+    ok(&format!(
+        "ln {w}/api:1.0 {w}/api:offline && mv {w}/api:moved {w}/api:back && rm {w}/web:latest"
+    ));
+    let o = sh(&format!("rm {}", m.p(&format!("by-id/{}", f.id("WEB_V2")))));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{o:?}"
+    );
+    let offline = tags_of(&m, "");
+    d.spawn();
+    let (tags, _) = d.images();
+    assert_eq!(tags, offline);
+    assert!(
+        tags.contains_key("localhost/whoami/api:offline")
+            && tags.contains_key("localhost/whoami/api:back")
+    );
+    assert!(!tags.contains_key("localhost/whoami/web:latest"));
+}
+
+#[test]
+fn docker_root_with_no_images_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("root/containerd")).unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let o = Command::new(BIN)
+        .arg(format!("docker-root:{}/root", dir.path().display()))
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("containerd") && err.contains("moby"), "{err}");
 }

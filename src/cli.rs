@@ -45,6 +45,8 @@ pub struct MountOptions {
     pub cache_size: u64,
     pub fsname: Option<String>,
     pub noatime: bool,
+    /// dockerd's socket, `unix:///path` (docker-root sources).
+    pub docker_host: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -57,6 +59,7 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             fsname: None,
             noatime: false,
+            docker_host: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("noatime", None) => out.noatime = true,
             ("cache_size", Some(v)) => out.cache_size = parse_size(v)?,
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
+            ("docker_host", Some(v)) => out.docker_host = Some(v.to_string()),
             ("subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}

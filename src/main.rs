@@ -64,10 +64,13 @@ fn run(args: Args) -> Result<(), String> {
         }
         Err(e) => return Err(format!("{}: mount point: {e}", mountpoint.display())),
     }
+    let source_options = source::SourceOptions {
+        docker_host: options.docker_host.clone(),
+    };
     let stores = if positional.is_empty() {
-        discover_stores()?
+        discover_stores(&source_options)?
     } else {
-        open_sources(&positional)?
+        open_sources(&positional, &source_options)?
     };
     let fs = ImageFs::new(
         stores,
@@ -81,12 +84,12 @@ fn run(args: Args) -> Result<(), String> {
     mount(Arc::new(fs), &mountpoint, &options, foreground)
 }
 
-fn open_sources(args: &[String]) -> Result<Vec<Store>, String> {
+fn open_sources(args: &[String], options: &source::SourceOptions) -> Result<Vec<Store>, String> {
     let specs = cli::parse_sources(args)?;
     specs
         .into_iter()
         .map(|s| {
-            let source = source::open(&s.spec).map_err(|e| e.to_string())?;
+            let source = source::open_with(&s.spec, options).map_err(|e| e.to_string())?;
             Ok(Store {
                 label: s.label,
                 source,
@@ -96,7 +99,7 @@ fn open_sources(args: &[String]) -> Result<Vec<Store>, String> {
 }
 
 /// The no-source default: every known store location that exists, said aloud.
-fn discover_stores() -> Result<Vec<Store>, String> {
+fn discover_stores(options: &source::SourceOptions) -> Result<Vec<Store>, String> {
     let mut stores = Vec::new();
     let mut found = Vec::new();
     for (kind, path) in cli::default_store_locations() {
@@ -104,7 +107,7 @@ fn discover_stores() -> Result<Vec<Store>, String> {
             continue;
         }
         let spec = format!("{kind}:{}", path.display());
-        match source::open(&spec) {
+        match source::open_with(&spec, options) {
             Ok(source) => {
                 eprintln!("imagefs: found {spec}");
                 let label = cli::parse_sources(std::slice::from_ref(&spec))

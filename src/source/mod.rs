@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod containers_storage;
 pub mod docker_archive;
+pub mod docker_root;
 pub mod oci;
 pub mod oci_archive;
 pub mod oci_index;
@@ -366,9 +367,22 @@ pub(crate) fn pread_clamped(
     file.read_at(&mut buf[..want], start + offset)
 }
 
+/// What the command line says about how to reach stores.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// `-o docker_host=unix:///path`: dockerd's socket (else DOCKER_HOST, else
+    /// /var/run/docker.sock).
+    pub docker_host: Option<String>,
+}
+
+/// Opens a source from a command-line spec with default options.
+pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    open_with(spec, &SourceOptions::default())
+}
+
 /// Opens a source from a command-line spec: `kind:path`, or a bare path whose kind is
 /// detected.
-pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>, SourceError> {
     let (kind, path) = split_prefix(spec);
     let path = PathBuf::from(path);
     let kind = match kind {
@@ -383,6 +397,10 @@ pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
         SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path)?)),
         SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
             &path,
+        )?)),
+        SourceKind::DockerRoot => Ok(Box::new(docker_root::DockerRoot::open(
+            &path,
+            options.docker_host.as_deref(),
         )?)),
         other => Err(SourceError::new(
             path.display(),
@@ -421,7 +439,12 @@ pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
         {
             return Ok(SourceKind::ContainersStorage);
         }
-        if path.join("image").is_dir() && path.join("containers").is_dir() {
+        if path.join("image").is_dir()
+            && (path.join("containers").is_dir()
+                || path.join("image").read_dir().is_ok_and(|mut d| {
+                    d.any(|e| e.is_ok_and(|e| e.path().join("imagedb").is_dir()))
+                }))
+        {
             return Ok(SourceKind::DockerRoot);
         }
         if path.join("io.containerd.metadata.v1.bolt").is_dir() {

@@ -1,0 +1,509 @@
+//! `docker-root:`: Docker's data root (`/var/lib/docker`, or any `--data-root`).
+//! Where `image/<driver>/repositories.json` is parsed and written.
+//!
+//! Tags come from `repositories.json` ({"Repositories": {repo: {"repo:tag" or
+//! "repo@digest": "sha256:<id>"}}}, familiar names), configs from
+//! `imagedb/content/sha256/<id>` (named by their digest: the catalog verifies it), sizes
+//! from `layerdb/sha256/<chain id>/size`.
+//!
+//! Writes: while dockerd answers on its socket, only through its Engine API (dockerd
+//! keeps the store in memory and would overwrite any edit); with no daemon,
+//! repositories.json is replaced atomically, as Docker writes it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use super::store_file;
+use super::{
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
+    WriteError, pread_clamped,
+};
+use crate::reference::{self, Parsed, TagRef};
+
+const REPOSITORIES_LIMIT: u64 = 64 << 20;
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+pub struct DockerRoot {
+    root: PathBuf,
+    /// `image/<driver>` directories, the first one written when dockerd is down.
+    drivers: Vec<PathBuf>,
+    /// The daemon's socket: `-o docker_host=`, DOCKER_HOST, or the default.
+    socket: PathBuf,
+    meta: StoreMeta,
+}
+
+fn hex_id(id: &str) -> Option<&str> {
+    let hex = id.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
+}
+
+/// Docker's familiar form of a repository (`busybox`, `user/app`, `quay.io/x/y`): the
+/// keys repositories.json uses.
+pub fn familiar_name(tag: &TagRef) -> String {
+    match (tag.domain.as_str(), tag.path.strip_prefix("library/")) {
+        ("docker.io", Some(short)) if !short.contains('/') => short.to_string(),
+        ("docker.io", _) => tag.path.clone(),
+        _ => tag.name(),
+    }
+}
+
+impl DockerRoot {
+    pub fn open(root: &Path, docker_host: Option<&str>) -> Result<DockerRoot, SourceError> {
+        let image_dir = root.join("image");
+        let mut drivers: Vec<PathBuf> = std::fs::read_dir(&image_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("imagedb").is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        drivers.sort();
+        if drivers.is_empty() {
+            let hint = if root.join("containerd").is_dir() || root.join("image").is_dir() {
+                " (Docker with the containerd image store keeps its images in containerd's \
+                 `moby` namespace: mount containerd:/var/lib/containerd#moby instead)"
+            } else {
+                ""
+            };
+            return Err(SourceError::new(
+                root.display(),
+                format!(
+                    "no image/<driver>/imagedb: not a Docker data root, or one with no images{hint}"
+                ),
+            ));
+        }
+        if drivers.len() > 1 {
+            let names: Vec<String> = drivers
+                .iter()
+                .filter_map(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            info!(store = %root.display(), "images of several graph drivers: {}", names.join(", "));
+        }
+        let host = docker_host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
+        let socket = PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host));
+        let meta = std::fs::metadata(&drivers[0])
+            .map_err(|e| SourceError::new(drivers[0].display(), e))?;
+        Ok(DockerRoot {
+            root: root.to_path_buf(),
+            drivers,
+            socket,
+            meta: StoreMeta::of(&meta),
+        })
+    }
+
+    fn read_repositories(driver: &Path) -> Result<Value, String> {
+        let path = driver.join("repositories.json");
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(serde_json::json!({"Repositories": {}}));
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(m) if m.len() > REPOSITORIES_LIMIT => {
+                return Err(format!("{}: too large", path.display()));
+            }
+            Ok(_) => {}
+        }
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not valid: {e}", path.display()))
+    }
+
+    /// Sum of the layer sizes of a config, through layerdb's chain IDs.
+    fn layers_size(driver: &Path, config: &Path) -> Option<u64> {
+        let bytes = std::fs::read(config).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let diffs = v.pointer("/rootfs/diff_ids")?.as_array()?;
+        let mut chain = String::new();
+        let mut total = 0;
+        for d in diffs {
+            let d = d.as_str()?;
+            chain = if chain.is_empty() {
+                d.to_string()
+            } else {
+                format!(
+                    "sha256:{}",
+                    hex::encode(Sha256::digest(format!("{chain} {d}")))
+                )
+            };
+            let hex = hex_id(&chain)?;
+            let size =
+                std::fs::read_to_string(driver.join("layerdb/sha256").join(hex).join("size"))
+                    .ok()?;
+            total += size.trim().parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+
+    /// Runs an Engine API call if dockerd answers on its socket; `None` if it does not.
+    fn with_daemon<T>(
+        &self,
+        call: impl AsyncFnOnce(&bollard::Docker) -> Result<T, bollard::errors::Error>,
+    ) -> Option<Result<T, WriteError>> {
+        if !self.socket.exists() {
+            return None;
+        }
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => return Some(Err(WriteError::io("tokio runtime", e))),
+        };
+        let socket = self.socket.display().to_string();
+        runtime.block_on(async move {
+            let docker =
+                bollard::Docker::connect_with_unix(&socket, 30, bollard::API_DEFAULT_VERSION)
+                    .ok()?;
+            docker.ping().await.ok()?;
+            // dockerd 20.10 speaks API 1.41: use what the daemon offers
+            let docker = docker.negotiate_version().await.ok()?;
+            Some(call(&docker).await.map_err(|e| daemon_error(&socket, e)))
+        })
+    }
+
+    /// The tags repositories.json gives the image `id`.
+    fn tags_of(&self, id: &str) -> Vec<TagRef> {
+        let mut out = Vec::new();
+        for driver in &self.drivers {
+            let Ok(repos) = Self::read_repositories(driver) else {
+                continue;
+            };
+            for (_, refs) in repos
+                .get("Repositories")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                for (name, target) in refs.as_object().into_iter().flatten() {
+                    if target.as_str() == Some(id)
+                        && let Ok(Parsed::Tag(t)) = reference::parse(name)
+                    {
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Edits repositories.json of every driver, with dockerd down, as Docker writes it
+    /// (temp file, fsync, rename).
+    fn edit_files(
+        &self,
+        edit: impl Fn(&mut serde_json::Map<String, Value>) -> bool,
+    ) -> Result<(), WriteError> {
+        let mut changed_any = false;
+        for driver in &self.drivers {
+            let mut repos = Self::read_repositories(driver).map_err(WriteError::NotSupported)?;
+            let Some(map) = repos.get_mut("Repositories").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if !edit(map) {
+                continue;
+            }
+            map.retain(|_, refs| refs.as_object().is_none_or(|r| !r.is_empty()));
+            changed_any = true;
+            let path = driver.join("repositories.json");
+            let bytes = serde_json::to_vec(&repos)
+                .map_err(|e| WriteError::NotSupported(format!("cannot serialise: {e}")))?;
+            store_file::replace_file(&path, &bytes)
+                .map_err(|e| WriteError::io(format!("{}: write", path.display()), e))?;
+        }
+        if changed_any {
+            Ok(())
+        } else {
+            Err(WriteError::NotFound("no such tag or image".into()))
+        }
+    }
+}
+
+fn daemon_error(socket: &str, e: bollard::errors::Error) -> WriteError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let msg = format!("dockerd ({socket}): {message}");
+            match status_code {
+                404 => WriteError::NotFound(msg),
+                409 => WriteError::Busy(msg),
+                _ => WriteError::io(msg, io::Error::other(format!("HTTP {status_code}"))),
+            }
+        }
+        other => WriteError::io(
+            format!("dockerd ({socket})"),
+            io::Error::other(other.to_string()),
+        ),
+    }
+}
+
+/// Removes `tag` from a Repositories map; true if it was there.
+fn remove_tag(map: &mut serde_json::Map<String, Value>, tag: &TagRef) -> bool {
+    let mut found = false;
+    for refs in map.values_mut() {
+        if let Some(r) = refs.as_object_mut() {
+            let before = r.len();
+            r.retain(|name, _| !matches!(reference::parse(name), Ok(Parsed::Tag(t)) if &t == tag));
+            found |= r.len() != before;
+        }
+    }
+    found
+}
+
+fn insert_tag(map: &mut serde_json::Map<String, Value>, tag: &TagRef, id: &str) {
+    let repo = familiar_name(tag);
+    let entry = map
+        .entry(repo.clone())
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(r) = entry.as_object_mut() {
+        r.insert(format!("{repo}:{}", tag.tag), Value::String(id.to_string()));
+    }
+}
+
+impl Source for DockerRoot {
+    fn kind(&self) -> SourceKind {
+        SourceKind::DockerRoot
+    }
+
+    fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn scan(&self) -> Result<Inventory, SourceError> {
+        let mut inv = Inventory::default();
+        let mut records: BTreeMap<String, ImageRecord> = BTreeMap::new();
+        for driver in &self.drivers {
+            let content = driver.join("imagedb/content/sha256");
+            for entry in std::fs::read_dir(&content).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = format!("sha256:{name}");
+                if hex_id(&id).is_none() {
+                    inv.problems.push(format!(
+                        "{}: not an image id: ignored",
+                        entry.path().display()
+                    ));
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    inv.problems
+                        .push(format!("{}: not a regular file: ignored", path.display()));
+                    continue;
+                }
+                let size = Self::layers_size(driver, &path);
+                records.entry(id.clone()).or_insert_with(|| ImageRecord {
+                    claimed_id: id.clone(),
+                    config: Some(BlobLocation::File {
+                        path: path.clone(),
+                        size: meta.len(),
+                    }),
+                    config_name: path.display().to_string(),
+                    layers_size: size,
+                    ..Default::default()
+                });
+            }
+            let repos = Self::read_repositories(driver)
+                .map_err(|e| SourceError::new(driver.display(), e))?;
+            let empty = serde_json::Map::new();
+            let repos = repos
+                .get("Repositories")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            for refs in repos.values() {
+                for (name, target) in refs.as_object().into_iter().flatten() {
+                    let Some(id) = target.as_str().filter(|t| hex_id(t).is_some()) else {
+                        inv.problems.push(format!(
+                            "{}: {name} names no image id",
+                            driver.join("repositories.json").display()
+                        ));
+                        continue;
+                    };
+                    let record = records
+                        .entry(id.to_string())
+                        .or_insert_with(|| ImageRecord {
+                            claimed_id: id.to_string(),
+                            config: None,
+                            config_name: content
+                                .join(id.trim_start_matches("sha256:"))
+                                .display()
+                                .to_string(),
+                            ..Default::default()
+                        });
+                    match reference::parse(name) {
+                        Ok(Parsed::Tag(t)) => record.tags.push(t),
+                        Ok(Parsed::Digest { name, digest }) => {
+                            record.digest_refs.push(format!("{name}@{digest}"));
+                            if !record.manifest_digests.contains(&digest) {
+                                record.manifest_digests.push(digest);
+                            }
+                        }
+                        Ok(Parsed::Id(_)) => {}
+                        Err(e) => inv.problems.push(format!(
+                            "{}: {e}",
+                            driver.join("repositories.json").display()
+                        )),
+                    }
+                }
+            }
+        }
+        if records.is_empty() {
+            warn!(store = %self.root.display(), "no images (with the containerd image store, Docker keeps them in containerd's moby namespace)");
+        }
+        inv.images = records.into_values().collect();
+        Ok(inv)
+    }
+
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match blob {
+            BlobLocation::File { path, size } => {
+                pread_clamped(&File::open(path)?, 0, *size, offset, buf)
+            }
+            BlobLocation::Member { .. } => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no tar members here",
+            )),
+        }
+    }
+
+    /// repositories.json's identity and the imagedb directory's: every tag, untag,
+    /// load and delete changes one of them.
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        let mut parts = Vec::new();
+        for driver in &self.drivers {
+            for p in [
+                driver.join("repositories.json"),
+                driver.join("imagedb/content/sha256"),
+            ] {
+                parts.push(ChangeToken::of_file(&p).map(|t| t.0).unwrap_or_default());
+            }
+        }
+        Ok(ChangeToken(parts.join("|")))
+    }
+
+    fn meta(&self) -> StoreMeta {
+        self.meta
+    }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        let (repo, t) = (tag.name(), tag.tag.clone());
+        let daemon = self.with_daemon(async |d| {
+            let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
+                .repo(&repo)
+                .tag(&t)
+                .build();
+            d.tag_image(id, Some(opts)).await
+        });
+        match daemon {
+            Some(r) => r,
+            None => self.edit_files(|map| {
+                remove_tag(map, tag);
+                insert_tag(map, tag, id);
+                true
+            }),
+        }
+    }
+
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        let name = tag.to_string();
+        if self.socket.exists() {
+            // Docker deletes an image with its last tag: refuse that, the image stays
+            let owner = self.scan().ok().and_then(|inv| {
+                inv.images
+                    .into_iter()
+                    .find(|r| r.tags.contains(tag))
+                    .map(|r| r.claimed_id)
+            });
+            if let Some(id) = &owner
+                && self.tags_of(id).len() <= 1
+                && self.with_daemon(async |_| Ok(())).is_some()
+            {
+                return Err(WriteError::Busy(format!(
+                    "{name} is the last tag of {id}: dockerd would delete the image with it (docker rmi {name} does that)"
+                )));
+            }
+        }
+        let daemon = self.with_daemon(async |d| {
+            let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+                .noprune(true)
+                .build();
+            d.remove_image(&name, Some(opts), None).await.map(|_| ())
+        });
+        match daemon {
+            Some(r) => r,
+            None => self.edit_files(|map| remove_tag(map, tag)),
+        }
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        let id = self
+            .scan()
+            .ok()
+            .and_then(|inv| {
+                inv.images
+                    .into_iter()
+                    .find(|r| r.tags.contains(from))
+                    .map(|r| r.claimed_id)
+            })
+            .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
+        if self.with_daemon(async |_| Ok(())).is_some() {
+            // through the daemon: tag, then untag (no longer the last tag)
+            self.tag(&id, to)?;
+            return self.untag(from);
+        }
+        self.edit_files(|map| {
+            remove_tag(map, to);
+            remove_tag(map, from);
+            insert_tag(map, to, &id);
+            true
+        })
+    }
+
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        let daemon = self.with_daemon(async |d| {
+            d.remove_image(
+                id,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .map(|_| ())
+        });
+        match daemon {
+            Some(r) => r,
+            None => Err(WriteError::NotPermitted(format!(
+                "{}: dockerd is not running: deleting an image (its layers are dockerd's) needs it",
+                self.root.display()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn familiar_names_like_docker() {
+        let t = |s| match reference::parse(s) {
+            Ok(Parsed::Tag(t)) => familiar_name(&t),
+            _ => panic!(),
+        };
+        assert_eq!(t("busybox:1"), "busybox");
+        assert_eq!(t("user/app:1"), "user/app");
+        assert_eq!(t("quay.io/x/y:1"), "quay.io/x/y");
+        assert_eq!(t("localhost/whoami/web:1"), "localhost/whoami/web");
+    }
+}
