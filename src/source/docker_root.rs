@@ -85,7 +85,7 @@ impl DockerRoot {
                 .filter_map(|d| d.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .collect();
-            info!(store = %root.display(), "images of several graph drivers: {}", names.join(", "));
+            warn!(store = %root.display(), "images of several graph drivers, all shown: {}", names.join(", "));
         }
         let host = docker_host
             .map(str::to_string)
