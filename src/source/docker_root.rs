@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::store_file;
 use super::{
