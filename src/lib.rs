@@ -6,6 +6,7 @@
 //! [`catalog`] verifies it into images and tags, [`fs`] answers the kernel's questions
 //! from the tree of all catalogs, and [`fuse`] only speaks FUSE.
 
+pub mod bbolt;
 pub mod catalog;
 pub mod cli;
 pub mod config_cache;
