@@ -86,16 +86,17 @@ fn run(args: Args) -> Result<(), String> {
 
 fn open_sources(args: &[String], options: &source::SourceOptions) -> Result<Vec<Store>, String> {
     let specs = cli::parse_sources(args)?;
-    specs
-        .into_iter()
-        .map(|s| {
-            let source = source::open_with(&s.spec, options).map_err(|e| e.to_string())?;
-            Ok(Store {
-                label: s.label,
-                source,
-            })
-        })
-        .collect()
+    let mut stores = Vec::new();
+    for s in specs {
+        for (namespace, source) in source::open_all(&s.spec, options).map_err(|e| e.to_string())? {
+            let label = match namespace {
+                Some(ns) => format!("{}-{ns}", s.label),
+                None => s.label.clone(),
+            };
+            stores.push(Store { label, source });
+        }
+    }
+    Ok(stores)
 }
 
 /// The no-source default: every known store location that exists, said aloud.
@@ -107,24 +108,30 @@ fn discover_stores(options: &source::SourceOptions) -> Result<Vec<Store>, String
             continue;
         }
         let spec = format!("{kind}:{}", path.display());
-        match source::open_with(&spec, options) {
-            Ok(source) => {
+        match source::open_all(&spec, options) {
+            Ok(found) => {
                 eprintln!("imagefs: found {spec}");
-                let label = cli::parse_sources(std::slice::from_ref(&spec))
+                let base = cli::parse_sources(std::slice::from_ref(&spec))
                     .ok()
                     .and_then(|v| v.into_iter().next())
                     .map(|s| s.label)
                     .unwrap_or_else(|| kind.to_string());
-                let mut unique = label.clone();
-                let mut n = 2;
-                while stores.iter().any(|s: &Store| s.label == unique) {
-                    unique = format!("{label}-{n}");
-                    n += 1;
+                for (namespace, source) in found {
+                    let label = match namespace {
+                        Some(ns) => format!("{base}-{ns}"),
+                        None => base.clone(),
+                    };
+                    let mut unique = label.clone();
+                    let mut n = 2;
+                    while stores.iter().any(|s: &Store| s.label == unique) {
+                        unique = format!("{label}-{n}");
+                        n += 1;
+                    }
+                    stores.push(Store {
+                        label: unique,
+                        source,
+                    });
                 }
-                stores.push(Store {
-                    label: unique,
-                    source,
-                });
             }
             Err(e) => {
                 eprintln!("imagefs: found {spec}, cannot read it: {}", e.message);

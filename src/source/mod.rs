@@ -6,6 +6,7 @@
 //! catalog verifies it.
 
 pub mod archive;
+pub mod containerd;
 pub mod containers_storage;
 pub mod docker_archive;
 pub mod docker_root;
@@ -380,6 +381,41 @@ pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     open_with(spec, &SourceOptions::default())
 }
 
+/// Opens every store a spec names: one, except for a containerd root given without
+/// `#namespace`, which is one store per namespace (namespaces are never merged).
+/// Each comes with the namespace it stands for, if any.
+pub fn open_all(
+    spec: &str,
+    options: &SourceOptions,
+) -> Result<Vec<(Option<String>, Box<dyn Source>)>, SourceError> {
+    let (kind, path) = split_prefix(spec);
+    let is_containerd = kind == Some(SourceKind::Containerd)
+        || (kind.is_none() && detect(Path::new(path)).is_ok_and(|k| k == SourceKind::Containerd));
+    if is_containerd {
+        let (root, ns) = containerd::split_namespace(path);
+        let root = Path::new(root);
+        let namespaces = match ns {
+            Some(ns) => vec![ns.to_string()],
+            None => containerd::namespaces(root)?,
+        };
+        if namespaces.is_empty() {
+            return Err(SourceError::new(
+                root.display(),
+                "no namespace with image records",
+            ));
+        }
+        let single = ns.is_some();
+        return namespaces
+            .into_iter()
+            .map(|n| {
+                let s: Box<dyn Source> = Box::new(containerd::Containerd::open(root, &n)?);
+                Ok(((!single).then_some(n), s))
+            })
+            .collect();
+    }
+    Ok(vec![(None, open_with(spec, options)?)])
+}
+
 /// Opens a source from a command-line spec: `kind:path`, or a bare path whose kind is
 /// detected.
 pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>, SourceError> {
@@ -398,6 +434,14 @@ pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>,
         SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
             &path,
         )?)),
+        SourceKind::Containerd => {
+            let text = path.to_string_lossy().into_owned();
+            let (root, ns) = containerd::split_namespace(&text);
+            let ns = ns.ok_or_else(|| {
+                SourceError::new(root, "name the namespace: containerd:ROOT#NAMESPACE")
+            })?;
+            Ok(Box::new(containerd::Containerd::open(Path::new(root), ns)?))
+        }
         SourceKind::DockerRoot => Ok(Box::new(docker_root::DockerRoot::open(
             &path,
             options.docker_host.as_deref(),

@@ -211,6 +211,25 @@ pub(crate) fn resolve_descriptor(layout: &dyn LayoutBlobs, desc: &Descriptor) ->
     walk.resolve(desc, "", 0).map(|r| r.claimed_id)
 }
 
+/// The image record a descriptor resolves to (index → host manifest → config), and
+/// the problems met on the way.
+pub(crate) fn resolve_record(
+    layout: &dyn LayoutBlobs,
+    desc: &Descriptor,
+    what: &str,
+) -> (Option<ImageRecord>, Vec<String>) {
+    let host = host_platform();
+    let mut problems = Vec::new();
+    let mut walk = Walk {
+        layout,
+        host: &host,
+        problems: &mut problems,
+        visited: HashSet::new(),
+    };
+    let record = walk.resolve(desc, what, 0);
+    (record, problems)
+}
+
 struct Walk<'a> {
     layout: &'a dyn LayoutBlobs,
     host: &'a Platform,
