@@ -381,13 +381,13 @@ pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     open_with(spec, &SourceOptions::default())
 }
 
+/// A store opened from a spec, with the containerd namespace it stands for, if any.
+pub type Opened = (Option<String>, Box<dyn Source>);
+
 /// Opens every store a spec names: one, except for a containerd root given without
 /// `#namespace`, which is one store per namespace (namespaces are never merged).
 /// Each comes with the namespace it stands for, if any.
-pub fn open_all(
-    spec: &str,
-    options: &SourceOptions,
-) -> Result<Vec<(Option<String>, Box<dyn Source>)>, SourceError> {
+pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
     let (kind, path) = split_prefix(spec);
     let is_containerd = kind == Some(SourceKind::Containerd)
         || (kind.is_none() && detect(Path::new(path)).is_ok_and(|k| k == SourceKind::Containerd));
