@@ -2075,3 +2075,239 @@ fn docker_root_with_no_images_says_why() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("containerd") && err.contains("moby"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------
+// containerd
+
+/// A private containerd (offline, CRI plugin off, native snapshotter), with its own
+/// root, state and socket under /tmp; stopped by PID when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("ifs-ctd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/sock\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let c = Containerd {
+            dir,
+            child: Some(child),
+        };
+        let ctr = c.ctr("default");
+        wait_for("containerd", || {
+            sh(&format!("{ctr} version")).status.success()
+        });
+        c
+    }
+    fn root(&self) -> String {
+        format!("{}/root", self.dir.path().display())
+    }
+    fn ctr(&self, ns: &str) -> String {
+        format!("ctr --address {}/sock -n {ns}", self.dir.path().display())
+    }
+    /// (tag → config digest) as ctr lists the namespace's images, each target
+    /// resolved through the content store to its config.
+    fn tags(&self, ns: &str) -> BTreeMap<String, String> {
+        let ctr = self.ctr(ns);
+        let mut out = BTreeMap::new();
+        for line in ok(&format!("{ctr} images ls")).lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (name, digest) = (cols[0], cols[2]);
+            if name.starts_with("sha256:") || name.contains('@') {
+                continue; // ID records and digest references are not tags
+            }
+            let manifest: serde_json::Value =
+                serde_json::from_str(&ok(&format!("{ctr} content get {digest}"))).unwrap();
+            out.insert(
+                name.to_string(),
+                manifest["config"]["digest"].as_str().unwrap().to_string(),
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        let _ = sh(&format!(
+            "umount -R {}/state 2>/dev/null; true",
+            self.dir.path().display()
+        ));
+    }
+}
+
+#[test]
+fn containerd_namespaces_read_like_ctr_with_cri_names_and_the_retag_case() {
+    let f = fixtures();
+    let c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    ok(&format!(
+        "{} images import --snapshotter native {} >/dev/null",
+        c.ctr("default"),
+        f.path("web.oci.tar")
+    ));
+    // the way CRI names an image: an ID record and a digest reference beside the tag;
+    // then the kim re-tag: web:latest moved to another image
+    let web = f.id("WEB_V2");
+    let web_target = ok(&format!(
+        "{k8s} images ls | awk '$1 == \"localhost/whoami/web:latest\" {{print $3}}'"
+    ));
+    ok(&format!(
+        "{k8s} images tag localhost/whoami/web:latest {web} >/dev/null"
+    ));
+    ok(&format!(
+        "{k8s} images tag localhost/whoami/web:latest localhost/whoami/web@{} >/dev/null",
+        web_target.trim()
+    ));
+    ok(&format!(
+        "{k8s} images tag --force localhost/whoami/api:1.0 localhost/whoami/web:latest >/dev/null"
+    ));
+    let m = Mount::new(&[&format!("containerd:{}", c.root())]);
+    assert_eq!(
+        lines(&ok(&format!("ls {}", m.p("")))),
+        lines("root-default\nroot-k8s.io")
+    );
+    assert_eq!(tags_of(&m, "root-k8s.io/"), c.tags("k8s.io"));
+    assert_eq!(tags_of(&m, "root-default/"), c.tags("default"));
+    // the old web is untagged: only its ID record and digest reference name it
+    let untagged = ok(&format!(
+        "cd {} && find . -links 1 -printf '%P\\n'",
+        m.p("root-k8s.io/by-id")
+    ));
+    assert_eq!(untagged.trim(), web);
+    let digests = ok(&format!(
+        "getfattr --only-values -n user.image.digests {}",
+        m.p(&format!("root-k8s.io/by-id/{web}"))
+    ));
+    assert!(
+        digests.contains("localhost/whoami/web@sha256:"),
+        "{digests}"
+    );
+    for line in ok(&format!("cd {} && sha256sum *", m.p("root-k8s.io/by-id"))).lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
+    }
+    // ctr images tag while mounted
+    ok(&format!(
+        "{k8s} images tag docker.io/library/busybox:latest localhost/whoami/ctr:1 >/dev/null"
+    ));
+    let start = Instant::now();
+    let t = m.p("root-k8s.io/by-tag/localhost/whoami/ctr:1");
+    wait_for("ctr's tag", || sh(&format!("stat {t}")).status.success());
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // a tag whose manifest blob is gone dangles
+    ok(&format!(
+        "{} images import --snapshotter native {} >/dev/null",
+        c.ctr("gone"),
+        f.path("web.oci.tar")
+    ));
+    let target = ok(&format!(
+        "{} images ls | awk 'NR > 1 {{print $3}}'",
+        c.ctr("gone")
+    ));
+    let hex = target.trim().trim_start_matches("sha256:");
+    let blob = format!(
+        "{}/io.containerd.content.v1.content/blobs/sha256/{hex}",
+        c.root()
+    );
+    std::fs::remove_file(&blob).unwrap();
+    let g = Mount::new(&[&format!("containerd:{}#gone", c.root())]);
+    assert_eq!(
+        ok(&format!(
+            "cd {} && find . -xtype l -printf '%P\\n'",
+            g.p("by-tag")
+        ))
+        .trim(),
+        "localhost/whoami/web:latest"
+    );
+}
+
+/// containerd importing, tagging and removing in a loop while the mount is read over
+/// and over: the lock-free reader never shows garbage (every by-id file hashes to its
+/// name, every tag is one containerd had) and the daemon survives.
+#[test]
+fn reading_meta_db_while_containerd_writes_never_shows_garbage() {
+    let f = fixtures();
+    let c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    let m = Mount::new(&[&format!("containerd:{}#k8s.io", c.root())]);
+    let writer = format!(
+        "for i in $(seq 1 40); do {k8s} images tag localhost/whoami/api:1.0 localhost/stress/t:$i >/dev/null || exit 1; \
+         if [ $((i % 3)) = 0 ]; then {k8s} images rm localhost/stress/t:$((i - 1)) >/dev/null || exit 1; fi; done"
+    );
+    let w = std::thread::spawn(move || sh(&writer));
+    let allowed: BTreeSet<String> = c.tags("k8s.io").into_keys().collect();
+    let mut rounds = 0;
+    while !w.is_finished() || rounds < 5 {
+        rounds += 1;
+        let listing = sh(&format!("cd {} && sha256sum * 2>/dev/null", m.p("by-id")));
+        for line in String::from_utf8_lossy(&listing.stdout).lines() {
+            let (sum, name) = line.split_once("  ").unwrap();
+            assert_eq!(format!("sha256:{sum}"), name, "garbage in by-id");
+        }
+        for tag in tags_of_lenient(&m) {
+            assert!(
+                allowed.contains(&tag) || tag.starts_with("localhost/stress/t:"),
+                "unexpected tag {tag}"
+            );
+        }
+    }
+    let o = w.join().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(m.child.is_some() && is_mounted(&m.mp()));
+    wait_for("the final state", || {
+        let mounted: BTreeSet<String> = tags_of_lenient(&m).into_iter().collect();
+        mounted == c.tags("k8s.io").into_keys().collect::<BTreeSet<_>>()
+    });
+    assert!(!m.log().contains("panicked"), "{}", m.log());
+}
+
+/// Tags of a mount read while it may change under the reader: names that vanish
+/// between listing and stat are left out.
+fn tags_of_lenient(m: &Mount) -> Vec<String> {
+    let o = sh(&format!(
+        "cd {} && find . -type f -printf '%P\\n' 2>/dev/null",
+        m.p("by-tag")
+    ));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
