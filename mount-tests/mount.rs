@@ -2311,3 +2311,59 @@ fn tags_of_lenient(m: &Mount) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn containerd_writes_go_through_its_api_and_keep_untagged_images() {
+    let f = fixtures();
+    let mut c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    let address = format!("containerd_address={}/sock", c.dir.path().display());
+    let m = Mount::new(&["-o", &address, &format!("containerd:{}#k8s.io", c.root())]);
+    let w = m.p("by-tag/localhost/whoami");
+    let names = || lines(&ok(&format!("{k8s} images ls -q")));
+    // tag, re-tag: records named as the mount says
+    ok(&format!(
+        "ln {w}/api:1.0 {w}/api:fs && mv {w}/api:fs {w}/api:moved"
+    ));
+    assert!(
+        names().contains("localhost/whoami/api:moved")
+            && !names().contains("localhost/whoami/api:fs")
+    );
+    assert_eq!(c.tags("k8s.io")["localhost/whoami/api:moved"], f.id("API"));
+    // the last tag of web goes: an ID record keeps the image, which is now untagged
+    let web = f.id("WEB_V2");
+    ok(&format!("rm {w}/web:latest"));
+    assert!(names().contains(web), "{:?}", names());
+    assert!(!names().contains("localhost/whoami/web:latest"));
+    let untagged = lines(&ok(&format!(
+        "cd {} && find . -links 1 -printf '%P\\n'",
+        m.p("by-id")
+    )));
+    assert!(untagged.contains(web), "{untagged:?}");
+    // delete: every record of the untagged image goes
+    ok(&format!("rm {}", m.p(&format!("by-id/{web}"))));
+    assert!(!names().contains(web));
+    assert!(
+        !sh(&format!("stat {}", m.p(&format!("by-id/{web}"))))
+            .status
+            .success()
+    );
+    assert_eq!(tags_of(&m, ""), c.tags("k8s.io"));
+    // no containerd: EROFS, and the log says why; meta.db is never written by imagefs
+    let stopped = c.child.take().map(|mut ch| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(ch.id() as i32, libc::SIGTERM) };
+        ch.wait()
+    });
+    assert!(stopped.is_some());
+    let o = sh(&format!("ln {w}/api:1.0 {w}/api:offline"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "{o:?}"
+    );
+    assert!(m.log().contains("no containerd answers"), "{}", m.log());
+}

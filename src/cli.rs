@@ -47,6 +47,8 @@ pub struct MountOptions {
     pub noatime: bool,
     /// dockerd's socket, `unix:///path` (docker-root sources).
     pub docker_host: Option<String>,
+    /// containerd's socket (containerd sources).
+    pub containerd_address: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -60,6 +62,7 @@ impl Default for MountOptions {
             fsname: None,
             noatime: false,
             docker_host: None,
+            containerd_address: None,
         }
     }
 }
@@ -109,6 +112,7 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("cache_size", Some(v)) => out.cache_size = parse_size(v)?,
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("docker_host", Some(v)) => out.docker_host = Some(v.to_string()),
+            ("containerd_address", Some(v)) => out.containerd_address = Some(v.to_string()),
             ("subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}

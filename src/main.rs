@@ -66,6 +66,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let source_options = source::SourceOptions {
         docker_host: options.docker_host.clone(),
+        containerd_address: options.containerd_address.clone(),
     };
     let stores = if positional.is_empty() {
         discover_stores(&source_options)?

@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use super::oci::{self, Descriptor, LayoutBlobs};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    pread_clamped, read_whole,
+    WriteError, pread_clamped, read_whole,
 };
 use crate::bbolt::{BoltFile, Item};
-use crate::reference::{self, Parsed};
+use crate::reference::{self, Parsed, TagRef};
+use containerd_client::services::v1 as images_v1;
+use containerd_client::services::v1::images_client::ImagesClient;
 
 pub struct Containerd {
     root: PathBuf,
@@ -27,6 +29,17 @@ pub struct Containerd {
     db: BoltFile,
     content: PathBuf,
     meta: StoreMeta,
+    /// containerd's API socket: writes go only there.
+    address: PathBuf,
+}
+
+/// The socket a root's containerd listens on, unless `-o containerd_address=` says.
+pub fn default_address(root: &Path) -> PathBuf {
+    if root.to_string_lossy().contains("rancher/k3s") {
+        PathBuf::from("/run/k3s/containerd/containerd.sock")
+    } else {
+        PathBuf::from("/run/containerd/containerd.sock")
+    }
 }
 
 const META_DB: &str = "io.containerd.metadata.v1.bolt/meta.db";
@@ -62,7 +75,11 @@ pub fn namespaces(root: &Path) -> Result<Vec<String>, SourceError> {
 }
 
 impl Containerd {
-    pub fn open(root: &Path, namespace: &str) -> Result<Containerd, SourceError> {
+    pub fn open(
+        root: &Path,
+        namespace: &str,
+        address: Option<&str>,
+    ) -> Result<Containerd, SourceError> {
         let db_path = root.join(META_DB);
         let db = BoltFile::open(&db_path).map_err(|e| SourceError::new(db_path.display(), e))?;
         let meta =
@@ -73,6 +90,112 @@ impl Containerd {
             db,
             content: root.join(CONTENT),
             meta: StoreMeta::of(&meta),
+            address: address
+                .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
+                .unwrap_or_else(|| default_address(root)),
+        })
+    }
+
+    /// Every record with the image ID its target resolves to (None: unresolvable).
+    fn resolved(&self) -> Result<Vec<(String, Descriptor, Option<String>)>, WriteError> {
+        let records = self
+            .records()
+            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+        Ok(records
+            .into_iter()
+            .map(|(name, desc)| {
+                let id = oci::resolve_record(self, &desc, &name)
+                    .0
+                    .map(|r| r.claimed_id);
+                (name, desc, id)
+            })
+            .collect())
+    }
+
+    /// Runs calls on containerd's Images API, in this store's namespace. EROFS when no
+    /// containerd answers: meta.db is containerd's alone to write.
+    fn with_images<T>(
+        &self,
+        call: impl AsyncFnOnce(
+            &mut ImagesClient<containerd_client::tonic::transport::Channel>,
+            &str,
+        ) -> Result<T, containerd_client::tonic::Status>,
+    ) -> Result<T, WriteError> {
+        let refuse = |why: String| {
+            WriteError::NotSupported(format!(
+                "{}: no containerd answers on {} ({why}): meta.db is written only through containerd's API",
+                self.describe(),
+                self.address.display()
+            ))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WriteError::io("tokio runtime", e))?;
+        runtime.block_on(async {
+            let channel = containerd_client::connect(&self.address)
+                .await
+                .map_err(|e| refuse(e.to_string()))?;
+            let mut client = ImagesClient::new(channel);
+            call(&mut client, &self.namespace).await.map_err(|status| {
+                let msg = format!(
+                    "containerd ({}): {}",
+                    self.address.display(),
+                    status.message()
+                );
+                match status.code() {
+                    containerd_client::tonic::Code::NotFound => WriteError::NotFound(msg),
+                    containerd_client::tonic::Code::FailedPrecondition => WriteError::Busy(msg),
+                    containerd_client::tonic::Code::Unavailable => {
+                        refuse(status.message().to_string())
+                    }
+                    _ => WriteError::io(msg, io::Error::other(status.code().to_string())),
+                }
+            })
+        })
+    }
+
+    /// Creates or moves the record `name` to `target`.
+    fn put_record(&self, name: &str, target: &Descriptor) -> Result<(), WriteError> {
+        let image = images_v1::Image {
+            name: name.to_string(),
+            target: Some(containerd_client::types::Descriptor {
+                media_type: target.media_type.clone(),
+                digest: target.digest.clone(),
+                size: target.size,
+                annotations: Default::default(),
+            }),
+            ..Default::default()
+        };
+        self.with_images(async |client, ns| {
+            let create = images_v1::CreateImageRequest {
+                image: Some(image.clone()),
+                ..Default::default()
+            };
+            match client.create(request(create, ns)).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == containerd_client::tonic::Code::AlreadyExists => {
+                    let update = images_v1::UpdateImageRequest {
+                        image: Some(image.clone()),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["target".into()],
+                        }),
+                        ..Default::default()
+                    };
+                    client.update(request(update, ns)).await.map(|_| ())
+                }
+                Err(s) => Err(s),
+            }
+        })
+    }
+
+    fn delete_record(&self, name: &str) -> Result<(), WriteError> {
+        self.with_images(async |client, ns| {
+            let req = images_v1::DeleteImageRequest {
+                name: name.to_string(),
+                ..Default::default()
+            };
+            client.delete(request(req, ns)).await.map(|_| ())
         })
     }
 
@@ -231,4 +354,96 @@ impl Source for Containerd {
     fn meta(&self) -> StoreMeta {
         self.meta
     }
+
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+        let target = self
+            .resolved()?
+            .into_iter()
+            .find(|(_, _, i)| i.as_deref() == Some(id))
+            .map(|(_, d, _)| d)
+            .ok_or_else(|| {
+                WriteError::NotFound(format!("{}: no record of {id}", self.describe()))
+            })?;
+        self.put_record(&tag.to_string(), &target)
+    }
+
+    /// Deletes the name record. containerd garbage-collects an image no record names,
+    /// so, as CRI does, an ID-named record keeps the image when its last name goes.
+    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        let records = self.resolved()?;
+        let Some((name, target, id)) = records
+            .iter()
+            .find(|(n, _, _)| matches!(reference::parse(n), Ok(Parsed::Tag(t)) if &t == tag))
+            .cloned()
+        else {
+            return Err(WriteError::NotFound(format!(
+                "{}: no tag {tag}",
+                self.describe()
+            )));
+        };
+        if let Some(id) = &id {
+            let others = records
+                .iter()
+                .any(|(n, _, i)| n != &name && i.as_ref() == Some(id));
+            if !others {
+                self.put_record(id, &target)?;
+            }
+        }
+        self.delete_record(&name)
+    }
+
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+        let records = self.resolved()?;
+        let Some((name, target, _)) = records
+            .iter()
+            .find(|(n, _, _)| matches!(reference::parse(n), Ok(Parsed::Tag(t)) if &t == from))
+            .cloned()
+        else {
+            return Err(WriteError::NotFound(format!(
+                "{}: no tag {from}",
+                self.describe()
+            )));
+        };
+        self.put_record(&to.to_string(), &target)?;
+        self.delete_record(&name)
+    }
+
+    /// Deletes every record of an untagged image (ID record, digest references).
+    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+        let mine: Vec<String> = self
+            .resolved()?
+            .into_iter()
+            .filter(|(_, _, i)| i.as_deref() == Some(id))
+            .map(|(n, _, _)| n)
+            .collect();
+        if let Some(t) = mine.iter().find(|n| is_tag_name(n)) {
+            return Err(WriteError::Busy(format!(
+                "{}: {id} is still tagged {t}",
+                self.describe()
+            )));
+        }
+        if mine.is_empty() {
+            return Err(WriteError::NotFound(format!(
+                "{}: no record of {id}",
+                self.describe()
+            )));
+        }
+        for name in mine {
+            self.delete_record(&name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A request in a containerd namespace.
+fn request<T>(message: T, namespace: &str) -> containerd_client::tonic::Request<T> {
+    let mut req = containerd_client::tonic::Request::new(message);
+    if let Ok(ns) = namespace.parse() {
+        req.metadata_mut().insert("containerd-namespace", ns);
+    }
+    req
+}
+
+fn is_tag_name(name: &str) -> bool {
+    !name.starts_with("moby-dangling@") && matches!(reference::parse(name), Ok(Parsed::Tag(_)))
 }

@@ -374,6 +374,8 @@ pub struct SourceOptions {
     /// `-o docker_host=unix:///path`: dockerd's socket (else DOCKER_HOST, else
     /// /var/run/docker.sock).
     pub docker_host: Option<String>,
+    /// `-o containerd_address=/path`: containerd's socket.
+    pub containerd_address: Option<String>,
 }
 
 /// Opens a source from a command-line spec with default options.
@@ -408,7 +410,11 @@ pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, Sour
         return namespaces
             .into_iter()
             .map(|n| {
-                let s: Box<dyn Source> = Box::new(containerd::Containerd::open(root, &n)?);
+                let s: Box<dyn Source> = Box::new(containerd::Containerd::open(
+                    root,
+                    &n,
+                    options.containerd_address.as_deref(),
+                )?);
                 Ok(((!single).then_some(n), s))
             })
             .collect();
@@ -440,7 +446,11 @@ pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>,
             let ns = ns.ok_or_else(|| {
                 SourceError::new(root, "name the namespace: containerd:ROOT#NAMESPACE")
             })?;
-            Ok(Box::new(containerd::Containerd::open(Path::new(root), ns)?))
+            Ok(Box::new(containerd::Containerd::open(
+                Path::new(root),
+                ns,
+                options.containerd_address.as_deref(),
+            )?))
         }
         SourceKind::DockerRoot => Ok(Box::new(docker_root::DockerRoot::open(
             &path,
