@@ -105,7 +105,45 @@ pub enum Item {
 }
 
 pub struct BoltFile {
-    file: File,
+    file: Backing,
+}
+
+/// The bytes read: the file itself, or (for the fuzzer) a buffer.
+enum Backing {
+    File(File),
+    Bytes(Vec<u8>),
+}
+
+impl Backing {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            Backing::File(f) => f.read_at(buf, offset),
+            Backing::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let n = buf.len().min(b.len() - start);
+                buf[..n].copy_from_slice(&b[start..start + n]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        match self {
+            Backing::File(f) => Ok(f.metadata()?.len()),
+            Backing::Bytes(b) => Ok(b.len() as u64),
+        }
+    }
 }
 
 /// One consistent snapshot (valid while its txid holds).
@@ -118,7 +156,33 @@ pub struct Tx<'a> {
 impl BoltFile {
     pub fn open(path: &Path) -> io::Result<BoltFile> {
         Ok(BoltFile {
-            file: File::open(path)?,
+            file: Backing::File(File::open(path)?),
+        })
+    }
+
+    /// A bbolt image in memory (the fuzzer's way in).
+    pub fn from_bytes(bytes: Vec<u8>) -> BoltFile {
+        BoltFile {
+            file: Backing::Bytes(bytes),
+        }
+    }
+
+    /// Walks every bucket, as deep as it goes: what the fuzzer exercises.
+    pub fn walk_all(&self) -> Result<usize, BoltError> {
+        self.read(|tx| {
+            let mut stack = vec![(tx.root(), 0usize)];
+            let mut seen = 0;
+            while let Some((bucket, depth)) = stack.pop() {
+                for (_, item) in tx.items(&bucket)? {
+                    seen += 1;
+                    if let Item::Bucket(b) = item
+                        && depth < MAX_DEPTH
+                    {
+                        stack.push((b, depth + 1));
+                    }
+                }
+            }
+            Ok(seen)
         })
     }
 
@@ -151,7 +215,7 @@ impl BoltFile {
     pub fn read<T>(&self, f: impl Fn(&Tx<'_>) -> Result<T, BoltError>) -> Result<T, BoltError> {
         for attempt in 0..ATTEMPTS {
             let meta = self.meta()?;
-            let len = self.file.metadata()?.len();
+            let len = self.file.len()?;
             let tx = Tx {
                 db: self,
                 meta,

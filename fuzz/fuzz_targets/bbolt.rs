@@ -1,0 +1,11 @@
+//! Any bytes as a bbolt file (containerd's meta.db): the reader must answer with data
+//! or an error, never a panic, a hang or an out-of-bounds read.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let db = imagefs::bbolt::BoltFile::from_bytes(data.to_vec());
+    let _ = db.meta();
+    let _ = db.walk_all();
+});
