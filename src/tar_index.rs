@@ -7,7 +7,7 @@
 //! store can still be shown.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek};
 
 /// Where one member's data lies in the (uncompressed) archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,10 +61,48 @@ pub struct TarIndex {
 
 const MAX_LINK_DEPTH: usize = 8;
 
+/// A buffered reader whose forward seeks stay in its buffer when they can (as
+/// `BufReader::seek_relative` does): the tar walk skips small members without
+/// refilling, and only large ones cost a new read. A plain `BufReader` drops its
+/// buffer on every seek, which reads 64 KiB per header.
+struct SkimReader<R> {
+    inner: io::BufReader<R>,
+    pos: u64,
+}
+
+impl<R: Read + Seek> Read for SkimReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> Seek for SkimReader<R> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        match to {
+            io::SeekFrom::Current(n) => {
+                let target = self.pos.checked_add_signed(n).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+                })?;
+                self.inner.seek_relative(n)?;
+                self.pos = target;
+            }
+            other => self.pos = self.inner.seek(other)?,
+        }
+        Ok(self.pos)
+    }
+}
+
 impl TarIndex {
     /// Walks the headers of `reader`, whose total length is `len`.
-    pub fn build<R: Read + Seek>(reader: R, len: u64) -> TarIndex {
+    pub fn build<R: Read + Seek>(mut reader: R, len: u64) -> TarIndex {
         let mut index = TarIndex::default();
+        let pos = reader.stream_position().unwrap_or(0);
+        let reader = SkimReader {
+            inner: io::BufReader::with_capacity(64 * 1024, reader),
+            pos,
+        };
         let mut archive = tar::Archive::new(reader);
         let entries = match archive.entries_with_seek() {
             Ok(e) => e,

@@ -80,8 +80,7 @@ impl TarArchive {
             }
         };
         let len = data.metadata().map_err(|e| fail(&e))?.len();
-        let mut reader =
-            BufReader::with_capacity(64 * 1024, data.try_clone().map_err(|e| fail(&e))?);
+        let mut reader = data.try_clone().map_err(|e| fail(&e))?;
         reader.seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
         let index = TarIndex::build(reader, len);
         if index.is_empty() {

@@ -147,7 +147,7 @@ pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<Strin
 
 fn reindex(file: &File) -> io::Result<TarIndex> {
     let len = file.metadata()?.len();
-    let mut reader = io::BufReader::new(file.try_clone()?);
+    let mut reader = file.try_clone()?;
     io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
     Ok(TarIndex::build(reader, len))
 }
