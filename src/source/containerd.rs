@@ -9,14 +9,13 @@
 //! it. Names that are IDs (`sha256:…`, CRI's records), digest references and
 //! `moby-dangling@…` are not tags. Each namespace is its own store.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::oci::{self, Descriptor, LayoutBlobs};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, pread_clamped, read_whole,
+    WriteError, read_whole,
 };
 use crate::bbolt::{BoltFile, Item};
 use crate::reference::{self, Parsed, TagRef};
@@ -315,16 +314,7 @@ impl Source for Containerd {
             if name.starts_with("moby-dangling@") {
                 // Docker's placeholder for an untagged image: the image, no name
             } else {
-                match reference::parse(&name) {
-                    Ok(Parsed::Tag(t)) => record.tags.push(t),
-                    Ok(Parsed::Digest { name, digest }) => {
-                        record.digest_refs.push(format!("{name}@{digest}"))
-                    }
-                    Ok(Parsed::Id(_)) => {}
-                    Err(e) => inv
-                        .problems
-                        .push(format!("{what}: {e}: not shown as a tag")),
-                }
+                record.add_name(&name, &what, &mut inv.problems);
             }
             inv.images.push(record);
         }
@@ -332,15 +322,7 @@ impl Source for Containerd {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match blob {
-            BlobLocation::File { path, size } => {
-                pread_clamped(&File::open(path)?, 0, *size, offset, buf)
-            }
-            BlobLocation::Member { .. } => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no tar members here",
-            )),
-        }
+        super::read_file_blob(blob, offset, buf)
     }
 
     /// meta.db's transaction id: every committed change moves it.

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::store_file;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, pread_clamped,
+    WriteError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -451,16 +451,7 @@ impl Source for ContainersStorage {
                 }
             }
             for name in names(image) {
-                match reference::parse(&name) {
-                    Ok(Parsed::Tag(t)) => record.tags.push(t),
-                    Ok(Parsed::Digest { name, digest }) => {
-                        record.digest_refs.push(format!("{name}@{digest}"))
-                    }
-                    Ok(Parsed::Id(_)) => {}
-                    Err(e) => inv
-                        .problems
-                        .push(format!("{what}: {e}: not shown as a tag")),
-                }
+                record.add_name(&name, &what, &mut inv.problems);
             }
             if let Some(d) = image.get("digest").and_then(Value::as_str) {
                 record.manifest_digests.push(d.to_string());
@@ -501,15 +492,7 @@ impl Source for ContainersStorage {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match blob {
-            BlobLocation::File { path, size } => {
-                pread_clamped(&File::open(path)?, 0, *size, offset, buf)
-            }
-            BlobLocation::Member { .. } => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a containers-storage store has no tar members",
-            )),
-        }
+        super::read_file_blob(blob, offset, buf)
     }
 
     /// The 64-byte last-write token every writer of the store records.

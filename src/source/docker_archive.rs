@@ -125,16 +125,7 @@ impl Source for DockerArchive {
             }
             record.layers_size = Some(size);
             for name in entry.repo_tags.iter().flatten() {
-                match reference::parse(name) {
-                    Ok(Parsed::Tag(t)) => record.tags.push(t),
-                    Ok(Parsed::Digest { name, digest }) => {
-                        record.digest_refs.push(format!("{name}@{digest}"))
-                    }
-                    Ok(Parsed::Id(_)) => {}
-                    Err(e) => inv
-                        .problems
-                        .push(format!("{what}: {e}: not shown as a tag")),
-                }
+                record.add_name(name, &what, &mut inv.problems);
             }
             inv.images.push(record);
         }

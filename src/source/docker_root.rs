@@ -11,7 +11,6 @@
 //! repositories.json is replaced atomically, as Docker writes it.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +21,7 @@ use tracing::warn;
 use super::store_file;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, pread_clamped,
+    WriteError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -367,15 +366,7 @@ impl Source for DockerRoot {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match blob {
-            BlobLocation::File { path, size } => {
-                pread_clamped(&File::open(path)?, 0, *size, offset, buf)
-            }
-            BlobLocation::Member { .. } => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no tar members here",
-            )),
-        }
+        super::read_file_blob(blob, offset, buf)
     }
 
     /// repositories.json's identity and the imagedb directory's: every tag, untag,

@@ -113,6 +113,25 @@ pub struct ImageRecord {
     pub extra_xattrs: Vec<(String, String)>,
 }
 
+impl ImageRecord {
+    /// Files a name the store gives this image: a tag, a digest reference, or
+    /// (an ID, or a malformed name) nothing as a tag, with a problem for the latter.
+    pub fn add_name(&mut self, name: &str, what: &str, problems: &mut Vec<String>) {
+        match crate::reference::parse(name) {
+            Ok(crate::reference::Parsed::Tag(t)) => {
+                if !self.tags.contains(&t) {
+                    self.tags.push(t)
+                }
+            }
+            Ok(crate::reference::Parsed::Digest { name, digest }) => {
+                self.digest_refs.push(format!("{name}@{digest}"))
+            }
+            Ok(crate::reference::Parsed::Id(_)) => {}
+            Err(e) => problems.push(format!("{what}: {e}: not shown as a tag")),
+        }
+    }
+}
+
 /// What a scan found: the images, and what was wrong with the store (each message
 /// names the file and the problem).
 #[derive(Debug, Default)]
@@ -347,6 +366,24 @@ impl io::Read for BlobReader<'_> {
         }
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+/// `read_at` for the stores whose blobs are files (layouts, containers-storage,
+/// Docker's data root, containerd's content store).
+pub(crate) fn read_file_blob(
+    blob: &BlobLocation,
+    offset: u64,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match blob {
+        BlobLocation::File { path, size } => {
+            pread_clamped(&std::fs::File::open(path)?, 0, *size, offset, buf)
+        }
+        BlobLocation::Member { .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a store of files has no tar members",
+        )),
     }
 }
 

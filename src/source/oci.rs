@@ -3,7 +3,6 @@
 //! config descriptor).
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +14,7 @@ use super::oci_index::{self, IndexEdit};
 use super::store_file::{self, FileLock};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, pread_clamped, read_whole,
+    WriteError, read_whole,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -593,16 +592,7 @@ impl Source for OciLayout {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match blob {
-            BlobLocation::File { path, size } => {
-                let f = File::open(path)?;
-                pread_clamped(&f, 0, *size, offset, buf)
-            }
-            BlobLocation::Member { .. } => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "an OCI layout directory has no tar members",
-            )),
-        }
+        super::read_file_blob(blob, offset, buf)
     }
 
     /// index.json is the layout's root of trust: every change rewrites it.
