@@ -170,8 +170,9 @@ impl DockerRoot {
         })
     }
 
-    /// The tags repositories.json gives the image `id`.
-    fn tags_of(&self, id: &str) -> Vec<TagRef> {
+    /// (name, image ID) of every entry of every driver's repositories.json: what
+    /// the writes need to know, without reading configs or layers.
+    fn entries(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for driver in &self.drivers {
             let Ok(repos) = Self::read_repositories(driver) else {
@@ -184,15 +185,32 @@ impl DockerRoot {
                 .flatten()
             {
                 for (name, target) in refs.as_object().into_iter().flatten() {
-                    if target.as_str() == Some(id)
-                        && let Ok(Parsed::Tag(t)) = reference::parse(name)
-                    {
-                        out.push(t);
+                    if let Some(id) = target.as_str() {
+                        out.push((name.clone(), id.to_string()));
                     }
                 }
             }
         }
         out
+    }
+
+    /// The image `tag` names, per repositories.json.
+    fn image_of(&self, tag: &TagRef) -> Option<String> {
+        self.entries().into_iter().find_map(|(name, id)| {
+            matches!(reference::parse(&name), Ok(Parsed::Tag(t)) if &t == tag).then_some(id)
+        })
+    }
+
+    /// The tags repositories.json gives the image `id`.
+    fn tags_of(&self, id: &str) -> Vec<TagRef> {
+        self.entries()
+            .into_iter()
+            .filter(|(_, i)| i == id)
+            .filter_map(|(name, _)| match reference::parse(&name) {
+                Ok(Parsed::Tag(t)) => Some(t),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Edits repositories.json of every driver, with dockerd down, as Docker writes it
@@ -411,12 +429,7 @@ impl Source for DockerRoot {
         let name = tag.to_string();
         if self.socket.exists() {
             // Docker deletes an image with its last tag: refuse that, the image stays
-            let owner = self.scan().ok().and_then(|inv| {
-                inv.images
-                    .into_iter()
-                    .find(|r| r.tags.contains(tag))
-                    .map(|r| r.claimed_id)
-            });
+            let owner = self.image_of(tag);
             if let Some(id) = &owner
                 && self.tags_of(id).len() <= 1
                 && self.with_daemon(async |_| Ok(())).is_some()
@@ -440,14 +453,7 @@ impl Source for DockerRoot {
 
     fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
         let id = self
-            .scan()
-            .ok()
-            .and_then(|inv| {
-                inv.images
-                    .into_iter()
-                    .find(|r| r.tags.contains(from))
-                    .map(|r| r.claimed_id)
-            })
+            .image_of(from)
             .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
         if self.with_daemon(async |_| Ok(())).is_some() {
             // through the daemon: tag, then untag (no longer the last tag)

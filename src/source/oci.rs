@@ -199,15 +199,7 @@ pub(crate) fn references_of(
 
 /// The image ID (config digest) a top-level index entry resolves to, if it does.
 pub(crate) fn resolve_descriptor(layout: &dyn LayoutBlobs, desc: &Descriptor) -> Option<String> {
-    let host = host_platform();
-    let mut problems = Vec::new();
-    let mut walk = Walk {
-        layout,
-        host: &host,
-        problems: &mut problems,
-        visited: HashSet::new(),
-    };
-    walk.resolve(desc, "", 0).map(|r| r.claimed_id)
+    resolve_record(layout, desc, "").0.map(|r| r.claimed_id)
 }
 
 /// The image record a descriptor resolves to (index → host manifest → config), and
