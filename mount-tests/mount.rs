@@ -1319,6 +1319,93 @@ fn compressed_archives_are_read_only() {
     );
 }
 
+/// The daemon's bytes read so far (`rchar`, which counts page-cache hits too).
+fn daemon_rchar(m: &Mount) -> u64 {
+    let pid = m.child.as_ref().unwrap().id();
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A read-only bind mount of a directory, unmounted on drop.
+struct ReadOnlyBind(PathBuf);
+
+impl ReadOnlyBind {
+    fn new(src: &Path, at: &Path) -> ReadOnlyBind {
+        std::fs::create_dir(at).unwrap();
+        ok(&format!(
+            "mount --bind '{0}' '{1}' && mount -o remount,bind,ro '{1}'",
+            src.display(),
+            at.display()
+        ));
+        ReadOnlyBind(at.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l '{}'", self.0.display()));
+    }
+}
+
+#[test]
+fn compressed_archive_index_is_kept_and_the_next_mount_decompresses_nothing() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // 32 MiB of incompressible layer in front of the sample's members.
+    ok(&format!(
+        "cd {d} && head -c 32M /dev/urandom > big.layer && tar cf a.tar big.layer && \
+         tar Af a.tar '{}' && rm big.layer && gzip -1 a.tar",
+        f.path("sample.tar")
+    ));
+    let gz = format!("{d}/a.tar.gz");
+    let listing = |m: &Mount| {
+        ok(&format!(
+            "cd {} && sha256sum * && find {} -printf '%P %l\\n' | sort",
+            m.p("by-id"),
+            m.p("by-tag")
+        ))
+    };
+    let mut first = Mount::new(&[&gz]);
+    let want = listing(&first);
+    assert!(want.contains("localhost/whoami/api:1.0"), "{want}");
+    assert!(daemon_rchar(&first) > 32 << 20);
+    assert!(first.log().contains("indexing the compressed archive"));
+    first.stop();
+    assert!(Path::new(&format!("{gz}.imagefs-index")).is_file());
+
+    let second = Mount::new(&[&gz]);
+    assert_eq!(listing(&second), want);
+    let rchar = daemon_rchar(&second);
+    assert!(rchar < 4 << 20, "the second mount read {rchar} bytes");
+    assert!(!second.log().contains("indexing the compressed archive"));
+    drop(second);
+
+    // In a read-only directory the index goes to $XDG_CACHE_HOME/imagefs.
+    std::fs::remove_file(format!("{gz}.imagefs-index")).unwrap();
+    let ro_dir = PathBuf::from(format!("{d}-ro"));
+    let ro = ReadOnlyBind::new(dir.path(), &ro_dir);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = cache.path().to_str().unwrap();
+    let ro_gz = format!("{}/a.tar.gz", ro.0.display());
+    let m = Mount::with_env(&[&ro_gz], &[("XDG_CACHE_HOME", cache_env)]);
+    assert_eq!(listing(&m), want);
+    drop(m);
+    assert!(!Path::new(&format!("{ro_gz}.imagefs-index")).exists());
+    let kept = ok(&format!("ls {cache_env}/imagefs"));
+    assert!(kept.trim().ends_with(".index"), "{kept}");
+    let m = Mount::with_env(&[&ro_gz], &[("XDG_CACHE_HOME", cache_env)]);
+    assert_eq!(listing(&m), want);
+    assert!(daemon_rchar(&m) < 4 << 20);
+    drop(m);
+    drop(ro);
+    let _ = std::fs::remove_dir(ro_dir);
+}
+
 /// Runs the write sequence on a mount until one fails; returns how many succeeded.
 fn run_ops(m: &Mount, ops: &[String]) -> usize {
     for (i, op) in ops.iter().enumerate() {

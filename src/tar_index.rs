@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek};
 
+use serde::{Deserialize, Serialize};
+
 /// Where one member's data lies in the (uncompressed) archive.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TarMember {
     pub offset: u64,
     pub size: u64,
@@ -34,7 +36,7 @@ impl TarMember {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberKind {
     File,
     Dir,
@@ -94,9 +96,77 @@ impl<R: Read + Seek> Seek for SkimReader<R> {
     }
 }
 
+/// Called with the data of each regular member of at most `max_size` bytes, met
+/// during the walk: a compressed archive keeps these (manifests, configs) in its
+/// persisted index, so that they never need decompressing again.
+pub struct Capture<'a> {
+    pub max_size: u64,
+    pub take: &'a mut dyn FnMut(&TarMember, &[u8]),
+}
+
 impl TarIndex {
     /// Walks the headers of `reader`, whose total length is `len`.
-    pub fn build<R: Read + Seek>(mut reader: R, len: u64) -> TarIndex {
+    pub fn build<R: Read + Seek>(reader: R, len: u64) -> TarIndex {
+        TarIndex::build_capturing(reader, len, None)
+    }
+
+    /// An index from entries stored earlier (a persisted index), in archive order.
+    pub fn from_parts(
+        entries: Vec<(String, TarMember)>,
+        end_of_entries: u64,
+        problems: Vec<String>,
+    ) -> TarIndex {
+        let mut index = TarIndex {
+            end_of_entries,
+            problems,
+            ..TarIndex::default()
+        };
+        for (name, member) in entries {
+            index.push(name, member);
+        }
+        index
+    }
+
+    fn push(&mut self, name: String, member: TarMember) {
+        let i = self.entries.len();
+        let wins = match self.members.get(&name) {
+            Some(&j) => member.mtime >= self.entries[j].1.mtime,
+            None => true,
+        };
+        if wins {
+            self.members.insert(name.clone(), i);
+        }
+        self.entries.push((name, member));
+    }
+
+    /// For a stream whose length was not known during the walk: drops the trailing
+    /// members whose data runs past `len`, as [`TarIndex::build`] does when it knows.
+    pub fn truncate_to(&mut self, len: u64) {
+        let keep = self
+            .entries
+            .iter()
+            .take_while(|(_, m)| m.kind != MemberKind::File || m.offset + m.size <= len)
+            .count();
+        if keep == self.entries.len() {
+            return;
+        }
+        let (name, m) = &self.entries[keep];
+        self.problems.push(format!(
+            "member {name:?} is truncated: it needs bytes {}..{} but the archive ends at {len}",
+            m.offset,
+            m.offset + m.size
+        ));
+        let entries: Vec<_> = self.entries.drain(..keep).collect();
+        let end = entries.last().map_or(0, |(_, m)| m.entry_end());
+        *self = TarIndex::from_parts(entries, end, std::mem::take(&mut self.problems));
+    }
+
+    /// [`TarIndex::build`], handing small members' data to `capture` on the way.
+    pub fn build_capturing<R: Read + Seek>(
+        mut reader: R,
+        len: u64,
+        mut capture: Option<Capture<'_>>,
+    ) -> TarIndex {
         let mut index = TarIndex::default();
         let pos = reader.stream_position().unwrap_or(0);
         let reader = SkimReader {
@@ -177,15 +247,17 @@ impl TarIndex {
                 mtime,
                 renamable,
             };
-            let i = index.entries.len();
-            let wins = match index.members.get(&name) {
-                Some(&j) => mtime >= index.entries[j].1.mtime,
-                None => true,
-            };
-            if wins {
-                index.members.insert(name.clone(), i);
+            if let Some(c) = capture.as_mut()
+                && member.kind == MemberKind::File
+                && size <= c.max_size
+            {
+                let mut data = Vec::with_capacity(size as usize);
+                // A short read means a truncated stream: the walk reports it next.
+                if entry.read_to_end(&mut data).is_ok() && data.len() as u64 == size {
+                    (c.take)(&member, &data);
+                }
             }
-            index.entries.push((name, member));
+            index.push(name, member);
             index.end_of_entries = next_start;
         }
         index

@@ -7,35 +7,26 @@ use std::fs::{File, OpenOptions};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
 use super::WriteError;
+use super::compressed::CompressedTar;
 use super::store_file::{self, FileLock};
 use super::tar_rewrite::{self, WriteStats};
 use super::{BlobLocation, ChangeToken, Source, SourceError, SourceKind, StoreMeta, pread_clamped};
 use crate::tar_index::{MemberKind, TarIndex};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
+pub use super::compressed::Compression;
 
-impl Compression {
-    fn sniff(magic: &[u8]) -> Compression {
-        if magic.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
-    }
+/// The uncompressed tar bytes: the archive itself, or what a compressed one's
+/// persisted index holds (see `compressed`).
+enum TarData {
+    Plain(File),
+    Compressed(CompressedTar),
 }
 
 pub struct TarArchive {
@@ -43,8 +34,7 @@ pub struct TarArchive {
     /// never served from another version of the file.
     generation: u64,
     path: PathBuf,
-    /// The uncompressed tar bytes: the archive itself, or an unlinked temporary copy.
-    data: File,
+    data: TarData,
     pub compression: Compression,
     pub index: TarIndex,
     meta: StoreMeta,
@@ -72,17 +62,20 @@ impl TarArchive {
         let n = read_up_to(&file, &mut magic).map_err(|e| fail(&e))?;
         (&file).seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
         let compression = Compression::sniff(&magic[..n]);
-        let data = match compression {
-            Compression::None => file.try_clone().map_err(|e| fail(&e))?,
+        let (data, index) = match compression {
+            Compression::None => {
+                let len = meta.len();
+                let mut reader = file.try_clone().map_err(|e| fail(&e))?;
+                reader.seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
+                let data = TarData::Plain(file.try_clone().map_err(|e| fail(&e))?);
+                (data, TarIndex::build(reader, len))
+            }
             c => {
-                info!(archive = %path.display(), compression = ?c, "decompressing to a temporary file");
-                spool(&file, c).map_err(|e| fail(&format!("cannot decompress ({c:?}): {e}")))?
+                let (tar, index) = CompressedTar::open(path, &file, c)
+                    .map_err(|e| fail(&format!("cannot index the {c:?} archive: {e}")))?;
+                (TarData::Compressed(tar), index)
             }
         };
-        let len = data.metadata().map_err(|e| fail(&e))?.len();
-        let mut reader = data.try_clone().map_err(|e| fail(&e))?;
-        reader.seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
-        let index = TarIndex::build(reader, len);
         if index.is_empty() {
             let why = index
                 .problems
@@ -135,9 +128,10 @@ impl TarArchive {
                 archive,
                 offset: start,
                 size,
-            } if *archive == self.generation => {
-                pread_clamped(&self.data, *start, *size, offset, buf)
-            }
+            } if *archive == self.generation => match &self.data {
+                TarData::Plain(file) => pread_clamped(file, *start, *size, offset, buf),
+                TarData::Compressed(tar) => tar.read_at(*start, *size, offset, buf),
+            },
             BlobLocation::Member { .. } => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
@@ -183,22 +177,6 @@ fn read_up_to(mut f: &File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// Decompresses into an unlinked temporary file, which disappears with the mount.
-fn spool(file: &File, c: Compression) -> io::Result<File> {
-    let input = BufReader::with_capacity(256 * 1024, file.try_clone()?);
-    let mut out = tempfile::tempfile()?;
-    match c {
-        Compression::Gzip => {
-            io::copy(&mut flate2::read::MultiGzDecoder::new(input), &mut out)?;
-        }
-        Compression::Zstd => {
-            io::copy(&mut zstd::stream::read::Decoder::new(input)?, &mut out)?;
-        }
-        Compression::None => {}
-    }
-    Ok(out)
 }
 
 /// What a write does to an archive: new contents for metadata members (JSON), and

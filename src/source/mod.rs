@@ -6,6 +6,7 @@
 //! catalog verifies it.
 
 pub mod archive;
+pub mod compressed;
 pub mod containerd;
 pub mod containers_storage;
 pub mod docker_archive;
