@@ -389,6 +389,19 @@ fn getfattr_shows_what_a_table_would() {
         m.p("by-tag/localhost/whoami/api:latest")
     ));
     assert!(size.parse::<u64>().unwrap() > 0);
+    // the config cache's counters on the mount's root, after reading every config twice
+    ok(&format!("cat {0}/* {0}/* >/dev/null", m.p("by-id")));
+    let stats: serde_json::Value = serde_json::from_str(&ok(&format!(
+        "getfattr --only-values -n user.imagefs.stats {}",
+        m.p("")
+    )))
+    .unwrap();
+    let ids = ok(&format!("ls {}", m.p("by-id"))).lines().count() as u64;
+    assert!(
+        stats["config_cache"]["hits"].as_u64().unwrap() >= ids,
+        "{stats}"
+    );
+    assert_eq!(stats["config_cache"]["capacity"], 32 << 20, "{stats}");
     // unknown names: "No such attribute", not "Operation not supported"
     let o = sh(&format!(
         "getfattr -n user.nonexistent {}",

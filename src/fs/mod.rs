@@ -378,6 +378,7 @@ impl ImageFs {
             self.cache.insert(key, Arc::from(bytes));
             return Ok(out);
         }
+        self.cache.note_too_big();
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
@@ -427,6 +428,13 @@ impl ImageFs {
             }
             NodeKind::Symlink { .. } => {}
         }
+        if ino == ROOT_INO {
+            let stats = serde_json::json!({
+                "config_cache": self.cache.stats(),
+                "stores": self.stores.len(),
+            });
+            out.push(("user.imagefs.stats".into(), stats.to_string()));
+        }
         Ok(out)
     }
 
@@ -434,7 +442,7 @@ impl ImageFs {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
         // `ls -l` asks every file for security.selinux and the ACLs: answer those
         // without building the node's attributes
-        if !name.starts_with("user.image.") {
+        if !name.starts_with("user.image.") && !name.starts_with("user.imagefs.") {
             self.getattr(ino)?;
             return Err(Errno::ENODATA);
         }

@@ -232,6 +232,18 @@ fn by_id_files_hold_the_config_and_hash_to_their_name() {
     // reads at an offset and past the end
     assert_eq!(fs.read(attr.ino, 2, 7).unwrap(), &WEB_V1[2..9]);
     assert!(fs.read(attr.ino, 10_000, 10).unwrap().is_empty());
+    // The root's stats show the cache at work: the catalog's hashing filled it, so
+    // these reads hit.
+    let stats = fs
+        .getxattr(ROOT_INO, OsStr::new("user.imagefs.stats"))
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let cache = &stats["config_cache"];
+    assert!(cache["hits"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(cache["entries"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["stores"], 1);
+    let names = fs.listxattr(ROOT_INO).unwrap();
+    assert!(String::from_utf8_lossy(&names).contains("user.imagefs.stats"));
 }
 
 #[test]
