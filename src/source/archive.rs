@@ -64,11 +64,11 @@ impl TarArchive {
         let compression = Compression::sniff(&magic[..n]);
         let (data, index) = match compression {
             Compression::None => {
-                let len = meta.len();
-                let mut reader = file.try_clone().map_err(|e| fail(&e))?;
-                reader.seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
-                let data = TarData::Plain(file.try_clone().map_err(|e| fail(&e))?);
-                (data, TarIndex::build(reader, len))
+                let index = TarIndex::build_file(&file, meta.len());
+                (
+                    TarData::Plain(file.try_clone().map_err(|e| fail(&e))?),
+                    index,
+                )
             }
             c => {
                 let (tar, index) = CompressedTar::open(path, &file, c)
@@ -256,7 +256,15 @@ impl ArchiveStore {
     /// exclusive lock. Only for writable mounts; a read-only mount reads either state.
     pub fn recover(&self) -> Result<(), WriteError> {
         let path = &self.path;
-        if self.current().compression != Compression::None {
+        let current = self.current();
+        if current.compression != Compression::None {
+            return Ok(());
+        }
+        // A crash leaves a name twice, or a temp file beside: without either, there is
+        // nothing to finish, and the archive is not indexed again.
+        if !tar_rewrite::has_interrupted_switch(&current.index)
+            && !store_file::has_stale_temps(path)
+        {
             return Ok(());
         }
         let io_err = |e: io::Error| WriteError::io(format!("{}: recover", path.display()), e);

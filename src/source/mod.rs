@@ -430,7 +430,10 @@ pub type Opened = (Option<String>, Box<dyn Source>);
 pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
     let (kind, path) = split_prefix(spec);
     let is_containerd = kind == Some(SourceKind::Containerd)
-        || (kind.is_none() && detect(Path::new(path)).is_ok_and(|k| k == SourceKind::Containerd));
+        || (kind.is_none()
+            // a containerd root is a directory: an archive is not indexed twice to learn that
+            && Path::new(path).is_dir()
+            && detect(Path::new(path)).is_ok_and(|k| k == SourceKind::Containerd));
     if is_containerd {
         let (root, ns) = containerd::split_namespace(path);
         let root = Path::new(root);

@@ -94,8 +94,25 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Removes temporaries of `path` that a crashed writer left. Call only under the
 /// store's exclusive lock: then no writer is using one.
 pub fn remove_stale_temps(path: &Path) {
+    for file in stale_temps(path) {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {
+                tracing::info!(file = %file.display(), "removed a temporary file a crashed write left")
+            }
+            Err(err) => {
+                tracing::warn!(file = %file.display(), "cannot remove a stale temporary file: {err}")
+            }
+        }
+    }
+}
+
+pub fn has_stale_temps(path: &Path) -> bool {
+    !stale_temps(path).is_empty()
+}
+
+fn stale_temps(path: &Path) -> Vec<std::path::PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
+        return Vec::new();
     };
     let prefix = format!(".{}.imagefs-", name.to_string_lossy());
     let dir = if dir.as_os_str().is_empty() {
@@ -104,21 +121,16 @@ pub fn remove_stale_temps(path: &Path) {
         dir
     };
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&prefix) && n.ends_with(".tmp") {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {
-                    tracing::info!(file = %e.path().display(), "removed a temporary file a crashed write left")
-                }
-                Err(err) => {
-                    tracing::warn!(file = %e.path().display(), "cannot remove a stale temporary file: {err}")
-                }
-            }
-        }
-    }
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && n.ends_with(".tmp")
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Replaces `path` with `bytes` atomically, keeping its permission bits.

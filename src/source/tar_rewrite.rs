@@ -127,6 +127,17 @@ pub fn replace_in_place(
 
 /// Completes switches a crash interrupted (a name present twice): every copy but the
 /// newest becomes a spare. Returns the names repaired. Same locking as for a write.
+/// Whether a name is present twice (a switch a crash interrupted).
+pub fn has_interrupted_switch(index: &TarIndex) -> bool {
+    index.entries().iter().any(|(name, member)| {
+        name != SPARE_NAME
+            && member.renamable
+            && index
+                .get(name)
+                .is_some_and(|w| w.header_offset != member.header_offset)
+    })
+}
+
 pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<String>> {
     let mut repaired = Vec::new();
     for (name, member) in index.entries() {
@@ -147,9 +158,7 @@ pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<Strin
 
 fn reindex(file: &File) -> io::Result<TarIndex> {
     let len = file.metadata()?.len();
-    let mut reader = file.try_clone()?;
-    io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
-    Ok(TarIndex::build(reader, len))
+    Ok(TarIndex::build_file(file, len))
 }
 
 /// Rewrites one header's name (and mtime), keeping everything else.
