@@ -2467,3 +2467,42 @@ fn containerd_writes_go_through_its_api_and_keep_untagged_images() {
     );
     assert!(m.log().contains("no containerd answers"), "{}", m.log());
 }
+
+// ---------------------------------------------------------------------------------
+// The benchmark must keep working: run on tiny inputs, nothing asserted about time.
+
+#[test]
+fn benchmark_runs_on_tiny_inputs() {
+    let f = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let walk = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/header_walk");
+    assert!(walk.is_file(), "cargo test builds the examples: {walk:?}");
+    let out = ok(&format!(
+        "python3 {SCRIPTS}/bench/bench.py --tiny --runs 1 --bin '{BIN}' --walk '{}' \
+         --cs-template '{}' '{}'",
+        walk.display(),
+        f.path("cs"),
+        work.path().display()
+    ));
+    for title in [
+        "(a) docker-archive",
+        "(b) the same, gzip",
+        "(c) docker-archive",
+        "(d) OCI layout",
+        "(e) containers-storage",
+    ] {
+        assert!(out.contains(title), "no table for {title}:\n{out}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+    // every imagefs row has a warm time
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| imagefs")).collect();
+    assert!(rows.len() >= 7, "{out}");
+    for r in rows {
+        let warm = r.split('|').nth(3).unwrap_or_default().trim();
+        assert!(warm.parse::<f64>().is_ok_and(|t| t > 0.0), "{r}");
+    }
+    assert!(work.path().join("results.md").is_file());
+}
