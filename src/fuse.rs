@@ -4,13 +4,16 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, TimeOrNow,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, TimeOrNow,
 };
 
 use crate::fs::{self, Attr, FileKind, ImageFs, XattrReply};
@@ -22,11 +25,114 @@ pub const TTL: Duration = Duration::from_secs(10);
 
 pub struct FuseAdapter {
     fs: Arc<ImageFs>,
+    /// Files the kernel just learnt from a READDIRPLUS, for the [`Prefetcher`].
+    prefetch: Option<SyncSender<PrefetchBatch>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<ImageFs>) -> FuseAdapter {
-        FuseAdapter { fs }
+    pub fn new(fs: Arc<ImageFs>, prefetch: Option<SyncSender<PrefetchBatch>>) -> FuseAdapter {
+        FuseAdapter { fs, prefetch }
+    }
+}
+
+/// When a listing was answered, and the files in it.
+pub type PrefetchBatch = (Instant, Vec<u64>);
+
+/// Configs up to this size are pushed into the kernel's page cache.
+const PREFETCH_MAX: u64 = 64 * 1024;
+/// How long after a listing's reply its files are pushed.
+const PREFETCH_DELAY: Duration = Duration::from_millis(3);
+
+/// Pushes by-id files' bytes into the kernel's page cache (FUSE_NOTIFY_STORE) as soon
+/// as a directory listing has made their inodes known, from a thread of its own. A
+/// `cat` or `sha256sum` over by-id then reads from the page cache: a READ round trip
+/// costs tens of microseconds in a VM (two cross-CPU wakeups), a push a few, with no
+/// reader waiting on it. A config's bytes never change (they are its name's
+/// preimage), so a pushed page is never stale. Only small configs are pushed, once
+/// each; a push the kernel refuses (inode not there yet, or forgotten) is simply
+/// left to the READ path.
+pub struct Prefetcher {
+    fs: Arc<ImageFs>,
+    notifier: fuser::Notifier,
+    pushed: HashSet<u64>,
+}
+
+impl Prefetcher {
+    pub fn channel() -> (SyncSender<PrefetchBatch>, Receiver<PrefetchBatch>) {
+        // Bounded: when the thread lags, listings drop their batch instead of waiting.
+        std::sync::mpsc::sync_channel(256)
+    }
+
+    pub fn spawn(
+        fs: Arc<ImageFs>,
+        notifier: fuser::Notifier,
+        rx: Receiver<PrefetchBatch>,
+    ) -> std::io::Result<()> {
+        let mut p = Prefetcher {
+            fs,
+            notifier,
+            pushed: HashSet::new(),
+        };
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                while let Ok((sent, batch)) = rx.recv() {
+                    // A push that lands while the listing's reader is still turning
+                    // the reply into inodes is lost (the page never shows up), so
+                    // each batch waits until its reader has very likely finished.
+                    let ready = sent + PREFETCH_DELAY;
+                    let now = Instant::now();
+                    if ready > now {
+                        std::thread::sleep(ready - now);
+                    }
+                    let mut retry = Vec::new();
+                    for ino in batch {
+                        if !p.push(ino) {
+                            retry.push(ino);
+                        }
+                    }
+                    if !retry.is_empty() {
+                        // The listing's reader may not have made the inodes yet.
+                        std::thread::sleep(PREFETCH_DELAY);
+                        for ino in retry {
+                            p.push(ino);
+                        }
+                    }
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// False when the kernel did not take it (worth one retry).
+    fn push(&mut self, ino: u64) -> bool {
+        if self.pushed.contains(&ino) {
+            return true;
+        }
+        let Ok(attr) = self.fs.getattr(ino) else {
+            return true;
+        };
+        if attr.kind != FileKind::File || attr.size > PREFETCH_MAX {
+            self.pushed.insert(ino);
+            return true;
+        }
+        let Ok(data) = self.fs.read(ino, 0, attr.size as u32) else {
+            return true;
+        };
+        match self.notifier.store(INodeNo(ino), 0, &data) {
+            Ok(()) => {
+                tracing::trace!(ino, "pushed");
+                self.fs
+                    .counters
+                    .pushed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.pushed.insert(ino);
+                true
+            }
+            Err(e) => {
+                tracing::trace!(ino, "page cache push refused: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -213,10 +319,30 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
-            // A by-id file's bytes are its name's preimage: they never change.
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // Nothing is kept per open file, so a read-only open answers ENOSYS: the
+            // kernel then stops sending OPEN (and RELEASE) for files, which halves the
+            // requests `cat by-id/*` costs, and keeps their page cache across opens, as
+            // KEEP_CACHE did (a by-id file's bytes are its name's preimage: they never
+            // change). Opens for writing that arrive first are refused here; later
+            // ones are refused at the write or truncate.
+            Ok(()) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(errno(self.fs.refuse_write("write", ino.0)));
     }
 
     fn read(
@@ -230,6 +356,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.fs
+            .counters
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -261,18 +391,30 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let mut files = Vec::new();
         let r = self.fs.readdir(ino.0, offset, |e| {
-            reply.add(
+            let full = reply.add(
                 INodeNo(e.ino),
                 e.offset,
                 e.name,
                 &TTL,
                 &file_attr(&e.attr),
                 Generation(0),
-            )
+            );
+            if !full && e.attr.kind == FileKind::File {
+                files.push(e.ino);
+            }
+            full
         });
         match r {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                reply.ok();
+                if let Some(tx) = &self.prefetch
+                    && !files.is_empty()
+                {
+                    let _ = tx.try_send((Instant::now(), files));
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

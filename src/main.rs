@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use imagefs::cli::{self, Args, MountOptions};
 use imagefs::config_cache::ConfigCache;
 use imagefs::fs::{FsOptions, ImageFs, Store};
-use imagefs::fuse::FuseAdapter;
+use imagefs::fuse::{FuseAdapter, Prefetcher};
 use imagefs::source;
 
 fn main() -> ExitCode {
@@ -252,8 +252,15 @@ fn serve(
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
     let signals = block_termination_signals();
-    let mut session = fuser::Session::new(FuseAdapter::new(fs.clone()), mountpoint, config)
-        .map_err(|e| format!("{}: cannot mount: {e}", mountpoint.display()))?;
+    let (prefetch_tx, prefetch_rx) = Prefetcher::channel();
+    let mut session = fuser::Session::new(
+        FuseAdapter::new(fs.clone(), Some(prefetch_tx)),
+        mountpoint,
+        config,
+    )
+    .map_err(|e| format!("{}: cannot mount: {e}", mountpoint.display()))?;
+    Prefetcher::spawn(fs.clone(), session.notifier(), prefetch_rx)
+        .map_err(|e| format!("cannot start the prefetch thread: {e}"))?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

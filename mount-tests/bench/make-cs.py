@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark input (e): a containers-storage (vfs) store of IMAGES images, made from a
 store the real tools wrote (buildah, in make-fixtures.sh): one of its images is
-copied IMAGES times with a new config each (a label), so a new ID, and a manifest
-pointing at it, all sharing its layer; images.json gets an entry per copy in the form
+copied IMAGES times, each with a top layer of its own on the image's layers (as a
+build step adds one; the layer is recorded in layers.json with an empty vfs
+directory), a new config (that layer's diff ID and a label), so a new ID, and a
+manifest pointing at it; images.json gets an entry per copy in the form
 containers/storage writes. Every tenth copy is untagged. Checked by the benchmark with
 `podman images` on the result.
 
@@ -33,7 +35,20 @@ def main():
     cfg_key = next(n for n in base["big-data-names"] if n.startswith("sha256:"))
     config = json.load(open(os.path.join(idir, base["id"], file_name(cfg_key)), "rb"))
     manifest = json.load(open(os.path.join(idir, base["id"], "manifest"), "rb"))
+    ldir = os.path.join(out, "vfs-layers")
+    layers = json.load(open(os.path.join(ldir, "layers.json")))
+    diff_ids = list(config["rootfs"]["diff_ids"])
+    base_layers = list(manifest["layers"])
     for i in range(images):
+        top = hashlib.sha256(f"bench-cs-layer-{i}".encode()).hexdigest()
+        diff = "sha256:" + hashlib.sha256(f"bench-cs-diff-{i}".encode()).hexdigest()
+        layers.append({"id": top, "parent": base["layer"], "created": "2024-04-01T00:00:00Z",
+                       "compressed-diff-digest": diff, "compressed-size": 1024,
+                       "diff-digest": diff, "diff-size": 1024})
+        os.makedirs(os.path.join(out, "vfs", "dir", top), exist_ok=True)
+        config["rootfs"]["diff_ids"] = diff_ids + [diff]
+        manifest["layers"] = base_layers + [{
+            "mediaType": base_layers[-1]["mediaType"], "digest": diff, "size": 1024}]
         config.setdefault("config", {}).setdefault("Labels", {})["bench"] = str(i)
         cbytes = json.dumps(config, separators=(",", ":")).encode()
         cid = hashlib.sha256(cbytes).hexdigest()
@@ -48,7 +63,7 @@ def main():
                 f.write(v)
         names = [] if i % 10 == 9 else [f"localhost/bench/cs{i % 97}:v{i}"]
         entries.append({
-            "id": cid, "digest": mdig, "names": names, "layer": base["layer"],
+            "id": cid, "digest": mdig, "names": names, "layer": top,
             "metadata": "{}",
             "big-data-names": list(big),
             "big-data-sizes": {k: len(v) for k, v in big.items()},
@@ -57,6 +72,8 @@ def main():
         })
     with open(os.path.join(idir, "images.json"), "w") as f:
         json.dump(entries, f, separators=(",", ":"))
+    with open(os.path.join(ldir, "layers.json"), "w") as f:
+        json.dump(layers, f, separators=(",", ":"))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ impl Errno {
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EIO: Errno = Errno(libc::EIO);
     pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EACCES: Errno = Errno(libc::EACCES);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
@@ -157,6 +158,16 @@ pub struct ImageFs {
     write_locks: Vec<Mutex<()>>,
     cache: ConfigCache,
     options: FsOptions,
+    /// What the kernel asked for and was given, counted by the FUSE adapter.
+    pub counters: KernelCounters,
+}
+
+/// Shown in `user.imagefs.stats`: how many READ requests reached imagefs, and how
+/// many files were pushed into the kernel's page cache before anyone asked.
+#[derive(Default)]
+pub struct KernelCounters {
+    pub reads: std::sync::atomic::AtomicU64,
+    pub pushed: std::sync::atomic::AtomicU64,
 }
 
 /// Configs larger than this are read by range, never whole into the cache.
@@ -207,6 +218,7 @@ impl ImageFs {
             state: RwLock::new(state),
             cache,
             options,
+            counters: KernelCounters::default(),
         })
     }
 
@@ -432,6 +444,10 @@ impl ImageFs {
             let stats = serde_json::json!({
                 "config_cache": self.cache.stats(),
                 "stores": self.stores.len(),
+                "kernel": {
+                    "reads": self.counters.reads.load(std::sync::atomic::Ordering::Relaxed),
+                    "pushed": self.counters.pushed.load(std::sync::atomic::Ordering::Relaxed),
+                },
             });
             out.push(("user.imagefs.stats".into(), stats.to_string()));
         }
@@ -440,8 +456,14 @@ impl ImageFs {
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
-        // `ls -l` asks every file for security.selinux and the ACLs: answer those
-        // without building the node's attributes
+        // `ls -l` asks every file for security.selinux and the POSIX ACLs, a FUSE round
+        // trip each. Those namespaces are not supported here, and saying so (rather
+        // than "no such attribute") lets ls remember it for the whole file system and
+        // stop asking: 2 requests per `ls -l` instead of 2 per file.
+        if !name.starts_with("user.") {
+            self.getattr(ino)?;
+            return Err(Errno::EOPNOTSUPP);
+        }
         if !name.starts_with("user.image.") && !name.starts_with("user.imagefs.") {
             self.getattr(ino)?;
             return Err(Errno::ENODATA);
