@@ -41,6 +41,8 @@ pub struct ContainersStorage {
     root: PathBuf,
     /// `<root>/<driver>-images`
     images_dir: PathBuf,
+    /// Big-data files are read only when they stay inside `images_dir`.
+    contained: super::store_file::Containment,
     driver: String,
     /// images.lock, open for the life of the source: locks and tokens go through it.
     lock_file: File,
@@ -136,9 +138,12 @@ impl ContainersStorage {
             .map_err(|e| SourceError::new(lock_path.display(), e))?;
         let meta =
             std::fs::metadata(images_dir.join("images.json")).map_err(|e| fail(e.to_string()))?;
+        let contained = super::store_file::Containment::new(&images_dir)
+            .map_err(|e| SourceError::new(images_dir.display(), e))?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),
             images_dir,
+            contained,
             driver,
             lock_file,
             lock_guard: Mutex::new(()),
@@ -167,11 +172,14 @@ impl ContainersStorage {
         if !is_store_id(id) {
             return None;
         }
-        let path = self.images_dir.join(id).join(big_data_file_name(key));
-        let canonical = path.canonicalize().ok()?;
-        canonical
-            .starts_with(&self.images_dir.canonicalize().ok()?)
-            .then_some(canonical)
+        let rel = format!("{id}/{}", big_data_file_name(key));
+        match self.contained.file(&rel) {
+            Ok(found) => found.map(|(path, _)| path),
+            Err(e) => {
+                warn!("{e}");
+                None
+            }
+        }
     }
 
     /// The config digest of an image: what its manifest names, else the big-data key
@@ -373,6 +381,7 @@ impl Source for ContainersStorage {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
+        self.contained.forget();
         let images = {
             let _in_process = self.lock_guard.lock();
             let _lock = StoreLock::take(&self.lock_file, false)

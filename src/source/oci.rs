@@ -438,6 +438,7 @@ pub fn repository_from_file_name(path: &Path) -> String {
 pub struct OciLayout {
     root: PathBuf,
     canonical_root: PathBuf,
+    contained: store_file::Containment,
     meta: StoreMeta,
 }
 
@@ -449,27 +450,22 @@ impl OciLayout {
         let index = root.join("index.json");
         let meta = std::fs::metadata(&index)
             .map_err(|e| SourceError::new(index.display(), format!("not an OCI layout: {e}")))?;
+        let contained =
+            store_file::Containment::new(root).map_err(|e| SourceError::new(root.display(), e))?;
         Ok(OciLayout {
             root: root.to_path_buf(),
             canonical_root,
+            contained,
             meta: StoreMeta::of(&meta),
         })
     }
 
-    /// The path of a layout file, refusing any that leads outside the layout (a
-    /// symlinked blob, or a blobs/ directory that points elsewhere).
-    fn contained(&self, rel: &str) -> Result<Option<PathBuf>, String> {
-        let path = self.root.join(rel);
-        match path.canonicalize() {
-            Ok(c) if c.starts_with(&self.canonical_root) => Ok(Some(c)),
-            Ok(c) => Err(format!(
-                "{}: leads outside the layout (to {}): not read",
-                path.display(),
-                c.display()
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+    /// The path and metadata of a layout file, refusing any that leads outside the
+    /// layout (a symlinked blob, or a blobs/ directory that points elsewhere).
+    fn contained(&self, rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, String> {
+        self.contained
+            .file(rel)
+            .map_err(|e| e.replace("outside the store", "outside the layout"))
     }
 }
 
@@ -503,13 +499,13 @@ impl OciLayout {
 
 impl LayoutBlobs for OciLayout {
     fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String> {
-        let path = self
+        let (path, meta) = self
             .contained(rel)?
             .ok_or_else(|| format!("{}: missing", self.display(rel)))?;
-        let size = std::fs::metadata(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        let loc = BlobLocation::File { path, size };
+        let loc = BlobLocation::File {
+            path,
+            size: meta.len(),
+        };
         self.read_location(&loc, limit)
     }
 
@@ -517,10 +513,9 @@ impl LayoutBlobs for OciLayout {
         let Some(rel) = blob_rel_path(digest) else {
             return Err(format!("malformed digest {digest:?}"));
         };
-        let Some(path) = self.contained(&rel)? else {
+        let Some((path, meta)) = self.contained(&rel)? else {
             return Ok(None);
         };
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if !meta.is_file() {
             return Err(format!("{}: not a regular file", path.display()));
         }
@@ -564,6 +559,7 @@ impl Source for OciLayout {
         // flock on the layout directory: other imagefs mounts writing the same
         // layout hold it exclusively while they replace index.json.
         let _lock = FileLock::shared(&self.root);
+        self.contained.forget();
         scan_layout(self).map_err(|e| SourceError::new(self.root.display(), e))
     }
 
