@@ -369,9 +369,28 @@ class Bench:
         finally:
             sh(f"umount {mp}; rmdir {mp}")
 
+    def bench_fixed_costs(self, source):
+        """Mount and unmount alone, on a small input: what every workflow pays."""
+        fg = self.series(lambda: self.imagefs_once(source, "true"), cold=False)
+        daemon = self.series(lambda: self.once(
+            f"mp=$(mktemp -d -p {self.work}); '{self.bin}' '{source}' $mp && umount $mp; rmdir $mp"),
+            cold=False)
+        spawn = self.series(lambda: self.once("true"), cold=False)
+        med = lambda s, k: statistics.median(r[k] for r in s["warm"]) * 1000
+        lines = ["| step | warm ms |", "|---|---:|",
+                 f"| start a process (`bash -c true`, the floor of any tool) | {med(spawn, 'wall'):.1f} |",
+                 f"| imagefs -f: start, read the store, mount | {med(fg, 'mount'):.1f} |",
+                 f"| unmount: umount and the daemon's exit | {med(fg, 'umount'):.1f} |",
+                 f"| imagefs daemonizing (returns once mounted) + umount | {med(daemon, 'wall'):.1f} |"]
+        self.results.append((f"fixed costs ({os.path.basename(source)})", lines, []))
+        print(f"\n### fixed costs ({os.path.basename(source)})\n")
+        print("\n".join(lines), flush=True)
+
     def run(self):
         inputs = self.inputs()
         only = set(self.args.only.split(","))
+        if "a" in only:
+            self.bench_fixed_costs(inputs["a"])
         size = lambda p: os.path.getsize(p) / 2**20
         if "a" in only:
             self.bench_archive("a", inputs["a"], f"(a) docker-archive, 20 images, {size(inputs['a']):.0f} MiB")

@@ -191,13 +191,17 @@ impl ImageFs {
                 warn!(store = %store.source.describe(), "cannot recover from an interrupted write: {e}");
             }
             tokens.push(store.source.change_token().ok());
+            let started = std::time::Instant::now();
             let inv = store.source.scan()?;
+            let scanned = started.elapsed();
             let catalog = Catalog::build(i, store.source.as_ref(), inv, &cache);
             catalog.log_problems(&store.source.describe());
             info!(
                 store = %store.source.describe(),
                 images = catalog.images.len(),
                 dangling = catalog.dangling.len(),
+                scan_ms = scanned.as_secs_f64() * 1e3,
+                catalog_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
                 "store read"
             );
             catalogs.push(Arc::new(catalog));
@@ -211,7 +215,13 @@ impl ImageFs {
             tree: Tree::default(),
             inodes: InodeTable::new(stores.len() == 1),
         };
+        let started = std::time::Instant::now();
         state.rebuild(&stores);
+        debug!(
+            nodes = state.tree.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "tree built"
+        );
         Ok(ImageFs {
             write_locks: stores.iter().map(|_| Mutex::new(())).collect(),
             stores,

@@ -67,6 +67,14 @@ pub struct Tree {
 type DirMap = HashMap<u64, (u64, Option<usize>, NodeRole, BTreeMap<String, (u64, bool)>)>;
 
 impl Tree {
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
     pub fn get(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(&ino)
     }
