@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use fuser::{
@@ -27,11 +28,20 @@ pub struct FuseAdapter {
     fs: Arc<ImageFs>,
     /// Files the kernel just learnt from a READDIRPLUS, for the [`Prefetcher`].
     prefetch: Option<SyncSender<PrefetchBatch>>,
+    /// Listed files not yet handed to the prefetcher: that waits for a first READ,
+    /// so that listings nobody reads from (`ls -l`, `find -links 1`) push nothing.
+    listed: parking_lot::Mutex<Vec<PrefetchBatch>>,
+    any_listed: std::sync::atomic::AtomicBool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<ImageFs>, prefetch: Option<SyncSender<PrefetchBatch>>) -> FuseAdapter {
-        FuseAdapter { fs, prefetch }
+        FuseAdapter {
+            fs,
+            prefetch,
+            listed: Default::default(),
+            any_listed: Default::default(),
+        }
     }
 }
 
@@ -43,8 +53,9 @@ const PREFETCH_MAX: u64 = 64 * 1024;
 /// How long after a listing's reply its files are pushed.
 const PREFETCH_DELAY: Duration = Duration::from_millis(3);
 
-/// Pushes by-id files' bytes into the kernel's page cache (FUSE_NOTIFY_STORE) as soon
-/// as a directory listing has made their inodes known, from a thread of its own. A
+/// Pushes by-id files' bytes into the kernel's page cache (FUSE_NOTIFY_STORE), from a
+/// thread of its own, once a directory listing has made their inodes known and a
+/// first READ says that someone reads configs (`cat by-id/*`, `sha256sum`). A
 /// `cat` or `sha256sum` over by-id then reads from the page cache: a READ round trip
 /// costs tens of microseconds in a VM (two cross-CPU wakeups), a push a few, with no
 /// reader waiting on it. A config's bytes never change (they are its name's
@@ -356,10 +367,15 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.fs
-            .counters
-            .reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fs.counters.reads.fetch_add(1, Ordering::Relaxed);
+        // Someone reads configs: push what was listed, ahead of the reader.
+        if self.any_listed.swap(false, Ordering::AcqRel)
+            && let Some(tx) = &self.prefetch
+        {
+            for batch in std::mem::take(&mut *self.listed.lock()) {
+                let _ = tx.try_send(batch);
+            }
+        }
         match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -409,10 +425,13 @@ impl Filesystem for FuseAdapter {
         match r {
             Ok(()) => {
                 reply.ok();
-                if let Some(tx) = &self.prefetch
-                    && !files.is_empty()
-                {
-                    let _ = tx.try_send((Instant::now(), files));
+                if self.prefetch.is_some() && !files.is_empty() {
+                    let mut listed = self.listed.lock();
+                    // bounded: a listing of a huge store keeps its first 64 batches
+                    if listed.len() < 64 {
+                        listed.push((Instant::now(), files));
+                        self.any_listed.store(true, Ordering::Release);
+                    }
                 }
             }
             Err(e) => reply.error(errno(e)),
