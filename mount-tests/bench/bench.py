@@ -313,7 +313,7 @@ class Bench:
                    f"{self.podman(store)} images -a --format json")
             s = self.series(lambda: self.once(cmd), runs=1)
             sh(f"rm -rf {store}")
-            rows.append(("podman load + podman images", s, "(1 run)"))
+            rows.append(("podman load + podman images", s, "(1 cold run, 1 warm)"))
         elif not gz:
             notes.append("podman load is not run on this input (the issue measured 853 s for it).")
         self.table(title, rows, notes)
