@@ -48,6 +48,33 @@ impl FuseAdapter {
 /// When a listing was answered, and the files in it.
 pub type PrefetchBatch = (Instant, Vec<u64>);
 
+/// The listed batches reordered to start just after `ino` (when listed), wrapping
+/// round to the ones before it.
+fn ahead_of(batches: Vec<PrefetchBatch>, ino: u64) -> Vec<PrefetchBatch> {
+    let Some((b, i)) = batches
+        .iter()
+        .enumerate()
+        .find_map(|(b, (_, files))| files.iter().position(|&f| f == ino).map(|i| (b, i)))
+    else {
+        return batches;
+    };
+    let mut out = Vec::with_capacity(batches.len() + 1);
+    let mut before = Vec::new();
+    for (k, (sent, files)) in batches.into_iter().enumerate() {
+        match k.cmp(&b) {
+            std::cmp::Ordering::Less => before.push((sent, files)),
+            std::cmp::Ordering::Equal => {
+                let (head, tail) = files.split_at(i + 1);
+                out.push((sent, tail.to_vec()));
+                before.push((sent, head.to_vec()));
+            }
+            std::cmp::Ordering::Greater => out.push((sent, files)),
+        }
+    }
+    out.extend(before);
+    out
+}
+
 /// Configs up to this size are pushed into the kernel's page cache.
 const PREFETCH_MAX: u64 = 64 * 1024;
 /// How long after a listing's reply its files are pushed.
@@ -144,6 +171,23 @@ impl Prefetcher {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_starts_after_the_file_being_read() {
+        let t = Instant::now();
+        let order = |batches: Vec<PrefetchBatch>| -> Vec<u64> {
+            batches.into_iter().flat_map(|(_, f)| f).collect()
+        };
+        let listed = vec![(t, vec![1, 2, 3]), (t, vec![4, 5]), (t, vec![6])];
+        assert_eq!(order(ahead_of(listed.clone(), 2)), [3, 4, 5, 6, 1, 2]);
+        assert_eq!(order(ahead_of(listed.clone(), 6)), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(order(ahead_of(listed, 9)), [1, 2, 3, 4, 5, 6]);
     }
 }
 
@@ -368,11 +412,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.fs.counters.reads.fetch_add(1, Ordering::Relaxed);
-        // Someone reads configs: push what was listed, ahead of the reader.
+        // Someone reads configs: push what was listed, ahead of the reader. Readers go
+        // in listing order (`cat by-id/*`), so the pushes start just after the file
+        // being read, and the files before it come last.
         if self.any_listed.swap(false, Ordering::AcqRel)
             && let Some(tx) = &self.prefetch
         {
-            for batch in std::mem::take(&mut *self.listed.lock()) {
+            let batches = std::mem::take(&mut *self.listed.lock());
+            for batch in ahead_of(batches, ino.0) {
                 let _ = tx.try_send(batch);
             }
         }
