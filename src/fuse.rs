@@ -174,23 +174,6 @@ impl Prefetcher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefetch_starts_after_the_file_being_read() {
-        let t = Instant::now();
-        let order = |batches: Vec<PrefetchBatch>| -> Vec<u64> {
-            batches.into_iter().flat_map(|(_, f)| f).collect()
-        };
-        let listed = vec![(t, vec![1, 2, 3]), (t, vec![4, 5]), (t, vec![6])];
-        assert_eq!(order(ahead_of(listed.clone(), 2)), [3, 4, 5, 6, 1, 2]);
-        assert_eq!(order(ahead_of(listed.clone(), 6)), [1, 2, 3, 4, 5, 6]);
-        assert_eq!(order(ahead_of(listed, 9)), [1, 2, 3, 4, 5, 6]);
-    }
-}
-
 fn errno(e: fs::Errno) -> Errno {
     Errno::from_i32(e.0)
 }
@@ -537,5 +520,22 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         reply.error(errno(self.fs.refuse_write("create", parent.0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_starts_after_the_file_being_read() {
+        let t = Instant::now();
+        let order = |batches: Vec<PrefetchBatch>| -> Vec<u64> {
+            batches.into_iter().flat_map(|(_, f)| f).collect()
+        };
+        let listed = vec![(t, vec![1, 2, 3]), (t, vec![4, 5]), (t, vec![6])];
+        assert_eq!(order(ahead_of(listed.clone(), 2)), [3, 4, 5, 6, 1, 2]);
+        assert_eq!(order(ahead_of(listed.clone(), 6)), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(order(ahead_of(listed, 9)), [1, 2, 3, 4, 5, 6]);
     }
 }
