@@ -14,6 +14,8 @@ import os
 import sys
 import tarfile
 
+from docker_save import Index, add
+
 CHUNK = 4 << 20
 
 
@@ -52,17 +54,11 @@ class RandomLayer(io.RawIOBase):
         return len(data)
 
 
-def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o444
-    tar.addfile(info, io.BytesIO(data))
-
 
 def main():
     out, images, total_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     per = (total_mib << 20) // images
-    manifest, repositories = [], {}
+    index = Index()
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         for i in range(images):
             # the sizes vary a little so that no two layers are alike in length
@@ -89,13 +85,8 @@ def main():
                          f"registry.example:5000/mirror/app{i}:v1"]
             else:
                 names = [f"localhost/big/app{i}:v1"]
-            manifest.append({"Config": cid + ".json", "RepoTags": names,
-                             "Layers": [f"{v1id}/layer.tar"]})
-            for n in names:
-                repo, tag = n.rsplit(":", 1)
-                repositories.setdefault(repo, {})[tag] = v1id
-        add(tar, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
-        add(tar, "repositories", json.dumps(repositories, separators=(",", ":")).encode())
+            index.image(cid + ".json", names, [f"{v1id}/layer.tar"], v1id)
+        index.write(tar)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,8 @@ import json
 import sys
 import tarfile
 
+from docker_save import Index, add
 
-def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o444
-    tar.addfile(info, io.BytesIO(data))
 
 
 def layer(i):
@@ -29,7 +25,7 @@ def layer(i):
 
 def main():
     out, images, tags = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    manifest, repositories = [], {}
+    index = Index()
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         for i in range(images):
             lay = layer(i)
@@ -47,12 +43,8 @@ def main():
             # tags spread over the images; the last image stays untagged
             names = [] if i == images - 1 else [
                 f"localhost/bench/app{t % 97}:v{t}" for t in range(i, tags, images - 1)]
-            manifest.append({"Config": cid + ".json", "RepoTags": names, "Layers": [diff + ".tar"]})
-            for n in names:
-                repo, tag = n.rsplit(":", 1)
-                repositories.setdefault(repo, {})[tag] = diff
-        add(tar, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
-        add(tar, "repositories", json.dumps(repositories, separators=(",", ":")).encode())
+            index.image(cid + ".json", names, [diff + ".tar"], diff)
+        index.write(tar)
 
 
 if __name__ == "__main__":
