@@ -348,6 +348,7 @@ impl IndexFile {
                 ".{}.",
                 target.file_name().unwrap_or_default().to_string_lossy()
             );
+            remove_abandoned(dir, &prefix);
             match tempfile::Builder::new().prefix(&prefix).tempfile_in(dir) {
                 Ok(t) => return Ok(IndexFile::Named(t, target)),
                 Err(e) => debug!(dir = %dir.display(), error = %e, "cannot keep an index here"),
@@ -370,6 +371,32 @@ impl IndexFile {
         }
     }
 }
+
+/// Removes index temp files a killed indexer left (`.<name>.imagefs-index.XXXXXX`).
+/// Only old ones: a younger one may be another mount's, indexing right now.
+fn remove_abandoned(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
+        if name.to_string_lossy().starts_with(prefix) && old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    info!(file = %e.path().display(), "removed an index temp file a killed indexer left")
+                }
+                Err(err) => debug!(file = %e.path().display(), "cannot remove: {err}"),
+            }
+        }
+    }
+}
+
+/// A temp index file untouched this long is no one's.
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// Renames the finished index into place; if that place refuses it, copies it to the
 /// next one (the cache directory). A failure only costs the next mount a pass.
@@ -677,6 +704,16 @@ mod tests {
         assert_eq!(ct.tar_len, tar.len() as u64);
         let beside = dir.path().join("a.tar.gz.imagefs-index");
         assert_eq!(ct.index_path.as_deref(), Some(beside.as_path()));
+        let temps = |d: &Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| {
+                    let n = e.as_ref().unwrap().file_name();
+                    n.to_string_lossy().starts_with(".a.tar.gz.imagefs-index.")
+                })
+                .count()
+        };
+        assert_eq!(temps(dir.path()), 0);
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
         assert_eq!(read_member(&ct, &index, "big.tar"), big);
         assert_eq!(read_member(&ct, &index, "c.json"), b"{}");
@@ -708,7 +745,21 @@ mod tests {
         let path = dir.path().join("a.tar.gz");
         let (tar, _) = sample();
         std::fs::write(&path, gzip(&tar)).unwrap();
+        // what a killed indexer leaves: an old temp goes, a fresh one (another
+        // indexer's, perhaps) stays
+        let old = dir.path().join(".a.tar.gz.imagefs-index.old123");
+        let fresh = dir.path().join(".a.tar.gz.imagefs-index.new123");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
         CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        assert!(!old.exists() && fresh.exists());
         let idx = dir.path().join("a.tar.gz.imagefs-index");
         // One flipped byte in the kept data: the checksum refuses it.
         let mut bytes = std::fs::read(&idx).unwrap();
