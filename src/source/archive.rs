@@ -1,5 +1,5 @@
-//! A tar archive opened for reading: the file (or, for a gzip/zstd archive, an
-//! uncompressed spool of it), its [`TarIndex`], and reads by member. Shared by the
+//! A tar archive opened for reading: the file (or, for a gzip/zstd archive, what its
+//! persisted index keeps, see `compressed`), its [`TarIndex`], and reads by member. Shared by the
 //! docker-archive and oci-archive sources.
 
 use std::collections::HashSet;
