@@ -179,28 +179,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     d.sync_all()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replace_keeps_mode_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("index.json");
-        std::fs::write(&p, b"old").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        replace_file(&p, b"new").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"new");
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let _a = FileLock::shared(&p).unwrap();
-        let _b = FileLock::shared(&p).unwrap();
-    }
-}
-
 /// Files below a store's root, checked to stay inside it without resolving every
 /// path from `/` (realpath costs a readlink per component: most of a 10,000-blob
 /// scan). Each directory on the way is resolved once and remembered; a file costs one
@@ -292,8 +270,25 @@ impl Containment {
 }
 
 #[cfg(test)]
-mod containment_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn replace_keeps_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.json");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        replace_file(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let _a = FileLock::shared(&p).unwrap();
+        let _b = FileLock::shared(&p).unwrap();
+    }
 
     #[test]
     fn links_inside_are_followed_and_links_outside_refused() {
