@@ -25,7 +25,7 @@ use std::path::Path;
 use tracing::info;
 
 use super::store_file::{self, crash_point};
-use crate::tar_index::{MemberKind, TarIndex};
+use crate::tar_index::{MemberKind, TarIndex, TarMember};
 
 /// The name of a spare slot. Readers look members up by name, so they pass over it;
 /// `tar -x` would extract it as a dotfile of spaces.
@@ -127,28 +127,27 @@ pub fn replace_in_place(
 
 /// Completes switches a crash interrupted (a name present twice): every copy but the
 /// newest becomes a spare. Returns the names repaired. Same locking as for a write.
-/// Whether a name is present twice (a switch a crash interrupted).
-pub fn has_interrupted_switch(index: &TarIndex) -> bool {
-    index.entries().iter().any(|(name, member)| {
-        name != SPARE_NAME
+/// The older copies of names present twice: a switch a crash interrupted.
+fn interrupted(index: &TarIndex) -> impl Iterator<Item = (&String, &TarMember)> {
+    index.entries().iter().filter_map(|(name, member)| {
+        let older = name != SPARE_NAME
             && member.renamable
             && index
                 .get(name)
-                .is_some_and(|w| w.header_offset != member.header_offset)
+                .is_some_and(|w| w.header_offset != member.header_offset);
+        older.then_some((name, member))
     })
+}
+
+pub fn has_interrupted_switch(index: &TarIndex) -> bool {
+    interrupted(index).next().is_some()
 }
 
 pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<String>> {
     let mut repaired = Vec::new();
-    for (name, member) in index.entries() {
-        if name == SPARE_NAME || !member.renamable {
-            continue;
-        }
-        let winner = index.get(name);
-        if winner.is_some_and(|w| w.header_offset != member.header_offset) {
-            rename_header(file, member.header_offset, SPARE_NAME, 0)?;
-            repaired.push(name.clone());
-        }
+    for (name, member) in interrupted(index) {
+        rename_header(file, member.header_offset, SPARE_NAME, 0)?;
+        repaired.push(name.clone());
     }
     if !repaired.is_empty() {
         file.sync_data()?;
@@ -182,7 +181,7 @@ fn append_spare(
     file: &File,
     end: u64,
     size: u64,
-) -> io::Result<(crate::tar_index::TarMember, u64)> {
+) -> io::Result<(TarMember, u64)> {
     let data_at = end + BLOCK;
     let zeros = vec![0u8; (size + 2 * BLOCK) as usize];
     file.write_all_at(&zeros, data_at)?;
@@ -199,7 +198,7 @@ fn append_spare(
     crash_point("new spare's header written");
     file.sync_data()?;
     Ok((
-        crate::tar_index::TarMember {
+        TarMember {
             offset: data_at,
             size,
             kind: MemberKind::File,
