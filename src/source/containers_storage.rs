@@ -138,7 +138,7 @@ impl ContainersStorage {
             .map_err(|e| SourceError::new(lock_path.display(), e))?;
         let meta =
             std::fs::metadata(images_dir.join("images.json")).map_err(|e| fail(e.to_string()))?;
-        let contained = super::store_file::Containment::new(&images_dir)
+        let contained = super::store_file::Containment::new(&images_dir, "store")
             .map_err(|e| SourceError::new(images_dir.display(), e))?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),

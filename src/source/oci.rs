@@ -450,8 +450,8 @@ impl OciLayout {
         let index = root.join("index.json");
         let meta = std::fs::metadata(&index)
             .map_err(|e| SourceError::new(index.display(), format!("not an OCI layout: {e}")))?;
-        let contained =
-            store_file::Containment::new(root).map_err(|e| SourceError::new(root.display(), e))?;
+        let contained = store_file::Containment::new(root, "layout")
+            .map_err(|e| SourceError::new(root.display(), e))?;
         Ok(OciLayout {
             root: root.to_path_buf(),
             canonical_root,
@@ -463,9 +463,7 @@ impl OciLayout {
     /// The path and metadata of a layout file, refusing any that leads outside the
     /// layout (a symlinked blob, or a blobs/ directory that points elsewhere).
     fn contained(&self, rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, String> {
-        self.contained
-            .file(rel)
-            .map_err(|e| e.replace("outside the store", "outside the layout"))
+        self.contained.file(rel)
     }
 }
 

@@ -187,14 +187,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// directory swapped for a link is seen at the next one.
 pub struct Containment {
     root: PathBuf,
+    /// What the root is, for messages ("layout", "store").
+    what: &'static str,
     dirs: parking_lot::Mutex<std::collections::HashMap<PathBuf, PathBuf>>,
 }
 
 impl Containment {
     /// `root` must exist: it is resolved here.
-    pub fn new(root: &Path) -> std::io::Result<Containment> {
+    pub fn new(root: &Path, what: &'static str) -> std::io::Result<Containment> {
         Ok(Containment {
             root: root.canonicalize()?,
+            what,
             dirs: Default::default(),
         })
     }
@@ -259,8 +262,9 @@ impl Containment {
         };
         if !target.starts_with(&self.root) {
             return Err(format!(
-                "{}: leads outside the store (to {}): not read",
+                "{}: leads outside the {} (to {}): not read",
                 path.display(),
+                self.what,
                 target.display()
             ));
         }
@@ -301,7 +305,7 @@ mod tests {
         std::os::unix::fs::symlink("aa", blobs.join("bb")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), blobs.join("cc")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("blobs/evil")).unwrap();
-        let c = Containment::new(root.path()).unwrap();
+        let c = Containment::new(root.path(), "store").unwrap();
         let (p, m) = c.file("blobs/sha256/aa").unwrap().unwrap();
         assert_eq!((m.len(), p.starts_with(c.root())), (4, true));
         let (p, _) = c.file("blobs/sha256/bb").unwrap().unwrap();
