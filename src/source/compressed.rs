@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use super::store_file;
 use crate::tar_index::{Capture, TarIndex, TarMember};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,12 +336,7 @@ enum IndexFile {
 impl IndexFile {
     fn create(archive: &Path) -> io::Result<IndexFile> {
         for target in index_locations(archive) {
-            let Some(dir) = target.parent() else { continue };
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
+            let dir = store_file::parent_dir(&target);
             if std::fs::create_dir_all(dir).is_err() {
                 continue;
             }
@@ -375,22 +371,19 @@ impl IndexFile {
 /// Removes index temp files a killed indexer left (`.<name>.imagefs-index.XXXXXX`).
 /// Only old ones: a younger one may be another mount's, indexing right now.
 fn remove_abandoned(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
+    for e in store_file::entries_with_prefix(dir, prefix) {
         let old = e
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
-        if name.to_string_lossy().starts_with(prefix) && old {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {
-                    info!(file = %e.path().display(), "removed an index temp file a killed indexer left")
-                }
-                Err(err) => debug!(file = %e.path().display(), "cannot remove: {err}"),
+        if !old {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                info!(file = %e.path().display(), "removed an index temp file a killed indexer left")
             }
+            Err(err) => debug!(file = %e.path().display(), "cannot remove: {err}"),
         }
     }
 }
@@ -418,7 +411,7 @@ fn persist(archive: &Path, store: &IndexFile) -> Option<PathBuf> {
             continue;
         }
         let copy = || -> io::Result<()> {
-            let dir = next.parent().unwrap_or(Path::new("."));
+            let dir = store_file::parent_dir(&next);
             std::fs::create_dir_all(dir)?;
             let mut tmp = tempfile::Builder::new()
                 .prefix(".imagefs-index.")

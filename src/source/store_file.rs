@@ -111,25 +111,33 @@ pub fn has_stale_temps(path: &Path) -> bool {
 }
 
 fn stale_temps(path: &Path) -> Vec<std::path::PathBuf> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(name) = path.file_name() else {
         return Vec::new();
     };
     let prefix = format!(".{}.imagefs-", name.to_string_lossy());
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    entries_with_prefix(parent_dir(path), &prefix)
+        .into_iter()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The directory a path is in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The entries of `dir` whose names start with `prefix` (none if it cannot be read).
+pub fn entries_with_prefix(dir: &Path, prefix: &str) -> Vec<std::fs::DirEntry> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && n.ends_with(".tmp")
-        })
-        .map(|e| e.path())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .collect()
 }
 
@@ -164,18 +172,14 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// rename durable.
 pub fn commit_rename(tmp: &Path, path: &Path) -> io::Result<()> {
     std::fs::rename(tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+fn sync_dir(dir: &Path) -> io::Result<()> {
     let d = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY)
-        .open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        })?;
+        .open(dir)?;
     d.sync_all()
 }
 

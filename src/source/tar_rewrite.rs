@@ -177,11 +177,7 @@ fn rename_header(file: &File, offset: u64, name: &str, mtime: u64) -> io::Result
 /// behind the end before the header that covers it: first zeros over the slot's
 /// extent and a new end (zeros over zeros: valid at every instant), then the header
 /// (one aligned block), which makes a spare of zeros appear whole.
-fn append_spare(
-    file: &File,
-    end: u64,
-    size: u64,
-) -> io::Result<(TarMember, u64)> {
+fn append_spare(file: &File, end: u64, size: u64) -> io::Result<(TarMember, u64)> {
     let data_at = end + BLOCK;
     let zeros = vec![0u8; (size + 2 * BLOCK) as usize];
     file.write_all_at(&zeros, data_at)?;
