@@ -487,6 +487,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.fs.counters.getxattrs.fetch_add(1, Ordering::Relaxed);
         reply_xattr(self.fs.getxattr(ino.0, name), size, reply);
     }
 

@@ -162,12 +162,14 @@ pub struct ImageFs {
     pub counters: KernelCounters,
 }
 
-/// Shown in `user.imagefs.stats`: how many READ requests reached imagefs, and how
-/// many files were pushed into the kernel's page cache before anyone asked.
+/// Shown in `user.imagefs.stats`: how many READ and GETXATTR requests reached
+/// imagefs, and how many files were pushed into the kernel's page cache before
+/// anyone asked.
 #[derive(Default)]
 pub struct KernelCounters {
     pub reads: std::sync::atomic::AtomicU64,
     pub pushed: std::sync::atomic::AtomicU64,
+    pub getxattrs: std::sync::atomic::AtomicU64,
 }
 
 /// Configs larger than this are read by range, never whole into the cache.
@@ -457,6 +459,7 @@ impl ImageFs {
                 "kernel": {
                     "reads": self.counters.reads.load(std::sync::atomic::Ordering::Relaxed),
                     "pushed": self.counters.pushed.load(std::sync::atomic::Ordering::Relaxed),
+                    "getxattrs": self.counters.getxattrs.load(std::sync::atomic::Ordering::Relaxed),
                 },
             });
             out.push(("user.imagefs.stats".into(), stats.to_string()));
