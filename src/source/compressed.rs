@@ -599,14 +599,7 @@ impl Progress {
     }
 
     fn show(&mut self, end: &str) {
-        let mib = |n: u64| n as f64 / (1 << 20) as f64;
-        let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
-        let line = format!(
-            "imagefs: indexing {}: {:.0} of {:.0} MiB ({pct}%)",
-            self.name,
-            mib(self.done),
-            mib(self.total)
-        );
+        let line = progress_line(&self.name, self.done, self.total);
         let mut err = io::stderr().lock();
         let _ = if self.tty {
             write!(err, "\r{line}{end}")
@@ -615,6 +608,16 @@ impl Progress {
         };
         self.shown = true;
     }
+}
+
+fn progress_line(name: &str, done: u64, total: u64) -> String {
+    let mib = |n: u64| n as f64 / (1 << 20) as f64;
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
+    format!(
+        "imagefs: indexing {name}: {:.0} of {:.0} MiB ({pct}%)",
+        mib(done),
+        mib(total)
+    )
 }
 
 impl Read for Progress {
@@ -684,6 +687,18 @@ mod tests {
             &[],
         );
         (tar, big)
+    }
+
+    #[test]
+    fn progress_says_how_far_in_mib_and_percent() {
+        assert_eq!(
+            progress_line("c.tar.gz", 1200 << 20, 4096 << 20),
+            "imagefs: indexing c.tar.gz: 1200 of 4096 MiB (29%)"
+        );
+        assert_eq!(
+            progress_line("e", 0, 0),
+            "imagefs: indexing e: 0 of 0 MiB (100%)"
+        );
     }
 
     #[test]
