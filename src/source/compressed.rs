@@ -106,6 +106,9 @@ struct Header {
 /// A compressed archive's uncompressed bytes, as far as imagefs reads them.
 pub struct CompressedTar {
     path: PathBuf,
+    /// The archive as opened: a member not kept is decompressed from this file, never
+    /// from whatever the path names by then.
+    source: File,
     compression: Compression,
     /// The index file (persisted, or an unlinked temporary one): the kept members.
     store: File,
@@ -132,13 +135,14 @@ impl CompressedTar {
             match load(&candidate, &identity, compression) {
                 Ok(Some((store, header))) => {
                     debug!(archive = %path.display(), index = %candidate.display(), "using the persisted index");
-                    return Ok(CompressedTar::from_header(
+                    return CompressedTar::from_header(
                         path,
+                        file,
                         compression,
                         store,
                         header,
                         Some(candidate),
-                    ));
+                    );
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -152,24 +156,27 @@ impl CompressedTar {
         } else {
             None
         };
-        Ok(CompressedTar::from_header(
+        CompressedTar::from_header(
             path,
+            file,
             compression,
             store.into_file(),
             header,
             persisted,
-        ))
+        )
     }
 
     fn from_header(
         path: &Path,
+        file: &File,
         compression: Compression,
         store: File,
         header: Header,
         index_path: Option<PathBuf>,
-    ) -> (CompressedTar, TarIndex) {
+    ) -> Result<(CompressedTar, TarIndex), String> {
         let tar = CompressedTar {
             path: path.to_path_buf(),
+            source: file.try_clone().map_err(|e| e.to_string())?,
             compression,
             store,
             inline: header.inline.into_iter().collect(),
@@ -178,7 +185,7 @@ impl CompressedTar {
             index_path,
         };
         let index = TarIndex::from_parts(header.entries, header.end_of_entries, header.problems);
-        (tar, index)
+        Ok((tar, index))
     }
 
     /// Reads member data (`start`, `size` in the tar) from `offset` on.
@@ -200,7 +207,9 @@ impl CompressedTar {
         let mut cursor = self.cursor.lock();
         if cursor.as_ref().is_none_or(|(at, _)| *at > pos) {
             debug!(archive = %self.path.display(), pos, "decompressing from the start for a member not kept in the index");
-            let file = File::open(&self.path)?;
+            // Only this cursor moves the clone's offset, and only under the lock.
+            let mut file = self.source.try_clone()?;
+            file.seek(SeekFrom::Start(0))?;
             *cursor = Some((0, self.compression.decoder(file)?));
         }
         let Some((at, reader)) = cursor.as_mut() else {
@@ -723,7 +732,15 @@ mod tests {
         };
         assert_eq!(temps(dir.path()), 0);
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
+        // another archive renamed over the path: a member not kept is still read from
+        // the archive this index was made from
+        let other = dir.path().join("other.gz");
+        std::fs::write(&other, gzip(b"not this one")).unwrap();
+        let kept_aside = dir.path().join("kept.gz");
+        std::fs::rename(&path, &kept_aside).unwrap();
+        std::fs::rename(&other, &path).unwrap();
         assert_eq!(read_member(&ct, &index, "big.tar"), big);
+        std::fs::rename(&kept_aside, &path).unwrap();
         assert_eq!(read_member(&ct, &index, "c.json"), b"{}");
         // The second open reads the index: with the archive's bytes gone (same
         // identity, garbage content), the kept members still read right.
