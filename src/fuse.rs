@@ -26,7 +26,7 @@ pub const TTL: Duration = Duration::from_secs(10);
 
 pub struct FuseAdapter {
     fs: Arc<ImageFs>,
-    /// Files the kernel just learnt from a READDIRPLUS, for the [`Prefetcher`].
+    /// To the [`Prefetcher`]'s thread: batches of listed files to push.
     prefetch: Option<SyncSender<PrefetchBatch>>,
     /// Listed files not yet handed to the prefetcher: that waits for a first READ,
     /// so that listings nobody reads from (`ls -l`, `find -links 1`) push nothing.
@@ -355,6 +355,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.counters.opens.fetch_add(1, Ordering::Relaxed);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             // Nothing is kept per open file, so a read-only open answers ENOSYS: the

@@ -162,7 +162,7 @@ pub struct ImageFs {
     pub counters: KernelCounters,
 }
 
-/// Shown in `user.imagefs.stats`: how many READ and GETXATTR requests reached
+/// Shown in `user.imagefs.stats`: how many READ, GETXATTR and OPEN requests reached
 /// imagefs, and how many files were pushed into the kernel's page cache before
 /// anyone asked.
 #[derive(Default)]
@@ -170,6 +170,7 @@ pub struct KernelCounters {
     pub reads: std::sync::atomic::AtomicU64,
     pub pushed: std::sync::atomic::AtomicU64,
     pub getxattrs: std::sync::atomic::AtomicU64,
+    pub opens: std::sync::atomic::AtomicU64,
 }
 
 /// Configs larger than this are read by range, never whole into the cache.
@@ -460,6 +461,7 @@ impl ImageFs {
                     "reads": self.counters.reads.load(std::sync::atomic::Ordering::Relaxed),
                     "pushed": self.counters.pushed.load(std::sync::atomic::Ordering::Relaxed),
                     "getxattrs": self.counters.getxattrs.load(std::sync::atomic::Ordering::Relaxed),
+                    "opens": self.counters.opens.load(std::sync::atomic::Ordering::Relaxed),
                 },
             });
             out.push(("user.imagefs.stats".into(), stats.to_string()));
