@@ -10,7 +10,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
@@ -22,7 +22,7 @@ use crate::source::{BlobLocation, BlobReader, ImageRecord, Inventory, Source};
 /// parsed as a stream.
 const WHOLE_READ_LIMIT: u64 = 1 << 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Image {
     /// `sha256:<hex>`: the config digest, verified.
     pub id: String,
@@ -47,14 +47,14 @@ impl Image {
 }
 
 /// A tag whose image's config is missing (or does not match its digest).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DanglingTag {
     pub tag: TagRef,
     /// The ID the tag names: `sha256:<hex>`.
     pub target: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
     /// Sorted by ID.
     pub images: Vec<Image>,

@@ -45,6 +45,10 @@ pub struct MountOptions {
     pub cache_size: u64,
     pub fsname: Option<String>,
     pub noatime: bool,
+    /// Scan every store, even one whose kept catalog is still valid.
+    pub rescan: bool,
+    /// Neither reuse nor keep catalogs between mounts.
+    pub nokeep: bool,
     /// dockerd's socket, `unix:///path` (docker-root sources).
     pub docker_host: Option<String>,
     /// containerd's socket (containerd sources).
@@ -61,6 +65,8 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             fsname: None,
             noatime: false,
+            rescan: false,
+            nokeep: false,
             docker_host: None,
             containerd_address: None,
         }
@@ -109,6 +115,8 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("allow_root", None) => out.allow_root = true,
             ("default_permissions", None) => out.default_permissions = true,
             ("noatime", None) => out.noatime = true,
+            ("rescan", None) => out.rescan = true,
+            ("nokeep", None) => out.nokeep = true,
             ("cache_size", Some(v)) => out.cache_size = parse_size(v)?,
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("docker_host", Some(v)) => out.docker_host = Some(v.to_string()),

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config_cache;
 pub mod fs;
 pub mod fuse;
+pub mod kept_catalog;
 pub mod reference;
 pub mod source;
 pub mod tar_index;

@@ -14,6 +14,7 @@ use imagefs::cli::{self, Args, MountOptions};
 use imagefs::config_cache::ConfigCache;
 use imagefs::fs::{FsOptions, ImageFs, Store};
 use imagefs::fuse::{FuseAdapter, Prefetcher};
+use imagefs::kept_catalog::KeptCatalogs;
 use imagefs::source;
 
 fn main() -> ExitCode {
@@ -78,6 +79,10 @@ fn run(args: Args) -> Result<(), String> {
         ConfigCache::new(options.cache_size),
         FsOptions {
             read_only: options.read_only,
+            kept: KeptCatalogs::default_dir()
+                .filter(|_| !options.nokeep)
+                .map(KeptCatalogs::new),
+            rescan: options.rescan,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -287,6 +292,11 @@ fn serve(
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     spawn_watcher(fs.clone(), session.notifier())?;
+    let keeper = fs.clone();
+    let keeping = std::thread::Builder::new()
+        .name("keep-catalogs".into())
+        .spawn(move || keeper.keep_catalogs())
+        .map_err(|e| format!("cannot start the catalog keeper: {e}"))?;
     info!(mountpoint = %mountpoint.display(), stores = fs.stores().len(), "mounted");
     // The parent reads until EOF: closing our end is what lets it exit.
     if let Some(mut pipe) = status_pipe.take() {
@@ -294,10 +304,13 @@ fn serve(
         drop(pipe);
         detach_stdio();
     }
-    session.run().map_err(|e| {
+    let ended = session.run().map_err(|e| {
         warn!("session ended: {e}");
         format!("{}: {e}", mountpoint.display())
-    })
+    });
+    // A mount shorter than the keeping still leaves its catalogs for the next one.
+    let _ = keeping.join();
+    ended
 }
 
 /// How often the stores' change tokens are checked: a change made by another program

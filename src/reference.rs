@@ -8,7 +8,9 @@
 use std::fmt;
 
 /// A canonical `domain/path:tag` reference: what by-tag/ shows.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TagRef {
     /// `docker.io`, `localhost`, `localhost:5000`, `quay.io`, ...
     pub domain: String,
@@ -49,6 +51,12 @@ impl TagRef {
         out.extend(parts.iter().map(|s| s.to_string()));
         out.push(format!("{last}:{}", self.tag));
         out
+    }
+
+    /// The last of [`TagRef::components`]: `busybox:latest`.
+    pub fn file_name(&self) -> String {
+        let last = self.path.rsplit('/').next().unwrap_or_default();
+        format!("{last}:{}", self.tag)
     }
 
     /// `domain/path` without the tag.
@@ -278,6 +286,7 @@ mod tests {
             panic!()
         };
         assert_eq!(t.components(), ["docker.io", "library", "busybox:latest"]);
+        assert_eq!(t.file_name(), "busybox:latest");
     }
 
     #[test]

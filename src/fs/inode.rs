@@ -28,7 +28,9 @@ pub enum NodeKey {
 #[derive(Debug)]
 pub struct InodeTable {
     next: u64,
-    numbers: HashMap<NodeKey, u64>,
+    /// foldhash, not SipHash: the keys are the store's own names, hashed 20,000
+    /// times per tree build, and nothing here needs flood resistance.
+    numbers: HashMap<NodeKey, u64, foldhash::fast::RandomState>,
     single_store: bool,
 }
 
@@ -37,7 +39,7 @@ impl InodeTable {
     pub fn new(single_store: bool) -> InodeTable {
         InodeTable {
             next: ROOT_INO + 1,
-            numbers: HashMap::new(),
+            numbers: HashMap::default(),
             single_store,
         }
     }

@@ -11,10 +11,12 @@ use std::time::SystemTime;
 use std::collections::BTreeSet;
 
 use parking_lot::{Mutex, RwLock};
+use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, Image};
 use crate::config_cache::ConfigCache;
+use crate::kept_catalog::KeptCatalogs;
 use crate::reference::{Parsed, TagRef};
 use crate::source::{ChangeToken, Source, StoreMeta, WriteError};
 use inode::InodeTable;
@@ -116,10 +118,15 @@ pub struct Store {
     pub source: Box<dyn Source>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FsOptions {
     /// `-o ro`: refuse writes with EROFS.
     pub read_only: bool,
+    /// Where catalogs are kept between mounts; `None`: every mount scans.
+    pub kept: Option<KeptCatalogs>,
+    /// `-o rescan`: scan every store even when a kept catalog is valid (and keep the
+    /// fresh one).
+    pub rescan: bool,
 }
 
 struct State {
@@ -158,6 +165,8 @@ pub struct ImageFs {
     write_locks: Vec<Mutex<()>>,
     cache: ConfigCache,
     options: FsOptions,
+    /// Catalogs scanned at mount, with their keys, until `keep_catalogs` saves them.
+    to_keep: Mutex<Vec<(usize, String, Arc<Catalog>)>>,
     /// What the kernel asked for and was given, counted by the FUSE adapter.
     pub counters: KernelCounters,
 }
@@ -187,6 +196,7 @@ impl ImageFs {
         let mut catalogs = Vec::with_capacity(stores.len());
         let mut metas = Vec::with_capacity(stores.len());
         let mut tokens = Vec::with_capacity(stores.len());
+        let mut to_keep = Vec::new();
         for (i, store) in stores.iter().enumerate() {
             if !options.read_only
                 && let Err(e) = store.source.recover()
@@ -194,20 +204,50 @@ impl ImageFs {
                 warn!(store = %store.source.describe(), "cannot recover from an interrupted write: {e}");
             }
             tokens.push(store.source.change_token().ok());
+            let source = store.source.as_ref();
+            // Taken before the scan: a change during it makes the key stale, which
+            // costs the next mount a scan and never shows a wrong catalog.
+            let key = options
+                .kept
+                .as_ref()
+                .and_then(|_| KeptCatalogs::key_of(source));
             let started = std::time::Instant::now();
-            let inv = store.source.scan()?;
-            let scanned = started.elapsed();
-            let catalog = Catalog::build(i, store.source.as_ref(), inv, &cache);
-            catalog.log_problems(&store.source.describe());
-            info!(
-                store = %store.source.describe(),
-                images = catalog.images.len(),
-                dangling = catalog.dangling.len(),
-                scan_ms = scanned.as_secs_f64() * 1e3,
-                catalog_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
-                "store read"
-            );
-            catalogs.push(Arc::new(catalog));
+            let kept = match (&options.kept, &key) {
+                (Some(kept), Some(key)) if !options.rescan => kept.load(source, key),
+                _ => None,
+            };
+            let catalog = match kept {
+                Some(catalog) => {
+                    catalog.log_problems(&source.describe());
+                    info!(
+                        store = %source.describe(),
+                        images = catalog.images.len(),
+                        dangling = catalog.dangling.len(),
+                        load_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "store read from the catalog kept by an earlier mount"
+                    );
+                    Arc::new(catalog)
+                }
+                None => {
+                    let inv = source.scan()?;
+                    let scanned = started.elapsed();
+                    let catalog = Arc::new(Catalog::build(i, source, inv, &cache));
+                    catalog.log_problems(&source.describe());
+                    info!(
+                        store = %source.describe(),
+                        images = catalog.images.len(),
+                        dangling = catalog.dangling.len(),
+                        scan_ms = scanned.as_secs_f64() * 1e3,
+                        catalog_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
+                        "store read"
+                    );
+                    if let Some(key) = key {
+                        to_keep.push((i, key, catalog.clone()));
+                    }
+                    catalog
+                }
+            };
+            catalogs.push(catalog);
             metas.push(store.source.meta());
         }
         let mut state = State {
@@ -232,6 +272,7 @@ impl ImageFs {
             cache,
             options,
             counters: KernelCounters::default(),
+            to_keep: Mutex::new(to_keep),
         })
     }
 
@@ -244,8 +285,19 @@ impl ImageFs {
         self.state.read().catalogs.get(i).cloned()
     }
 
-    pub fn options(&self) -> FsOptions {
-        self.options
+    pub fn options(&self) -> &FsOptions {
+        &self.options
+    }
+
+    /// Saves the catalogs this mount scanned, for the next mount (see
+    /// `kept_catalog`). Called once the mount is up, off the mounting path.
+    pub fn keep_catalogs(&self) {
+        let Some(kept) = &self.options.kept else {
+            return;
+        };
+        for (i, key, catalog) in std::mem::take(&mut *self.to_keep.lock()) {
+            kept.keep(self.stores[i].source.as_ref(), &key, &catalog);
+        }
     }
 
     fn attr_of(&self, state: &State, ino: u64) -> FsResult<Attr> {
@@ -367,12 +419,13 @@ impl ImageFs {
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         // Only the location is taken out of the lock: reads of large configs go to
         // the source without holding it.
-        let (store, config) = {
+        let (store, config, id) = {
             let state = self.state.read();
             let node = state.tree.get(ino).ok_or(Errno::ENOENT)?;
             match &node.kind {
                 NodeKind::Image { store, index, .. } => {
-                    (*store, image_at(&state, *store, *index)?.config.clone())
+                    let image = image_at(&state, *store, *index)?;
+                    (*store, image.config.clone(), image.id.clone())
                 }
                 NodeKind::Dir { .. } => return Err(Errno::EISDIR),
                 NodeKind::Symlink { .. } => return Err(Errno::EINVAL),
@@ -396,6 +449,16 @@ impl ImageFs {
         if total <= WHOLE_READ_LIMIT {
             let bytes = crate::source::read_blob(source, config, WHOLE_READ_LIMIT)
                 .map_err(|e| self.io_error(store, ino, e))?;
+            // Checked at every read from the store, not only at scan: the catalog may
+            // be one kept by an earlier mount, and the cache may have let it go.
+            let hashed = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            if hashed != id {
+                warn!(
+                    store = %source.describe(),
+                    "config of {id} now hashes to {hashed}: the store changed under the mount, not served"
+                );
+                return Err(Errno::EIO);
+            }
             let out = bytes
                 .get(start..start + len)
                 .map(<[u8]>::to_vec)

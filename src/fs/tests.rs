@@ -544,7 +544,10 @@ fn read_only_mounts_and_read_only_sources_answer_erofs() {
     let fs = ImageFs::new(
         stores,
         ConfigCache::new(1 << 20),
-        FsOptions { read_only: true },
+        FsOptions {
+            read_only: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;

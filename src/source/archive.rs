@@ -38,6 +38,8 @@ pub struct TarArchive {
     pub compression: Compression,
     pub index: TarIndex,
     meta: StoreMeta,
+    /// The file's identity when opened: a kept catalog of it is valid while it holds.
+    identity: String,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -91,6 +93,7 @@ impl TarArchive {
             compression,
             index,
             meta: StoreMeta::of(&meta),
+            identity: ChangeToken::identity_of(&meta),
         })
     }
 
@@ -250,6 +253,18 @@ impl ArchiveStore {
 
     pub fn meta(&self) -> StoreMeta {
         self.current().meta()
+    }
+
+    /// The archive as opened, not the path now: a kept catalog's locations point
+    /// into that file, and the watcher sees a replaced file.
+    pub fn content_key(&self) -> Option<String> {
+        Some(self.current().identity.clone())
+    }
+
+    pub fn rebind(&self, blob: &mut BlobLocation) {
+        if let BlobLocation::Member { archive, .. } = blob {
+            *archive = self.current().generation;
+        }
     }
 
     /// Finishes what a crashed write left half done (see tar_rewrite), under the

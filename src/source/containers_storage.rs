@@ -524,6 +524,24 @@ impl Source for ContainersStorage {
         self.meta
     }
 
+    /// The last-write token (every writer under the lock protocol moves it), and the
+    /// identities of images.json, layers.json (image sizes) and the directories
+    /// holding the big-data files.
+    fn content_key(&self) -> Option<String> {
+        let mut parts = vec![self.change_token().ok()?.0];
+        for p in [
+            self.images_json(),
+            self.root
+                .join(format!("{}-layers", self.driver))
+                .join("layers.json"),
+            self.images_dir.clone(),
+            self.root.clone(),
+        ] {
+            parts.push(ChangeToken::identity(&p).unwrap_or_default());
+        }
+        Some(parts.join("|"))
+    }
+
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         let name = tag.to_string();
         self.edit_names(|images, id_of| {

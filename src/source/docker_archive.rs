@@ -148,6 +148,14 @@ impl Source for DockerArchive {
         self.store.meta()
     }
 
+    fn content_key(&self) -> Option<String> {
+        self.store.content_key()
+    }
+
+    fn rebind(&self, blob: &mut BlobLocation) {
+        self.store.rebind(blob)
+    }
+
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         self.edit(Edit::Tag { id, tag })
     }

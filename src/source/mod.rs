@@ -68,7 +68,7 @@ impl fmt::Display for SourceKind {
 }
 
 /// Where a blob's bytes are, in terms the owning source understands.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BlobLocation {
     /// A member of the source's (uncompressed) tar archive, as opened in generation
     /// `archive`.
@@ -147,6 +147,25 @@ pub struct ChangeToken(pub String);
 
 impl ChangeToken {
     /// Inode, size and mtime of a file: a rewrite (in place or by rename) changes one.
+    /// A file's or directory's full identity for a content key: device, inode, size,
+    /// mtime and ctime (a write that restores the mtime still moves the ctime).
+    pub fn identity(path: &Path) -> io::Result<String> {
+        Ok(ChangeToken::identity_of(&std::fs::metadata(path)?))
+    }
+
+    pub fn identity_of(m: &std::fs::Metadata) -> String {
+        format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        )
+    }
+
     pub fn of_file(path: &Path) -> io::Result<ChangeToken> {
         let m = std::fs::metadata(path)?;
         Ok(ChangeToken(format!(
@@ -263,6 +282,18 @@ pub trait Source: Send + Sync {
     fn change_token(&self) -> io::Result<ChangeToken>;
 
     fn meta(&self) -> StoreMeta;
+
+    /// What names everything a catalog of this store shows, so that a catalog kept by
+    /// an earlier mount can be reused while it is the same (see `kept_catalog`). It
+    /// must change whenever the store's index, a manifest or a config could have
+    /// changed, and it includes ctimes, which no writer can set back. `None`: this
+    /// store's catalog is never kept.
+    fn content_key(&self) -> Option<String> {
+        None
+    }
+
+    /// A location from a kept catalog, made valid for this opening of the store.
+    fn rebind(&self, _blob: &mut BlobLocation) {}
 
     /// Completes or undoes what a crashed writer left (called once, before the first
     /// scan, on writable mounts).

@@ -589,4 +589,20 @@ impl Source for OciLayout {
     fn meta(&self) -> StoreMeta {
         self.meta
     }
+
+    /// index.json, and the directories down to the blobs: a blob added, removed or
+    /// renamed, or a directory swapped for a link, moves one of them. (A blob
+    /// rewritten in place moves none; a config read is checked against its digest.)
+    fn content_key(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for p in [
+            self.root.join("index.json"),
+            self.root.clone(),
+            self.root.join("blobs"),
+            self.root.join("blobs/sha256"),
+        ] {
+            parts.push(ChangeToken::identity(&p).ok()?);
+        }
+        Some(parts.join("|"))
+    }
 }

@@ -100,6 +100,14 @@ impl Source for OciArchive {
         self.store.meta()
     }
 
+    fn content_key(&self) -> Option<String> {
+        self.store.content_key()
+    }
+
+    fn rebind(&self, blob: &mut BlobLocation) {
+        self.store.rebind(blob)
+    }
+
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         self.edit(IndexEdit::Tag { id, tag })
     }
