@@ -16,18 +16,24 @@ use crate::source::{
 /// `records`, behind a lock, as a store's index would.
 struct MemSource {
     path: PathBuf,
-    blobs: Vec<Vec<u8>>,
+    /// Shared, so that a test can rewrite a blob "in place" under a mount.
+    blobs: std::sync::Arc<parking_lot::RwLock<Vec<Vec<u8>>>>,
     records: Vec<ImageRecord>,
     live: parking_lot::Mutex<Option<Vec<ImageRecord>>>,
+    /// What `content_key` answers (`None`: the catalog is never kept).
+    key: Option<String>,
+    scans: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MemSource {
     fn new() -> MemSource {
         MemSource {
             path: PathBuf::from("/mem"),
-            blobs: vec![],
+            blobs: Default::default(),
             records: vec![],
             live: parking_lot::Mutex::new(None),
+            key: None,
+            scans: Default::default(),
         }
     }
 
@@ -40,10 +46,11 @@ impl MemSource {
 
     /// Adds a config; returns its location and digest.
     fn blob(&mut self, bytes: &[u8]) -> (BlobLocation, String) {
-        self.blobs.push(bytes.to_vec());
+        let mut blobs = self.blobs.write();
+        blobs.push(bytes.to_vec());
         let loc = BlobLocation::Member {
             archive: 0,
-            offset: (self.blobs.len() - 1) as u64,
+            offset: (blobs.len() - 1) as u64,
             size: bytes.len() as u64,
         };
         (
@@ -81,6 +88,8 @@ impl Source for MemSource {
         &self.path
     }
     fn scan(&self) -> Result<Inventory, SourceError> {
+        self.scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Inventory {
             images: self.edit(|r| r.clone()),
             problems: vec![],
@@ -137,7 +146,8 @@ impl Source for MemSource {
         let BlobLocation::Member { offset: i, .. } = blob else {
             return Err(io::Error::other("not mine"));
         };
-        let b = &self.blobs[*i as usize];
+        let blobs = self.blobs.read();
+        let b = &blobs[*i as usize];
         let start = (offset as usize).min(b.len());
         let n = buf.len().min(b.len() - start);
         buf[..n].copy_from_slice(&b[start..start + n]);
@@ -145,6 +155,9 @@ impl Source for MemSource {
     }
     fn change_token(&self) -> io::Result<ChangeToken> {
         Ok(ChangeToken("0".into()))
+    }
+    fn content_key(&self) -> Option<String> {
+        self.key.clone()
     }
     fn meta(&self) -> StoreMeta {
         StoreMeta {
@@ -605,4 +618,80 @@ fn unknown_inodes_and_names_are_enoent() {
         .ino;
     assert_eq!(fs.lookup(file, OsStr::new("x")), Err(Errno::ENOTDIR));
     assert_eq!(fs.readlink(file), Err(Errno::EINVAL));
+}
+
+/// A store whose key is unchanged is shown from the catalog the last mount kept,
+/// without a scan; another key, or `rescan`, scans. A config rewritten under a kept
+/// catalog is refused at read, not served.
+#[test]
+fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = |key: &str| {
+        let mut s = MemSource::new();
+        let web = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
+        let api = s.image(API, &["localhost/whoami/api:1.0", "busybox"]);
+        s.records.push(ImageRecord {
+            claimed_id: format!("sha256:{}", "e".repeat(64)),
+            config: None,
+            config_name: "mem:missing".into(),
+            tags: vec![tag("quay.io/app/broken:v1")],
+            ..Default::default()
+        });
+        s.key = Some(key.into());
+        (s, web, api)
+    };
+    let open = |s: MemSource, rescan: bool| {
+        let (blobs, scans) = (s.blobs.clone(), s.scans.clone());
+        let options = FsOptions {
+            kept: Some(KeptCatalogs::new(dir.path().to_path_buf())),
+            rescan,
+            ..Default::default()
+        };
+        let stores = vec![Store {
+            label: "only".into(),
+            source: Box::new(s),
+        }];
+        let fs = ImageFs::new(stores, ConfigCache::new(1 << 20), options).unwrap();
+        (fs, blobs, scans)
+    };
+    let scans_of = |n: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let tree = |fs: &ImageFs| {
+        let mut out = names(fs, "by-id");
+        out.extend(names(fs, "by-tag/localhost/whoami"));
+        out.push(
+            String::from_utf8(
+                fs.readlink(resolve(fs, "by-tag/quay.io/app/broken:v1").unwrap().ino)
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
+        out
+    };
+
+    let (s, _, _) = store("k1");
+    let (first, _, scans) = open(s, false);
+    assert_eq!(scans_of(&scans), 1);
+    let want = tree(&first);
+    first.keep_catalogs();
+
+    let (s, web, api) = store("k1");
+    let (second, blobs, scans) = open(s, false);
+    assert_eq!(scans_of(&scans), 0, "an unchanged store is not scanned");
+    assert_eq!(tree(&second), want);
+    let api_attr = resolve(&second, &format!("by-id/{api}")).unwrap();
+    assert_eq!(api_attr.nlink, 3);
+    assert_eq!(second.read(api_attr.ino, 0, 1 << 16).unwrap(), API);
+    // rewritten in place, same length: refused when read
+    let web_ino = resolve(&second, &format!("by-id/{web}")).unwrap().ino;
+    blobs.write()[0][2] ^= 0x20;
+    assert_eq!(second.read(web_ino, 0, 1 << 16), Err(Errno::EIO));
+
+    let (s, _, _) = store("k2");
+    let (_, _, scans) = open(s, false);
+    assert_eq!(scans_of(&scans), 1, "another key scans");
+    let (s, _, _) = store("k1");
+    let (_, _, scans) = open(s, true);
+    assert_eq!(scans_of(&scans), 1, "rescan scans");
 }
