@@ -1542,6 +1542,23 @@ fn unchanged_stores_are_read_from_the_catalog_the_last_mount_kept() {
     ok(&format!("touch '{}'", archive.display()));
     let m = Mount::with_env(&[archive.to_str().unwrap()], &env);
     assert!(!m.log().contains(REUSED), "{}", m.log());
+    // A write through the mount reloads the store, and the reloaded catalog is kept:
+    // the next mount needs no scan and shows the write.
+    let id = ok(&format!("ls {}", m.p("by-id")));
+    let id = id.lines().next().unwrap();
+    ok(&format!(
+        "mkdir -p {0} && ln {1} {0}/kept:1",
+        m.p("by-tag/localhost/kept"),
+        m.p(&format!("by-id/{id}"))
+    ));
+    drop(m);
+    let m = Mount::with_env(&[archive.to_str().unwrap()], &env);
+    assert!(m.log().contains(REUSED), "{}", m.log());
+    ok(&format!(
+        "test {} -ef {}",
+        m.p("by-tag/localhost/kept/kept:1"),
+        m.p(&format!("by-id/{id}"))
+    ));
     drop(m);
 
     // A config blob rewritten in place moves nothing the layout's key covers: the

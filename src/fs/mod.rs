@@ -296,7 +296,12 @@ impl ImageFs {
             return;
         };
         for (i, key, catalog) in std::mem::take(&mut *self.to_keep.lock()) {
-            kept.keep(self.stores[i].source.as_ref(), &key, &catalog);
+            // Reloads run under this lock and keep their own catalog: one that came
+            // first must not be overwritten by this older one.
+            let _one_writer = self.write_locks[i].lock();
+            if Arc::ptr_eq(&self.state.read().catalogs[i], &catalog) {
+                kept.keep(self.stores[i].source.as_ref(), &key, &catalog);
+            }
         }
     }
 
@@ -610,12 +615,24 @@ impl ImageFs {
     pub fn reload(&self, store: usize) -> Result<Tree, crate::source::SourceError> {
         let source = self.stores[store].source.as_ref();
         let token = source.change_token().ok();
+        let key = self
+            .options
+            .kept
+            .as_ref()
+            .and_then(|_| KeptCatalogs::key_of(source));
         let inv = source.scan()?;
         self.cache.forget_store(store);
-        let catalog = Catalog::build(store, source, inv, &self.cache);
+        let catalog = Arc::new(Catalog::build(store, source, inv, &self.cache));
         catalog.log_problems(&source.describe());
+        // Kept for the next mount only if the store held still during the scan: the
+        // key after it is the key before it.
+        if let (Some(kept), Some(key)) = (&self.options.kept, key)
+            && KeptCatalogs::key_of(source).as_ref() == Some(&key)
+        {
+            kept.keep(source, &key, &catalog);
+        }
         let mut state = self.state.write();
-        state.catalogs[store] = Arc::new(catalog);
+        state.catalogs[store] = catalog;
         state.metas[store] = source.meta();
         state.tokens[store] = token;
         Ok(state.rebuild(&self.stores))

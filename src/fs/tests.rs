@@ -676,17 +676,33 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     let want = tree(&first);
     first.keep_catalogs();
 
-    let (s, web, api) = store("k1");
+    let (s, _, api) = store("k1");
     let (second, blobs, scans) = open(s, false);
     assert_eq!(scans_of(&scans), 0, "an unchanged store is not scanned");
     assert_eq!(tree(&second), want);
     let api_attr = resolve(&second, &format!("by-id/{api}")).unwrap();
     assert_eq!(api_attr.nlink, 3);
     assert_eq!(second.read(api_attr.ino, 0, 1 << 16).unwrap(), API);
+    drop(blobs);
+    // a write reloads the store, and the reloaded catalog is what is kept now
+    let whoami = resolve(&second, "by-tag/localhost/whoami").unwrap().ino;
+    second
+        .link(api_attr.ino, whoami, OsStr::new("api:kept"))
+        .unwrap();
+
+    let (s, web, _) = store("k1");
+    let (third, blobs, scans) = open(s, false);
+    assert_eq!(scans_of(&scans), 0);
+    assert_eq!(
+        resolve(&third, "by-tag/localhost/whoami/api:kept")
+            .unwrap()
+            .ino,
+        resolve(&third, &format!("by-id/{api}")).unwrap().ino
+    );
     // rewritten in place, same length: refused when read
-    let web_ino = resolve(&second, &format!("by-id/{web}")).unwrap().ino;
+    let web_ino = resolve(&third, &format!("by-id/{web}")).unwrap().ino;
     blobs.write()[0][2] ^= 0x20;
-    assert_eq!(second.read(web_ino, 0, 1 << 16), Err(Errno::EIO));
+    assert_eq!(third.read(web_ino, 0, 1 << 16), Err(Errno::EIO));
 
     let (s, _, _) = store("k2");
     let (_, _, scans) = open(s, false);

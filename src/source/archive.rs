@@ -255,10 +255,11 @@ impl ArchiveStore {
         self.current().meta()
     }
 
-    /// The archive as opened, not the path now: a kept catalog's locations point
-    /// into that file, and the watcher sees a replaced file.
+    /// The identity of the archive as opened (reopened first if the path now names
+    /// another file, as a scan would): a kept catalog's locations point into that
+    /// file.
     pub fn content_key(&self) -> Option<String> {
-        Some(self.current().identity.clone())
+        self.refresh().ok().map(|a| a.identity.clone())
     }
 
     pub fn rebind(&self, blob: &mut BlobLocation) {
