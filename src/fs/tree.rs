@@ -122,7 +122,7 @@ impl Tree {
             add_child(&mut dirs, root, "by-id", by_id, true);
             add_child(&mut dirs, root, "by-tag", by_tag, true);
 
-            let mut repo_dirs: FastMap<String, u64> = FastMap::default();
+            let mut repo_dirs: FastMap<(&str, &str), u64> = FastMap::default();
             for (index, image) in view.catalog.images.iter().enumerate() {
                 let ino = inodes.ino(NodeKey::Image(s, image.id.clone()));
                 leaves.insert(
@@ -141,7 +141,7 @@ impl Tree {
                 add_child(&mut dirs, by_id, &image.id, ino, false);
                 for tag in &image.tags {
                     // most tags share their repository's directory with others
-                    let repo = tag.name();
+                    let repo = (tag.domain.as_str(), tag.path.as_str());
                     let parent = match repo_dirs.get(&repo) {
                         Some(&dir) => dir,
                         None => {
