@@ -87,6 +87,10 @@ fn read_and_serve(
     options: &MountOptions,
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
+    let kept = KeptCatalogs::default_dir().filter(|_| !options.nokeep);
+    if let Some(dir) = kept.as_ref().filter(|_| !options.rescan) {
+        imagefs::kept_catalog::keep_tar_indexes_in(dir.clone());
+    }
     let source_options = source::SourceOptions {
         docker_host: options.docker_host.clone(),
         containerd_address: options.containerd_address.clone(),
@@ -101,9 +105,7 @@ fn read_and_serve(
         ConfigCache::new(options.cache_size),
         FsOptions {
             read_only: options.read_only,
-            kept: KeptCatalogs::default_dir()
-                .filter(|_| !options.nokeep)
-                .map(KeptCatalogs::new),
+            kept: kept.map(KeptCatalogs::new),
             rescan: options.rescan,
         },
     )

@@ -66,7 +66,14 @@ impl TarArchive {
         let compression = Compression::sniff(&magic[..n]);
         let (data, index) = match compression {
             Compression::None => {
-                let index = TarIndex::build_file(&file, meta.len());
+                let index = match crate::kept_catalog::load_tar_index(path, &meta) {
+                    Some(kept) => kept,
+                    None => {
+                        let index = TarIndex::build_file(&file, meta.len());
+                        crate::kept_catalog::keep_tar_index(path, &meta, &index);
+                        index
+                    }
+                };
                 (
                     TarData::Plain(file.try_clone().map_err(|e| fail(&e))?),
                     index,
