@@ -1561,6 +1561,29 @@ fn unchanged_stores_are_read_from_the_catalog_the_last_mount_kept() {
     ));
     drop(m);
 
+    // An archive of many members: its tar index is kept too, so the next mount reads
+    // the two kept files and not the archive's 1,200 headers.
+    let many = dir.path().join("many.tar");
+    ok(&format!(
+        "python3 {SCRIPTS}/bench/make-many.py '{}' 600 800",
+        many.display()
+    ));
+    let many = many.to_str().unwrap();
+    // what each daemon read while mounting (the headers and configs, or the kept files)
+    let first = Mount::with_env(&[many], &env);
+    let read_first = daemon_rchar(&first);
+    let want = listing(&first);
+    drop(first);
+    let second = Mount::with_env(&[many], &env);
+    let read_second = daemon_rchar(&second);
+    assert!(second.log().contains(REUSED), "{}", second.log());
+    assert_eq!(listing(&second), want);
+    assert!(
+        read_second * 2 < read_first,
+        "the second mount read {read_second} bytes, the first {read_first}"
+    );
+    drop(second);
+
     // A config blob rewritten in place moves nothing the layout's key covers: the
     // kept catalog is used, and reading that config fails instead of serving bytes
     // that are not the image's.
