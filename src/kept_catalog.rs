@@ -55,7 +55,8 @@ impl KeptCatalogs {
         KeptCatalogs { dir }
     }
 
-    /// `$XDG_CACHE_HOME/imagefs`, else `~/.cache/imagefs`.
+    /// `$XDG_CACHE_HOME/imagefs`, else `~/.cache/imagefs`: also where a compressed
+    /// archive's index goes when its own directory is not writable.
     pub fn default_dir() -> Option<PathBuf> {
         std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
@@ -123,17 +124,22 @@ impl KeptCatalogs {
     }
 
     fn write(&self, at: &Path, key: &str, catalog: &Catalog) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        remove_unused(&self.dir);
-        let bytes = encode(key, catalog)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".catalog.")
-            .tempfile_in(&self.dir)?;
-        tmp.write_all(&bytes)?;
-        // No fsync: a file torn by a crash fails its checksum and is a miss.
-        tmp.persist(at).map_err(|e| e.error)?;
-        Ok(())
+        write_kept(at, &encode(key, catalog)?)
     }
+}
+
+/// Writes a kept file: a temp file renamed into place, after sweeping what is no
+/// one's any more. No fsync: a file torn by a crash fails its checksum and is a miss.
+fn write_kept(at: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = store_file::parent_dir(at);
+    std::fs::create_dir_all(dir)?;
+    remove_unused(dir);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".catalog.")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(at).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn encode(key: &str, catalog: &Catalog) -> std::io::Result<Vec<u8>> {
@@ -271,24 +277,13 @@ fn keep_tar_index_in(dir: &Path, archive: &Path, meta: &std::fs::Metadata, index
         end_of_entries: u64,
         entries: &'a [(String, crate::tar_index::TarMember)],
     }
-    let key = tar_index_key(meta);
-    let write = || -> std::io::Result<()> {
-        let payload = postcard::to_stdvec(&KeptRef {
-            key: &key,
-            end_of_entries: index.end_of_entries,
-            entries: index.entries(),
-        })
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let dir = store_file::parent_dir(&at);
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".catalog.")
-            .tempfile_in(dir)?;
-        tmp.write_all(&frame(TAR_INDEX_MAGIC, &payload))?;
-        tmp.persist(&at).map_err(|e| e.error)?;
-        Ok(())
-    };
-    if let Err(e) = write() {
+    let payload = postcard::to_stdvec(&KeptRef {
+        key: &tar_index_key(meta),
+        end_of_entries: index.end_of_entries,
+        entries: index.entries(),
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()));
+    if let Err(e) = payload.and_then(|p| write_kept(&at, &frame(TAR_INDEX_MAGIC, &p))) {
         debug!(file = %at.display(), "cannot keep the tar index: {e}");
     }
 }

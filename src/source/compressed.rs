@@ -254,13 +254,10 @@ fn index_locations(archive: &Path) -> Vec<PathBuf> {
 }
 
 fn cache_location(archive: &Path) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let dir = crate::kept_catalog::KeptCatalogs::default_dir()?;
     let canonical = archive.canonicalize().ok()?;
     let key = hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()));
-    Some(base.join("imagefs").join(format!("{}.index", &key[..32])))
+    Some(dir.join(format!("{}.index", &key[..32])))
 }
 
 /// Reads and checks a persisted index. `Ok(None)`: there is none.

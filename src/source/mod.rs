@@ -146,7 +146,6 @@ pub struct Inventory {
 pub struct ChangeToken(pub String);
 
 impl ChangeToken {
-    /// Inode, size and mtime of a file: a rewrite (in place or by rename) changes one.
     /// A file's or directory's full identity for a content key: device, inode, size,
     /// mtime and ctime (a write that restores the mtime still moves the ctime).
     pub fn identity(path: &Path) -> io::Result<String> {
@@ -166,6 +165,7 @@ impl ChangeToken {
         )
     }
 
+    /// Inode, size and mtime of a file: a rewrite (in place or by rename) changes one.
     pub fn of_file(path: &Path) -> io::Result<ChangeToken> {
         let m = std::fs::metadata(path)?;
         Ok(ChangeToken(format!(
