@@ -1515,7 +1515,7 @@ fn unchanged_stores_are_read_from_the_catalog_the_last_mount_kept() {
     const KEPT: &str = "catalog kept for the next mount";
     const REUSED: &str = "store read from the catalog kept by an earlier mount";
     for name in ["sample.tar", "layout"] {
-        let store = copy_fixture(&f, name, dir.path());
+        let store = copy_fixture(f, name, dir.path());
         let first = Mount::with_env(&[&store], &env);
         let want = listing(&first);
         assert!(!first.log().contains(REUSED), "{}", first.log());
