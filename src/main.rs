@@ -311,11 +311,6 @@ fn serve(
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     spawn_watcher(fs.clone(), session.notifier())?;
-    let keeper = fs.clone();
-    let keeping = std::thread::Builder::new()
-        .name("keep-catalogs".into())
-        .spawn(move || keeper.keep_catalogs())
-        .map_err(|e| format!("cannot start the catalog keeper: {e}"))?;
     info!(mountpoint = %mountpoint.display(), stores = fs.stores().len(), "mounted");
     // The parent reads until EOF: closing our end is what lets it exit.
     if let Some(mut pipe) = status_pipe.take() {
@@ -329,8 +324,8 @@ fn serve(
         warn!("session ended: {e}");
         format!("{}: {e}", mountpoint.display())
     });
-    // A mount shorter than the keeping still leaves its catalogs for the next one.
-    let _ = keeping.join();
+    // A mount shorter than a watcher tick still leaves its catalogs for the next one.
+    fs.keep_catalogs();
     ended
 }
 
@@ -340,6 +335,7 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250
 
 /// Watches the stores for changes made by other programs, reloads them, and tells the
 /// kernel what to forget (outside any request, so the kernel can take its locks).
+/// Also keeps the catalogs scanned since its last tick.
 fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> Result<(), String> {
     use imagefs::fs::Invalidation;
     std::thread::Builder::new()
@@ -362,6 +358,8 @@ fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> Result<(), Stri
                         tracing::debug!("invalidate {inv:?}: {e}");
                     }
                 }
+                // what the mount and any reload since scanned, for the next mount
+                fs.keep_catalogs();
             }
         })
         .map(|_| ())

@@ -289,16 +289,17 @@ impl ImageFs {
         &self.options
     }
 
-    /// Saves the catalogs this mount scanned, for the next mount (see
-    /// `kept_catalog`). Called once the mount is up, off the mounting path.
+    /// Saves the catalogs scanned since the last call (at mount, or by a reload), for
+    /// the next mount (see `kept_catalog`). Called off the request path: by the
+    /// watcher, and once more after unmount.
     pub fn keep_catalogs(&self) {
         let Some(kept) = &self.options.kept else {
             return;
         };
-        for (i, key, catalog) in std::mem::take(&mut *self.to_keep.lock()) {
-            // Reloads run under this lock and keep their own catalog: one that came
-            // first must not be overwritten by this older one.
-            let _one_writer = self.write_locks[i].lock();
+        // Held throughout, so that the call after unmount waits for one under way.
+        let mut pending = self.to_keep.lock();
+        for (i, key, catalog) in pending.drain(..) {
+            // Only the store's current catalog: a reload's newer one is queued too.
             if Arc::ptr_eq(&self.state.read().catalogs[i], &catalog) {
                 kept.keep(self.stores[i].source.as_ref(), &key, &catalog);
             }
@@ -624,12 +625,10 @@ impl ImageFs {
         self.cache.forget_store(store);
         let catalog = Arc::new(Catalog::build(store, source, inv, &self.cache));
         catalog.log_problems(&source.describe());
-        // Kept for the next mount only if the store held still during the scan: the
-        // key after it is the key before it.
-        if let (Some(kept), Some(key)) = (&self.options.kept, key)
-            && KeptCatalogs::key_of(source).as_ref() == Some(&key)
-        {
-            kept.keep(source, &key, &catalog);
+        // Queued, not written here: a reload may run inside a write request. The key
+        // was taken before the scan, as at mount.
+        if let Some(key) = key {
+            self.to_keep.lock().push((store, key, catalog.clone()));
         }
         let mut state = self.state.write();
         state.catalogs[store] = catalog;

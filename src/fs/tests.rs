@@ -684,11 +684,13 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     assert_eq!(api_attr.nlink, 3);
     assert_eq!(second.read(api_attr.ino, 0, 1 << 16).unwrap(), API);
     drop(blobs);
-    // a write reloads the store, and the reloaded catalog is what is kept now
+    // a write reloads the store, and the reloaded catalog is what is kept next (the
+    // watcher's next tick)
     let whoami = resolve(&second, "by-tag/localhost/whoami").unwrap().ino;
     second
         .link(api_attr.ino, whoami, OsStr::new("api:kept"))
         .unwrap();
+    second.keep_catalogs();
 
     let (s, web, _) = store("k1");
     let (third, blobs, scans) = open(s, false);
