@@ -207,6 +207,17 @@ fn names(fs: &ImageFs, path: &str) -> Vec<String> {
     out
 }
 
+/// A tag whose config is missing: quay.io/app/broken:v1 dangles.
+fn missing_config() -> ImageRecord {
+    ImageRecord {
+        claimed_id: format!("sha256:{}", "e".repeat(64)),
+        config: None,
+        config_name: "mem:missing".into(),
+        tags: vec![tag("quay.io/app/broken:v1")],
+        ..Default::default()
+    }
+}
+
 fn sample() -> (ImageFs, String, String, String) {
     let mut s = MemSource::new();
     let v1 = s.image(WEB_V1, &[]);
@@ -219,14 +230,7 @@ fn sample() -> (ImageFs, String, String, String) {
             "busybox",
         ],
     );
-    // a tag whose config is missing
-    s.records.push(ImageRecord {
-        claimed_id: format!("sha256:{}", "e".repeat(64)),
-        config: None,
-        config_name: "mem:missing".into(),
-        tags: vec![tag("quay.io/app/broken:v1")],
-        ..Default::default()
-    });
+    s.records.push(missing_config());
     (mount(vec![("only", s)]), v1, v2, api)
 }
 
@@ -630,13 +634,7 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
         let mut s = MemSource::new();
         let web = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
         let api = s.image(API, &["localhost/whoami/api:1.0", "busybox"]);
-        s.records.push(ImageRecord {
-            claimed_id: format!("sha256:{}", "e".repeat(64)),
-            config: None,
-            config_name: "mem:missing".into(),
-            tags: vec![tag("quay.io/app/broken:v1")],
-            ..Default::default()
-        });
+        s.records.push(missing_config());
         s.key = Some(key.into());
         (s, web, api)
     };
