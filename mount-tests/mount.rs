@@ -1732,8 +1732,11 @@ fn a_store_changed_underneath_shows_within_a_second() {
     let archive = copy_fixture(f, "sample.tar", dir.path());
     let m = Mount::new(&[&archive]);
     let w = m.p("by-tag/localhost/whoami");
-    // prime the kernel's caches
-    ok(&format!("ls -li {w} && stat {w}/api:latest"));
+    // prime the kernel's caches, listings included (it keeps them: opendir is ENOSYS)
+    ok(&format!(
+        "ls -li {w} {} && stat {w}/api:latest",
+        m.p("by-id")
+    ));
     assert_eq!(ok(&format!("stat -c %h {w}/api:latest")).trim(), "3");
     // podman, outside the mount: tag, untag, save over the archive (in place: podman
     // truncates and rewrites the file)
@@ -1768,16 +1771,23 @@ fn a_store_changed_underneath_shows_within_a_second() {
         lines(f.id("API"))
     );
     // another imagefs mount of the same archive writes in place (under the lock):
-    // this one follows
+    // this one follows. A tag added alone, to a directory whose listing the kernel
+    // keeps, shows in that listing too.
     let other = Mount::new(&[&archive]);
-    ok(&format!(
-        "rm {}",
-        other.p("by-tag/localhost/whoami/api:new")
-    ));
+    let ow = other.p("by-tag/localhost/whoami");
+    ok(&format!("ln {ow}/api:1.0 {ow}/api:extra"));
+    let start = Instant::now();
+    wait_for("the other mount's tag in the listing", || {
+        lines(&ok(&format!("ls {w}"))).contains("api:extra")
+    });
+    let took = start.elapsed();
+    assert!(took < SHOWS_WITHIN, "the kept listing went stale: {took:?}");
+    ok(&format!("rm {ow}/api:new {ow}/api:extra"));
     wait_for("the other mount's untag", || {
         !sh(&format!("stat {w}/api:new")).status.success()
     });
     assert_eq!(ok(&format!("stat -c %h {w}/api:latest")).trim(), "3");
+    assert_eq!(lines(&ok(&format!("ls {w}"))), lines("api:1.0\napi:latest"));
 }
 
 #[test]

@@ -369,6 +369,17 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // As for files: nothing is kept per open directory, and ENOSYS makes the kernel
+        // stop sending OPENDIR and RELEASEDIR (two requests per directory `find`
+        // enters) and keep each listing it read (FOPEN_CACHE_DIR) until its directory
+        // changes: through the mount, or as the watcher reports (`invalidations`).
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.error(Errno::ENOSYS),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn write(
         &self,
         _req: &Request,

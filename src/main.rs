@@ -334,32 +334,40 @@ fn serve(
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Watches the stores for changes made by other programs, reloads them, and tells the
-/// kernel what to forget (outside any request, so the kernel can take its locks).
-/// Also keeps the catalogs scanned since its last tick.
+/// kernel what to forget (outside any request, so the kernel can take its locks); also
+/// tells it at once what writes through the mount queued. Keeps the catalogs scanned
+/// since its last check.
 fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> Result<(), String> {
     use imagefs::fs::Invalidation;
+    let tell = move |invalidations: Vec<Invalidation>| {
+        for inv in invalidations {
+            let r = match &inv {
+                Invalidation::Entry { parent, name } => {
+                    notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name))
+                }
+                Invalidation::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+            };
+            // ENOENT: the kernel had nothing cached for it, which is fine
+            if let Err(e) = r
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                tracing::debug!("invalidate {inv:?}: {e}");
+            }
+        }
+    };
     std::thread::Builder::new()
         .name("watcher".into())
         .spawn(move || {
+            let mut next_check = std::time::Instant::now() + WATCH_INTERVAL;
             loop {
-                std::thread::sleep(WATCH_INTERVAL);
-                for inv in fs.refresh_changed() {
-                    let r = match &inv {
-                        Invalidation::Entry { parent, name } => notifier
-                            .inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name)),
-                        Invalidation::Inode(ino) => {
-                            notifier.inval_inode(fuser::INodeNo(*ino), 0, 0)
-                        }
-                    };
-                    // ENOENT: the kernel had nothing cached for it, which is fine
-                    if let Err(e) = r
-                        && e.raw_os_error() != Some(libc::ENOENT)
-                    {
-                        tracing::debug!("invalidate {inv:?}: {e}");
-                    }
+                let wait = next_check.saturating_duration_since(std::time::Instant::now());
+                tell(fs.wait_for_queued(wait));
+                if std::time::Instant::now() >= next_check {
+                    tell(fs.refresh_changed());
+                    // what the mount and any reload since scanned, for the next mount
+                    fs.keep_catalogs();
+                    next_check = std::time::Instant::now() + WATCH_INTERVAL;
                 }
-                // what the mount and any reload since scanned, for the next mount
-                fs.keep_catalogs();
             }
         })
         .map(|_| ())

@@ -169,6 +169,12 @@ pub struct ImageFs {
     to_keep: Mutex<Vec<(usize, String, Arc<Catalog>)>>,
     /// What the kernel asked for and was given, counted by the FUSE adapter.
     pub counters: KernelCounters,
+    /// What the reload after a write through the mount found changed by another
+    /// program since the last look (the watcher would not see it: the reload took
+    /// its change token): told to the kernel by the watcher at once, outside the
+    /// request, which holds the directory locks the notifications need.
+    queued: Mutex<Vec<Invalidation>>,
+    queued_wake: parking_lot::Condvar,
 }
 
 /// Shown in `user.imagefs.stats`: how many READ, GETXATTR and OPEN requests reached
@@ -273,7 +279,18 @@ impl ImageFs {
             options,
             counters: KernelCounters::default(),
             to_keep: Mutex::new(to_keep),
+            queued: Mutex::new(Vec::new()),
+            queued_wake: parking_lot::Condvar::new(),
         })
+    }
+
+    /// What writes queued for the kernel to forget, waiting up to `timeout` for some.
+    pub fn wait_for_queued(&self, timeout: std::time::Duration) -> Vec<Invalidation> {
+        let mut queued = self.queued.lock();
+        if queued.is_empty() {
+            self.queued_wake.wait_for(&mut queued, timeout);
+        }
+        std::mem::take(&mut *queued)
     }
 
     pub fn stores(&self) -> &[Store] {
@@ -658,7 +675,8 @@ impl ImageFs {
     }
 
     /// What changed between `old` and the current tree: names that went or now lead
-    /// elsewhere, and inodes whose attributes changed.
+    /// elsewhere, and inodes whose attributes changed, directories whose listing
+    /// changed among them (the kernel keeps listings: opendir answers ENOSYS).
     fn invalidations(&self, old: &Tree) -> Vec<Invalidation> {
         let state = self.state.read();
         let mut out = Vec::new();
@@ -677,9 +695,16 @@ impl ImageFs {
                 (NodeKind::Image { nlink: a, .. }, Some(NodeKind::Image { nlink: b, .. })) => {
                     a == b
                 }
-                (NodeKind::Dir { subdirs: a, .. }, Some(NodeKind::Dir { subdirs: b, .. })) => {
-                    a == b
-                }
+                (
+                    NodeKind::Dir {
+                        subdirs: a,
+                        children: listed,
+                    },
+                    Some(NodeKind::Dir {
+                        subdirs: b,
+                        children: now,
+                    }),
+                ) => a == b && listed == now,
                 (NodeKind::Symlink { target: a }, Some(NodeKind::Symlink { target: b })) => a == b,
                 (_, None) => true, // gone: its names are invalidated above
                 _ => false,
@@ -700,15 +725,30 @@ impl ImageFs {
     ) -> FsResult<()> {
         let _one_writer = self.write_locks[store].lock();
         let source = self.stores[store].source.as_ref();
+        // Changed by another program since the last look? Then the reload below reads
+        // that change too, and the kernel must be told of it. A write's own change the
+        // kernel knows already (it updates the names and listings it touched), and is
+        // not told: a notification waits for the directory locks, and one still
+        // waiting when the daemon dies keeps the mount from failing over to ENOTCONN.
+        let behind = source.change_token().ok() != self.state.read().tokens[store];
         if let Err(e) = write(source) {
             warn!(store = %source.describe(), "{what} refused: {e}");
             return Err(Errno(e.errno()));
         }
         info!(store = %source.describe(), "{what}");
-        self.reload(store).map_err(|e| {
+        let old = self.reload(store).map_err(|e| {
             warn!("{what} was written, but the store cannot be read back: {e}");
             Errno::EIO
         })?;
+        let changed = if behind {
+            self.invalidations(&old)
+        } else {
+            Vec::new()
+        };
+        if !changed.is_empty() {
+            self.queued.lock().extend(changed);
+            self.queued_wake.notify_one();
+        }
         Ok(())
     }
 

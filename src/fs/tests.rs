@@ -19,7 +19,9 @@ struct MemSource {
     /// Shared, so that a test can rewrite a blob "in place" under a mount.
     blobs: std::sync::Arc<parking_lot::RwLock<Vec<Vec<u8>>>>,
     records: Vec<ImageRecord>,
-    live: parking_lot::Mutex<Option<Vec<ImageRecord>>>,
+    /// Shared, so that a test can change the store behind the mount, as another
+    /// program would.
+    live: std::sync::Arc<parking_lot::Mutex<Option<Vec<ImageRecord>>>>,
     /// What `content_key` answers (`None`: the catalog is never kept).
     key: Option<String>,
     scans: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -31,7 +33,7 @@ impl MemSource {
             path: PathBuf::from("/mem"),
             blobs: Default::default(),
             records: vec![],
-            live: parking_lot::Mutex::new(None),
+            live: Default::default(),
             key: None,
             scans: Default::default(),
         }
@@ -153,8 +155,10 @@ impl Source for MemSource {
         buf[..n].copy_from_slice(&b[start..start + n]);
         Ok(n)
     }
+    /// Moves with every change to the records, as a store's own token does.
     fn change_token(&self) -> io::Result<ChangeToken> {
-        Ok(ChangeToken("0".into()))
+        let records = self.edit(|r| format!("{r:?}"));
+        Ok(ChangeToken(hex::encode(Sha256::digest(records))))
     }
     fn content_key(&self) -> Option<String> {
         self.key.clone()
@@ -504,6 +508,39 @@ fn writes_tag_untag_retag_and_delete() {
     assert_eq!(resolve(&fs, "by-tag/quay.io/app"), Err(Errno::ENOENT));
     // inode numbers survive reloads
     assert_eq!(resolve(&fs, &format!("by-id/{v1}")).unwrap().ino, v1_ino);
+}
+
+#[test]
+fn writes_queue_what_the_kernel_must_forget_beyond_their_own_name() {
+    let mut s = MemSource::new();
+    let v1 = s.image(WEB_V1, &["localhost/whoami/web:1"]);
+    s.image(WEB_V2, &[]);
+    let all = s.records.clone();
+    // the store holds v1 alone at mount; another program adds v2 later
+    *s.live.lock() = Some(all[..1].to_vec());
+    let live = s.live.clone();
+    let fs = mount(vec![("only", s)]);
+    let now = std::time::Duration::ZERO;
+    let by_id = resolve(&fs, "by-id").unwrap().ino;
+    let whoami = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    let v1_ino = resolve(&fs, &format!("by-id/{v1}")).unwrap().ino;
+    assert!(fs.wait_for_queued(now).is_empty());
+
+    // what a write changes itself, the kernel knows (it updates what it touched)
+    fs.link(v1_ino, whoami, OsStr::new("web:2")).unwrap();
+    assert_eq!(fs.wait_for_queued(now), vec![]);
+
+    // a write's reload also reads what changed behind the mount since the last
+    // look, which the watcher will not see (the reload took the new token): queued
+    live.lock().as_mut().unwrap().push(all[1].clone());
+    fs.unlink(whoami, OsStr::new("web:2")).unwrap();
+    let queued = fs.wait_for_queued(now);
+    // the kernel keeps listings: by-id's changed, and the tag directory's
+    assert!(queued.contains(&Invalidation::Inode(by_id)), "{queued:?}");
+    assert!(queued.contains(&Invalidation::Inode(whoami)), "{queued:?}");
+    assert!(queued.contains(&Invalidation::Inode(v1_ino)), "{queued:?}");
+    assert!(fs.wait_for_queued(now).is_empty(), "taken once");
+    assert_eq!(names(&fs, "by-id").len(), 4, "., .., v1 and v2");
 }
 
 #[test]
