@@ -2685,6 +2685,17 @@ fn benchmark_runs_on_tiny_inputs() {
         assert!(out.contains(title), "no table for {title}:\n{out}");
     }
     assert!(!out.contains("FAILED"), "{out}");
+    // (a) and (c) show the floor: the same commands on a tmpfs copy, no mount
+    let floors = out
+        .lines()
+        .filter(|l| l.contains("on a tmpfs copy of the tree"))
+        .filter(|l| {
+            l.split('|')
+                .nth(3)
+                .is_some_and(|w| w.trim().parse::<f64>().is_ok())
+        })
+        .count();
+    assert_eq!(floors, 2, "{out}");
     // every imagefs row of the tool tables has a warm time, every fixed cost a figure
     let (tools, fixed): (Vec<&str>, Vec<&str>) = out
         .lines()
