@@ -2352,6 +2352,36 @@ fn docker_root_reads_like_docker_images_and_writes_through_dockerd_or_its_files(
             && tags.contains_key("localhost/whoami/api:back")
     );
     assert!(!tags.contains_key("localhost/whoami/web:latest"));
+
+    // An unchanged root is read from the catalog the last mount kept; a tag docker
+    // makes in between is a change, and the next mount reads the root again.
+    drop(m);
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("XDG_CACHE_HOME", cache.path().to_str().unwrap())];
+    let args = [
+        "-o",
+        &format!("docker_host={}", d.host()),
+        &format!("docker-root:{}", d.root()),
+    ];
+    const REUSED: &str = "store read from the catalog kept by an earlier mount";
+    let mut first = Mount::with_env(&args, &env);
+    let want = tags_of(&first, "");
+    first.stop();
+    let mut second = Mount::with_env(&args, &env);
+    assert!(second.log().contains(REUSED), "{}", second.log());
+    assert_eq!(tags_of(&second, ""), want);
+    assert_eq!(
+        lines(&ok(&format!("ls {}", second.p("by-id")))),
+        d.images().1
+    );
+    second.stop();
+    ok(&format!(
+        "{docker} tag busybox:latest localhost/whoami/dock:2"
+    ));
+    let third = Mount::with_env(&args, &env);
+    assert!(!third.log().contains(REUSED), "{}", third.log());
+    assert_eq!(tags_of(&third, ""), d.images().0);
+    assert!(tags_of(&third, "").contains_key("localhost/whoami/dock:2"));
 }
 
 #[test]

@@ -402,6 +402,26 @@ impl Source for DockerRoot {
         Ok(ChangeToken(parts.join("|")))
     }
 
+    /// Docker names every config by its digest and never rewrites one, registers
+    /// layers under new directories, and replaces repositories.json by rename: the
+    /// identities (ctimes included) of that file and of the two directories move
+    /// with every change a scan would read (a config rewritten in place by something
+    /// else is caught at read, where every config is hashed).
+    fn content_key(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for driver in &self.drivers {
+            parts.push(driver.display().to_string());
+            for p in [
+                driver.join("repositories.json"),
+                driver.join("imagedb/content/sha256"),
+                driver.join("layerdb/sha256"),
+            ] {
+                parts.push(ChangeToken::identity(&p).unwrap_or_default());
+            }
+        }
+        Some(parts.join("|"))
+    }
+
     fn meta(&self) -> StoreMeta {
         self.meta
     }
