@@ -103,7 +103,7 @@ fn check_config(
 ) -> std::io::Result<(CheckedConfig, Option<String>)> {
     if loc.size() <= WHOLE_READ_LIMIT {
         let bytes = crate::source::read_blob(source, loc, WHOLE_READ_LIMIT)?;
-        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let id = crate::source::sha256_id(&bytes);
         let parsed = serde_json::from_slice::<ConfigSummary>(&bytes);
         let problem = parsed.as_ref().err().map(|e| e.to_string());
         cache.insert((store, loc.clone()), Arc::from(bytes));

@@ -11,7 +11,6 @@ use std::time::SystemTime;
 use std::collections::BTreeSet;
 
 use parking_lot::{Mutex, RwLock};
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, Image};
@@ -474,7 +473,7 @@ impl ImageFs {
                 .map_err(|e| self.io_error(store, ino, e))?;
             // Checked at every read from the store, not only at scan: the catalog may
             // be one kept by an earlier mount, and the cache may have let it go.
-            let hashed = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            let hashed = crate::source::sha256_id(&bytes);
             if hashed != id {
                 warn!(
                     store = %source.describe(),

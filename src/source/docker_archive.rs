@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use std::io;
 use std::path::Path;
 
@@ -317,7 +316,7 @@ fn entry_id(a: &TarArchive, entry: &Value) -> String {
         return id;
     }
     a.read_member(config, 64 << 20)
-        .map(|b| format!("sha256:{}", hex::encode(Sha256::digest(&b))))
+        .map(|b| super::sha256_id(&b))
         .unwrap_or_default()
 }
 

@@ -330,6 +330,12 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// `sha256:<hex>`: the ID (config) or digest (manifest) that names these bytes.
+pub fn sha256_id(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 /// Reads a whole blob, refusing ones larger than `limit` (indexes and manifests are
 /// small; a huge one is an attack or a corrupt store, not something to buffer).
 pub fn read_blob(source: &dyn Source, blob: &BlobLocation, limit: u64) -> io::Result<Vec<u8>> {
