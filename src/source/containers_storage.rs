@@ -528,18 +528,15 @@ impl Source for ContainersStorage {
     /// identities of images.json, layers.json (image sizes) and the directories
     /// holding the big-data files.
     fn content_key(&self) -> Option<String> {
-        let mut parts = vec![self.change_token().ok()?.0];
-        for p in [
+        let files = ChangeToken::identities([
             self.images_json(),
             self.root
                 .join(format!("{}-layers", self.driver))
                 .join("layers.json"),
             self.images_dir.clone(),
             self.root.clone(),
-        ] {
-            parts.push(ChangeToken::identity(&p).unwrap_or_default());
-        }
-        Some(parts.join("|"))
+        ]);
+        Some(format!("{}|{files}", self.change_token().ok()?.0))
     }
 
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {

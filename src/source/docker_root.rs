@@ -408,17 +408,18 @@ impl Source for DockerRoot {
     /// with every change a scan would read (a config rewritten in place by something
     /// else is caught at read, where every config is hashed).
     fn content_key(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        for driver in &self.drivers {
-            parts.push(driver.display().to_string());
-            for p in [
-                driver.join("repositories.json"),
-                driver.join("imagedb/content/sha256"),
-                driver.join("layerdb/sha256"),
-            ] {
-                parts.push(ChangeToken::identity(&p).unwrap_or_default());
-            }
-        }
+        let parts: Vec<String> = self
+            .drivers
+            .iter()
+            .map(|driver| {
+                let files = ChangeToken::identities([
+                    driver.join("repositories.json"),
+                    driver.join("imagedb/content/sha256"),
+                    driver.join("layerdb/sha256"),
+                ]);
+                format!("{}|{files}", driver.display())
+            })
+            .collect();
         Some(parts.join("|"))
     }
 

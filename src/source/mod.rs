@@ -152,6 +152,16 @@ impl ChangeToken {
         Ok(ChangeToken::identity_of(&std::fs::metadata(path)?))
     }
 
+    /// The identities of several paths, as one content key; a path that is missing
+    /// gives an empty part, so its appearing later changes the key.
+    pub fn identities(paths: impl IntoIterator<Item = PathBuf>) -> String {
+        paths
+            .into_iter()
+            .map(|p| ChangeToken::identity(&p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
     pub fn identity_of(m: &std::fs::Metadata) -> String {
         format!(
             "{}:{}:{}:{}.{}:{}.{}",

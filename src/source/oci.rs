@@ -594,15 +594,11 @@ impl Source for OciLayout {
     /// renamed, or a directory swapped for a link, moves one of them. (A blob
     /// rewritten in place moves none; a config read is checked against its digest.)
     fn content_key(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        for p in [
+        Some(ChangeToken::identities([
             self.root.join("index.json"),
             self.root.clone(),
             self.root.join("blobs"),
             self.root.join("blobs/sha256"),
-        ] {
-            parts.push(ChangeToken::identity(&p).ok()?);
-        }
-        Some(parts.join("|"))
+        ]))
     }
 }
