@@ -138,7 +138,7 @@ impl Tree {
                         role: NodeRole::Image,
                     },
                 );
-                add_child(&mut dirs, by_id, &image.id, ino, false);
+                add_child(&mut dirs, by_id, image.id.as_str(), ino, false);
                 for tag in &image.tags {
                     // most tags share their repository's directory with others
                     let repo = (tag.domain.as_str(), tag.path.as_str());
@@ -151,7 +151,7 @@ impl Tree {
                             dir
                         }
                     };
-                    add_child(&mut dirs, parent, &tag.file_name(), ino, false);
+                    add_child(&mut dirs, parent, tag.file_name(), ino, false);
                 }
             }
             for d in &view.catalog.dangling {
@@ -169,7 +169,7 @@ impl Tree {
                         role: NodeRole::Dangling,
                     },
                 );
-                add_child(&mut dirs, parent, &name, ino, false);
+                add_child(&mut dirs, parent, name, ino, false);
             }
             for path in view.extra_dirs {
                 let comps: Vec<String> = path.split('/').map(str::to_string).collect();
@@ -177,7 +177,7 @@ impl Tree {
                 let ino = inodes.ino(NodeKey::TagDir(s, path.clone()));
                 if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
                     e.insert((parent, Some(s), NodeRole::TagDir(path.clone()), Vec::new()));
-                    add_child(&mut dirs, parent, &name, ino, true);
+                    add_child(&mut dirs, parent, name, ino, true);
                 }
             }
         }
@@ -204,9 +204,10 @@ impl Tree {
     }
 }
 
-fn add_child(dirs: &mut DirMap, parent: u64, name: &str, ino: u64, is_dir: bool) {
+/// Takes the name as given: an owned one (a tag's file name) is not copied again.
+fn add_child(dirs: &mut DirMap, parent: u64, name: impl Into<String>, ino: u64, is_dir: bool) {
     if let Some((_, _, _, children)) = dirs.get_mut(&parent) {
-        children.push((name.to_string(), ino, is_dir));
+        children.push((name.into(), ino, is_dir));
     }
 }
 
@@ -237,7 +238,7 @@ fn tag_parent(
                 NodeRole::TagDir(path.clone()),
                 Vec::new(),
             ));
-            add_child(dirs, parent, c, ino, true);
+            add_child(dirs, parent, c.as_str(), ino, true);
         }
         parent = ino;
     }
