@@ -15,6 +15,7 @@
 //! 3 MB for a 10,000-image store cost 2 ms of a 25 ms mount.) Written to a temp file
 //! and renamed into place.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -228,11 +229,12 @@ fn tar_index_key(meta: &std::fs::Metadata) -> String {
     )
 }
 
+/// Borrowed when kept, owned when loaded.
 #[derive(Serialize, Deserialize)]
-struct KeptTarIndex {
-    key: String,
+struct KeptTarIndex<'a> {
+    key: Cow<'a, str>,
     end_of_entries: u64,
-    entries: Vec<(String, crate::tar_index::TarMember)>,
+    entries: Cow<'a, [(String, crate::tar_index::TarMember)]>,
 }
 
 /// The index kept for the archive `file` (opened at `archive`), if it is this file's.
@@ -256,7 +258,7 @@ fn load_tar_index_in(dir: &Path, archive: &Path, meta: &std::fs::Metadata) -> Op
         return None;
     }
     Some(TarIndex::from_parts(
-        kept.entries,
+        kept.entries.into_owned(),
         kept.end_of_entries,
         Vec::new(),
     ))
@@ -277,16 +279,10 @@ fn keep_tar_index_in(dir: &Path, archive: &Path, meta: &std::fs::Metadata, index
     let Some(at) = tar_index_file(dir, archive) else {
         return;
     };
-    #[derive(Serialize)]
-    struct KeptRef<'a> {
-        key: &'a str,
-        end_of_entries: u64,
-        entries: &'a [(String, crate::tar_index::TarMember)],
-    }
-    let payload = postcard::to_stdvec(&KeptRef {
-        key: &tar_index_key(meta),
+    let payload = postcard::to_stdvec(&KeptTarIndex {
+        key: Cow::Owned(tar_index_key(meta)),
         end_of_entries: index.end_of_entries,
-        entries: index.entries(),
+        entries: Cow::Borrowed(index.entries()),
     })
     .map_err(|e| std::io::Error::other(e.to_string()));
     if let Err(e) = payload.and_then(|p| write_kept(&at, &frame(TAR_INDEX_MAGIC, &p))) {
