@@ -54,7 +54,7 @@ pub struct DanglingTag {
     pub target: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
     /// Sorted by ID.
     pub images: Vec<Image>,

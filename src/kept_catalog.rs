@@ -38,11 +38,12 @@ const SUM_LEN: usize = 4;
 const UNUSED_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Serialize, Deserialize)]
-struct Payload {
+struct Payload<'a> {
     /// `kind:path` and the content key, and the imagefs version that wrote it: all
     /// must match for the catalog to be reused.
-    key: String,
-    catalog: Catalog,
+    key: Cow<'a, str>,
+    /// Borrowed when kept, owned when loaded.
+    catalog: Cow<'a, Catalog>,
 }
 
 /// Where catalogs are kept.
@@ -144,14 +145,11 @@ fn write_kept(at: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn encode(key: &str, catalog: &Catalog) -> std::io::Result<Vec<u8>> {
-    // Serialize borrows nothing from Payload: build it around a reference.
-    #[derive(Serialize)]
-    struct PayloadRef<'a> {
-        key: &'a str,
-        catalog: &'a Catalog,
-    }
-    let payload = postcard::to_stdvec(&PayloadRef { key, catalog })
-        .map_err(|e| std::io::Error::other(format!("cannot encode the catalog: {e}")))?;
+    let payload = postcard::to_stdvec(&Payload {
+        key: Cow::Borrowed(key),
+        catalog: Cow::Borrowed(catalog),
+    })
+    .map_err(|e| std::io::Error::other(format!("cannot encode the catalog: {e}")))?;
     Ok(frame(MAGIC, &payload))
 }
 
@@ -173,7 +171,7 @@ fn decode(bytes: &[u8], key: &str) -> Result<Catalog, String> {
     if payload.key != key {
         return Err("the store changed since it was kept".into());
     }
-    Ok(payload.catalog)
+    Ok(payload.catalog.into_owned())
 }
 
 /// The payload of a framed file, once its magic, CRC, format and length check out.
