@@ -314,8 +314,9 @@ class Bench:
             rows.append(("imagefs (mount, ls -l, find, cat, umount), catalog kept", s, ""))
             full = self.series(lambda: self.imagefs_once(path, self.WORKFLOW, ["-o", "rescan"]))
             rows.append(("imagefs, the same reading the archive in full (-o rescan)", full, ""))
-            notes.append("catalog kept: " + self.fixed_costs(s, self.needed_bytes(path)))
-            notes.append("-o rescan: " + self.fixed_costs(full, self.needed_bytes(path)))
+            needed = self.needed_bytes(path)
+            notes.append("catalog kept: " + self.fixed_costs(s, needed))
+            notes.append("-o rescan: " + self.fixed_costs(full, needed))
             rows.append(("header walk (physical limit)",
                          self.series(lambda: self.once(f"'{self.walk}' '{path}'")), ""))
             # What the same commands cost with no FUSE at all: no mounted tool's
