@@ -12,6 +12,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::containerd_api as images_v1;
+use super::containerd_api::images_client::ImagesClient;
 use super::oci::{self, Descriptor, LayoutBlobs};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
@@ -19,8 +21,6 @@ use super::{
 };
 use crate::bbolt::{BoltFile, Item};
 use crate::reference::{self, Parsed, TagRef};
-use containerd_client::services::v1 as images_v1;
-use containerd_client::services::v1::images_client::ImagesClient;
 
 pub struct Containerd {
     root: PathBuf,
@@ -116,9 +116,9 @@ impl Containerd {
     fn with_images<T>(
         &self,
         call: impl AsyncFnOnce(
-            &mut ImagesClient<containerd_client::tonic::transport::Channel>,
+            &mut ImagesClient<tonic::transport::Channel>,
             &str,
-        ) -> Result<T, containerd_client::tonic::Status>,
+        ) -> Result<T, tonic::Status>,
     ) -> Result<T, WriteError> {
         let refuse = |why: String| {
             WriteError::NotSupported(format!(
@@ -132,7 +132,7 @@ impl Containerd {
             .build()
             .map_err(|e| WriteError::io("tokio runtime", e))?;
         runtime.block_on(async {
-            let channel = containerd_client::connect(&self.address)
+            let channel = connect(&self.address)
                 .await
                 .map_err(|e| refuse(e.to_string()))?;
             let mut client = ImagesClient::new(channel);
@@ -143,11 +143,9 @@ impl Containerd {
                     status.message()
                 );
                 match status.code() {
-                    containerd_client::tonic::Code::NotFound => WriteError::NotFound(msg),
-                    containerd_client::tonic::Code::FailedPrecondition => WriteError::Busy(msg),
-                    containerd_client::tonic::Code::Unavailable => {
-                        refuse(status.message().to_string())
-                    }
+                    tonic::Code::NotFound => WriteError::NotFound(msg),
+                    tonic::Code::FailedPrecondition => WriteError::Busy(msg),
+                    tonic::Code::Unavailable => refuse(status.message().to_string()),
                     _ => WriteError::io(msg, io::Error::other(status.code().to_string())),
                 }
             })
@@ -158,7 +156,7 @@ impl Containerd {
     fn put_record(&self, name: &str, target: &Descriptor) -> Result<(), WriteError> {
         let image = images_v1::Image {
             name: name.to_string(),
-            target: Some(containerd_client::types::Descriptor {
+            target: Some(images_v1::Descriptor {
                 media_type: target.media_type.clone(),
                 digest: target.digest.clone(),
                 size: target.size,
@@ -169,17 +167,15 @@ impl Containerd {
         self.with_images(async |client, ns| {
             let create = images_v1::CreateImageRequest {
                 image: Some(image.clone()),
-                ..Default::default()
             };
             match client.create(request(create, ns)).await {
                 Ok(_) => Ok(()),
-                Err(s) if s.code() == containerd_client::tonic::Code::AlreadyExists => {
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {
                     let update = images_v1::UpdateImageRequest {
                         image: Some(image.clone()),
                         update_mask: Some(prost_types::FieldMask {
                             paths: vec!["target".into()],
                         }),
-                        ..Default::default()
                     };
                     client.update(request(update, ns)).await.map(|_| ())
                 }
@@ -417,9 +413,24 @@ impl Source for Containerd {
     }
 }
 
+/// A gRPC channel over containerd's unix socket. The URI is a placeholder that tonic
+/// requires; the connector ignores it.
+async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 /// A request in a containerd namespace.
-fn request<T>(message: T, namespace: &str) -> containerd_client::tonic::Request<T> {
-    let mut req = containerd_client::tonic::Request::new(message);
+fn request<T>(message: T, namespace: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
     if let Ok(ns) = namespace.parse() {
         req.metadata_mut().insert("containerd-namespace", ns);
     }

@@ -8,6 +8,9 @@
 pub mod archive;
 pub mod compressed;
 pub mod containerd;
+#[rustfmt::skip]
+#[allow(clippy::all)]
+mod containerd_api;
 pub mod containers_storage;
 pub mod docker_archive;
 pub mod docker_root;
@@ -57,6 +60,23 @@ impl SourceKind {
             SourceKind::DockerRoot => "docker-root",
             SourceKind::Containerd => "containerd",
             SourceKind::Registry => "registry",
+        }
+    }
+
+    /// What the kind reads, for `--help` and error messages.
+    pub fn about(self) -> &'static str {
+        match self {
+            SourceKind::DockerArchive => "a docker save / podman save tar (plain, gzip or zstd)",
+            SourceKind::Oci => "an OCI image layout directory (oci-layout, index.json, blobs/)",
+            SourceKind::OciArchive => "a tar of an OCI image layout",
+            SourceKind::ContainersStorage => {
+                "the store of podman, CRI-O and buildah (/var/lib/containers/storage)"
+            }
+            SourceKind::DockerRoot => "Docker's data root (/var/lib/docker)",
+            SourceKind::Containerd => {
+                "containerd's root (/var/lib/containerd; ROOT#NAMESPACE picks a namespace)"
+            }
+            SourceKind::Registry => "an OCI distribution registry (recognised, not read yet)",
         }
     }
 }
