@@ -4,7 +4,9 @@
 //! make-fixtures.sh). What podman and skopeo report for the same images is the truth
 //! the mount is compared with.
 //!
-//! Needs root and /dev/fuse, and the tools that .ci/run installs.
+//! Needs root, /dev/fuse and the tools that `mount-tests/run` installs; without them
+//! the first test stops the run with one line saying what is missing (see
+//! [`prerequisites`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,41 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imagefs");
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/mount-tests");
+
+// ---------------------------------------------------------------------------------
+// prerequisites
+
+/// Root, /dev/fuse and every tool the tests run, checked once by `mount-tests/run
+/// --check`, which holds the one list of them. When something is missing, the run ends
+/// here with that script's one line (the missing thing and the command that brings
+/// it), written past the test harness's capture, instead of every test failing with a
+/// trace from the fixture script. Exiting fails the run: nothing is skipped or passed.
+fn prerequisites() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let said = match Command::new("bash")
+            .arg(format!("{SCRIPTS}/run"))
+            .arg("--check")
+            .stderr(Stdio::inherit())
+            .output()
+        {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Err(e) => format!("mount tests: cannot run bash {SCRIPTS}/run --check: {e}"),
+        };
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "\n{said}\n");
+        let _ = err.flush();
+        std::process::exit(1);
+    });
+}
+
+/// The imagefs binary, once the machine can run the mount tests.
+fn imagefs() -> Command {
+    prerequisites();
+    Command::new(BIN)
+}
 
 // ---------------------------------------------------------------------------------
 // fixtures
@@ -37,6 +74,7 @@ impl Fixtures {
 fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
+        prerequisites();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
         let out = Command::new("bash")
             .arg(format!("{SCRIPTS}/make-fixtures.sh"))
@@ -60,6 +98,7 @@ fn fixtures() -> &'static Fixtures {
 }
 
 fn mangle(case: &str, input: &str, out: &Path, arg: Option<&str>) -> String {
+    prerequisites();
     let mut cmd = Command::new("python3");
     cmd.arg(format!("{SCRIPTS}/mangle.py"))
         .arg(case)
@@ -81,6 +120,7 @@ fn mangle(case: &str, input: &str, out: &Path, arg: Option<&str>) -> String {
 // running things
 
 fn sh(cmd: &str) -> Output {
+    prerequisites();
     Command::new("bash").arg("-c").arg(cmd).output().unwrap()
 }
 
@@ -153,7 +193,7 @@ impl Mount {
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
         let log = dir.path().join("imagefs.log");
-        let child = Command::new(BIN)
+        let child = imagefs()
             .arg("-f")
             .args(args)
             // kept catalogs and indexes stay with this mount, unless the test says
@@ -655,7 +695,7 @@ fn unreadable_archives_fail_before_daemonizing_with_the_reason() {
         let out = dir.path().join(format!("{case}.tar"));
         mangle(case, &f.path("sample.tar"), &out, None);
         // no -f: the parent must exit non-zero with the reason, nothing mounted
-        let o = Command::new(BIN).arg(&out).arg(&mp).output().unwrap();
+        let o = imagefs().arg(&out).arg(&mp).output().unwrap();
         assert!(!o.status.success(), "{case}: mounted");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
@@ -664,7 +704,7 @@ fn unreadable_archives_fail_before_daemonizing_with_the_reason() {
         );
         assert!(!is_mounted(&mp));
     }
-    let o = Command::new(BIN)
+    let o = imagefs()
         .arg("/nonexistent/x.tar")
         .arg(&mp)
         .output()
@@ -722,7 +762,7 @@ fn daemon_mode_returns_once_mounted_and_exits_on_umount() {
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .arg(f.path("sample.tar"))
         .arg(&mp)
         .output()
@@ -781,7 +821,7 @@ fn no_source_and_nothing_readable_says_so_and_fails() {
     .into_iter()
     .filter(|p| Path::new(p).exists())
     .collect();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .args(["-o", "ro"])
         .arg(dir.path())
         .env("HOME", dir.path())
@@ -811,7 +851,7 @@ fn no_source_and_nothing_readable_says_so_and_fails() {
 fn bad_options_and_mountpoints_are_refused() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .args(["-o", "bogus"])
         .arg(f.path("sample.tar"))
         .arg(dir.path())
@@ -819,13 +859,64 @@ fn bad_options_and_mountpoints_are_refused() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("bogus"));
-    let o = Command::new(BIN)
+    // a missing parent is a typo more likely than a wish: one line, nothing made
+    let o = imagefs()
         .arg(f.path("sample.tar"))
-        .arg(dir.path().join("nope"))
+        .arg(dir.path().join("nope/mnt"))
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("No such file"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nope/mnt: the mount point is missing, and so is the directory"));
+    assert!(!dir.path().join("nope").exists());
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = imagefs()
+        .arg(f.path("sample.tar"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+    let o = imagefs().arg("-f").output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no MOUNTPOINT given"));
+}
+
+#[test]
+fn a_missing_mount_point_is_made_and_removed_again_as_ratarmount_does() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("images");
+    // daemonizing: made, mounted, removed after umount
+    ok(&format!(
+        "{BIN} '{}' '{}' && ls '{}/by-tag/localhost/whoami'",
+        f.path("sample.tar"),
+        mp.display(),
+        mp.display()
+    ));
+    assert!(is_mounted(&mp));
+    ok(&format!("umount '{}'", mp.display()));
+    wait_for("the made mount point removed", || !mp.exists());
+    // a mount that fails removes what it made
+    let o = imagefs()
+        .arg(dir.path().join("nothing.tar"))
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!mp.exists());
+    // a directory that existed stays
+    std::fs::create_dir(&mp).unwrap();
+    ok(&format!(
+        "{BIN} '{}' '{}'",
+        f.path("sample.tar"),
+        mp.display()
+    ));
+    ok(&format!("umount '{}'", mp.display()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(mp.is_dir());
 }
 
 #[test]
@@ -941,7 +1032,7 @@ fn a_stale_mount_point_is_named_as_such() {
     let mut child = m.child.take().unwrap();
     child.kill().unwrap(); // SIGKILL: no chance to unmount
     child.wait().unwrap();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .arg(f.path("sample.tar"))
         .arg(m.mp())
         .output()
@@ -2151,7 +2242,7 @@ fn no_source_finds_the_users_containers_storage() {
     ));
     let mp = home.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .arg("-o")
         .arg("ro")
         .arg(&mp)
@@ -2390,7 +2481,7 @@ fn docker_root_with_no_images_says_why() {
     std::fs::create_dir_all(dir.path().join("root/containerd")).unwrap();
     let mp = dir.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let o = Command::new(BIN)
+    let o = imagefs()
         .arg(format!("docker-root:{}/root", dir.path().display()))
         .arg(&mp)
         .output()

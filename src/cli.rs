@@ -13,9 +13,15 @@ use crate::source::{self, SourceKind};
     name = "imagefs",
     version,
     about = "Mount container image stores and archives as by-id/ and by-tag/ trees",
-    after_help = "SOURCE is [NAME=][KIND:]PATH, KIND one of docker-archive, oci, oci-archive \
-                  (detected when omitted). With no SOURCE, the stores found on this machine are mounted. \
-                  See imagefs(1)."
+    override_usage = "imagefs [OPTIONS] [SOURCE...] MOUNTPOINT",
+    // clap cannot have an optional list before a required positional, so both are one
+    // list (the last word is the mount point) and described here
+    help_template = "{about}\n\n{usage-heading} {usage}\n\n\
+        Arguments:\n  \
+        [SOURCE...]  [NAME=][KIND:]PATH: the stores to mount (default: the stores found on this machine)\n  \
+        MOUNTPOINT   the directory to mount on (made when missing, and removed again on unmount)\n\n\
+        {all-args}{after-help}",
+    after_help = sources_help()
 )]
 pub struct Args {
     /// Stay in the foreground (default: daemonize once the mount is up)
@@ -30,9 +36,39 @@ pub struct Args {
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     pub options: Vec<String>,
 
-    /// SOURCE... MOUNTPOINT
-    #[arg(required = true, value_name = "SOURCE... MOUNTPOINT")]
+    /// [SOURCE...] MOUNTPOINT (see `Args::split`)
+    #[arg(hide = true, value_name = "SOURCE")]
     pub args: Vec<String>,
+}
+
+impl Args {
+    /// The sources and the mount point (the last word).
+    pub fn split(&self) -> Result<(&[String], &str), String> {
+        match self.args.split_last() {
+            Some((mountpoint, sources)) => Ok((sources, mountpoint)),
+            None => Err(
+                "no MOUNTPOINT given (usage: imagefs [OPTIONS] [SOURCE...] MOUNTPOINT; \
+                 see imagefs --help)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// The text after the options: every source kind, from [`SourceKind::ALL`], so that a
+/// new kind is in `--help` as soon as it exists.
+fn sources_help() -> String {
+    let mut s = String::from(
+        "SOURCE is [NAME=][KIND:]PATH; KIND is detected from the content when omitted:\n",
+    );
+    for kind in SourceKind::ALL {
+        s.push_str(&format!("  {:<20}{}\n", format!("{kind}:"), kind.about()));
+    }
+    s.push_str(
+        "With no SOURCE, the stores found on this machine are mounted. \
+         Unmount with umount or fusermount3 -u. See imagefs(1).",
+    );
+    s
 }
 
 /// The `-o` options, parsed.
@@ -232,6 +268,43 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn help_names_every_source_kind_and_the_usage_line() {
+        use clap::CommandFactory;
+        let help = Args::command().render_help().to_string();
+        assert!(
+            help.contains("Usage: imagefs [OPTIONS] [SOURCE...] MOUNTPOINT"),
+            "{help}"
+        );
+        for kind in SourceKind::ALL {
+            assert!(
+                help.contains(&format!("  {kind}: ")),
+                "{kind} missing:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_man_page_names_every_source_kind_and_the_usage() {
+        let man = include_str!("../man/imagefs.1");
+        for kind in SourceKind::ALL {
+            let roff = format!(".B {}:\n", kind.prefix().replace('-', "\\-"));
+            assert!(man.contains(&roff), "man/imagefs.1 lacks {roff:?}");
+        }
+        assert!(man.contains("[\\fISOURCE\\fR...] \\fIMOUNTPOINT\\fR"));
+    }
+
+    #[test]
+    fn the_last_word_is_the_mount_point() {
+        let a = Args::try_parse_from(["imagefs", "-o", "ro", "a.tar", "b.tar", "/mnt"]).unwrap();
+        let (sources, mp) = a.split().unwrap();
+        assert_eq!((sources, mp), (&s(&["a.tar", "b.tar"])[..], "/mnt"));
+        let a = Args::try_parse_from(["imagefs", "/mnt"]).unwrap();
+        assert_eq!(a.split().unwrap(), (&[][..], "/mnt"));
+        let a = Args::try_parse_from(["imagefs", "-f"]).unwrap();
+        assert!(a.split().unwrap_err().contains("no MOUNTPOINT"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -46,32 +46,21 @@ fn init_logging(debug: bool) {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let mut positional = args.args.clone();
-    let mountpoint = PathBuf::from(positional.pop().ok_or("no MOUNTPOINT given")?);
+    let (positional, mountpoint) = args.split()?;
     let options = cli::parse_options(&args.options)?;
-    match std::fs::metadata(&mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "{}: mount point is not a directory",
-                mountpoint.display()
-            ));
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(format!(
-                "{0}: {e}: a stale FUSE mount (its daemon died); `umount {0}` first",
-                mountpoint.display()
-            ));
-        }
-        Err(e) => return Err(format!("{}: mount point: {e}", mountpoint.display())),
-    }
+    let mountpoint = prepare_mountpoint(Path::new(mountpoint))?;
     let foreground = args.foreground || args.debug;
     // Daemonizing forks before any store is read: the child then owns its memory
     // alone. Forked after the scan, a 2,000-image catalog was shared copy-on-write
     // with the waiting parent, and the child paid a page copy for every page it
     // touched (7 ms of a 28 ms mount-and-find).
-    let mut status_pipe = if foreground { None } else { Some(daemonize()?) };
-    let result = read_and_serve(&positional, &mountpoint, &options, &mut status_pipe);
+    let mut status_pipe = if foreground {
+        None
+    } else {
+        Some(daemonize().inspect_err(|_| mountpoint.remove_if_created())?)
+    };
+    let result = read_and_serve(positional, &mountpoint, &options, &mut status_pipe);
+    mountpoint.remove_if_created();
     if let (Err(msg), Some(pipe)) = (&result, status_pipe.as_mut()) {
         // the parent says it; the child's stderr is the same terminal
         let _ = pipe.write_all(msg.as_bytes());
@@ -81,9 +70,75 @@ fn run(args: Args) -> Result<(), String> {
     result
 }
 
+/// The mount point, and whether this run made it.
+struct MountPoint {
+    path: PathBuf,
+    created: bool,
+}
+
+impl MountPoint {
+    /// A mount point this run made is removed once unmounted (or when mounting
+    /// failed), as ratarmount does, so that a mount leaves nothing behind.
+    fn remove_if_created(&self) {
+        // NotFound: the other process of a daemonizing mount removed it
+        if self.created
+            && let Err(e) = std::fs::remove_dir(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(
+                "{}: cannot remove the mount point made for this mount: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Checks the mount point, making it when it is missing (only its last component: a
+/// missing parent is more likely a typo than a wish), as ratarmount does. Its
+/// absolute path, because the daemon leaves the working directory.
+fn prepare_mountpoint(path: &Path) -> Result<MountPoint, String> {
+    let mut created = false;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{}: mount point is not a directory",
+                path.display()
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "{0}: {e}: a stale FUSE mount (its daemon died); `umount {0}` first",
+                path.display()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "{}: the mount point is missing, and so is the directory it would be made in",
+                    path.display()
+                ),
+                _ => format!(
+                    "{}: the mount point is missing and cannot be made: {e}",
+                    path.display()
+                ),
+            })?;
+            info!("made the mount point {}", path.display());
+            created = true;
+        }
+        Err(e) => return Err(format!("{}: mount point: {e}", path.display())),
+    }
+    let absolute =
+        std::path::absolute(path).map_err(|e| format!("{}: mount point: {e}", path.display()))?;
+    Ok(MountPoint {
+        path: absolute,
+        created,
+    })
+}
+
 fn read_and_serve(
     positional: &[String],
-    mountpoint: &std::path::Path,
+    mountpoint: &MountPoint,
     options: &MountOptions,
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
@@ -264,13 +319,14 @@ fn daemonize() -> Result<std::fs::File, String> {
 /// Mounts and serves until unmounted; says "ok" on `status_pipe` once mounted.
 fn mount(
     fs: Arc<ImageFs>,
-    mountpoint: &std::path::Path,
+    mountpoint: &MountPoint,
     options: &MountOptions,
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
     let config = fuser_config(&fs, options);
-    let result = serve(fs, mountpoint, &config, status_pipe);
+    let result = serve(fs, &mountpoint.path, &config, status_pipe);
     if result.is_ok() {
+        mountpoint.remove_if_created();
         // Unmounted: every write was persisted when it was answered, so what is left
         // is freeing the catalog, tree and caches, which `umount` and a waiting
         // `imagefs -f` would otherwise wait for (milliseconds on a big store).
