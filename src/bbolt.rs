@@ -155,9 +155,14 @@ pub struct Tx<'a> {
 
 impl BoltFile {
     pub fn open(path: &Path) -> io::Result<BoltFile> {
-        Ok(BoltFile {
-            file: Backing::File(File::open(path)?),
-        })
+        Ok(BoltFile::from_file(File::open(path)?))
+    }
+
+    /// A bbolt file already opened (by the containment layer).
+    pub fn from_file(file: File) -> BoltFile {
+        BoltFile {
+            file: Backing::File(file),
+        }
     }
 
     /// A bbolt image in memory (the fuzzer's way in).

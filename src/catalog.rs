@@ -89,6 +89,16 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The `sha256:<hex>` of a blob, streamed (any size).
+pub fn hash_blob(source: &dyn Source, loc: &BlobLocation) -> std::io::Result<String> {
+    let mut reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(256 * 1024, BlobReader::new(source, loc)),
+        hasher: Sha256::new(),
+    };
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    Ok(format!("sha256:{}", hex::encode(reader.hasher.finalize())))
+}
+
 /// A config read and checked: its digest and summary.
 struct CheckedConfig {
     id: String,
@@ -163,7 +173,7 @@ impl Catalog {
         let mut dangling: Vec<DanglingTag> = Vec::new();
         for record in inv.images {
             match cat.verify(store, source, &record, cache) {
-                Some((id, summary)) => merge(&mut images, id, summary, record),
+                Some((id, summary, loc)) => merge(&mut images, id, summary, loc, record),
                 None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
                     tag: t.clone(),
                     target: record.claimed_id.clone(),
@@ -212,7 +222,7 @@ impl Catalog {
         source: &dyn Source,
         record: &ImageRecord,
         cache: &ConfigCache,
-    ) -> Option<(String, ConfigSummary)> {
+    ) -> Option<(String, ConfigSummary, BlobLocation)> {
         let loc = match &record.config {
             Some(loc) => loc,
             None => {
@@ -225,7 +235,18 @@ impl Catalog {
                 return None;
             }
         };
-        let (checked, parse_problem) = match check_config(store, source, loc, cache) {
+        // A file that changed between the scan finding it and this read is located
+        // again, once, and read from there.
+        let mut loc = loc.clone();
+        let mut checked = check_config(store, source, &loc, cache);
+        if let Err(e) = &checked
+            && crate::source::BlobChanged::is(e)
+            && let Ok(fresh) = source.repin(&loc)
+        {
+            loc = fresh;
+            checked = check_config(store, source, &loc, cache);
+        }
+        let (checked, parse_problem) = match checked {
             Ok(c) => c,
             Err(e) => {
                 self.problems.push(format!(
@@ -248,7 +269,7 @@ impl Catalog {
                 record.config_name
             ));
         }
-        Some((checked.id, checked.summary.unwrap_or_default()))
+        Some((checked.id, checked.summary.unwrap_or_default(), loc))
     }
 
     /// Logs every problem, once, naming the store.
@@ -263,9 +284,9 @@ fn merge(
     images: &mut BTreeMap<String, Image>,
     id: String,
     summary: ConfigSummary,
+    loc: BlobLocation,
     record: ImageRecord,
 ) {
-    let Some(loc) = record.config else { return };
     let image = images.entry(id.clone()).or_insert_with(|| Image {
         id,
         config: loc,

@@ -151,6 +151,7 @@ mod tests {
                 archive: 0,
                 offset: n,
                 size: 10,
+                pin: Default::default(),
             },
         )
     }

@@ -79,25 +79,26 @@ impl KeptCatalogs {
         ))
     }
 
-    fn file_for(&self, source: &dyn Source) -> PathBuf {
+    fn file_for(&self, source: &dyn Source) -> String {
         let who = source.describe();
         let path = std::fs::canonicalize(source.path()).unwrap_or_else(|_| source.path().into());
         let hash = Sha256::digest(format!("{who}\n{}", path.display()).as_bytes());
-        self.dir
-            .join(format!("{}.catalog", &hex::encode(hash)[..32]))
+        format!("{}.catalog", &hex::encode(hash)[..32])
     }
 
     /// The catalog kept for `source` under `key`, its locations rebound to this
-    /// opening of the store. `None` on any mismatch or damage (logged at debug).
+    /// opening of the store. `None` on any mismatch or damage (logged at debug), and
+    /// when the file or its directory could have been written by another user.
     pub fn load(&self, source: &dyn Source, key: &str) -> Option<Catalog> {
-        let at = self.file_for(source);
-        let bytes = match std::fs::read(&at) {
+        let name = self.file_for(source);
+        let bytes = match read_kept(&self.dir, &name, CATALOG_LIMIT) {
             Ok(b) => b,
             Err(e) => {
-                debug!(file = %at.display(), "no kept catalog: {e}");
+                debug!(file = %self.dir.join(&name).display(), "no kept catalog: {e}");
                 return None;
             }
         };
+        let at = self.dir.join(&name);
         match decode(&bytes, key) {
             Ok(mut catalog) => {
                 for image in &mut catalog.images {
@@ -114,8 +115,9 @@ impl KeptCatalogs {
 
     /// Keeps `catalog` for the next mount. Failures cost that mount a scan, no more.
     pub fn keep(&self, source: &dyn Source, key: &str, catalog: &Catalog) {
-        let at = self.file_for(source);
-        match self.write(&at, key, catalog) {
+        let name = self.file_for(source);
+        let at = self.dir.join(&name);
+        match self.write(&name, key, catalog) {
             Ok(()) => {
                 info!(store = %source.describe(), file = %at.display(), "catalog kept for the next mount")
             }
@@ -125,23 +127,42 @@ impl KeptCatalogs {
         }
     }
 
-    fn write(&self, at: &Path, key: &str, catalog: &Catalog) -> std::io::Result<()> {
-        write_kept(at, &encode(key, catalog)?)
+    fn write(&self, name: &str, key: &str, catalog: &Catalog) -> std::io::Result<()> {
+        write_kept(&self.dir, name, &encode(key, catalog)?)
     }
 }
 
-/// Writes a kept file: a temp file renamed into place, after sweeping what is no
-/// one's any more. No fsync: a file torn by a crash fails its checksum and is a miss.
-fn write_kept(at: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = store_file::parent_dir(at);
-    std::fs::create_dir_all(dir)?;
-    remove_unused(dir);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".catalog.")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(at).map_err(|e| e.error)?;
-    Ok(())
+/// A kept catalog or tar index is at most this big (a 10,000-image catalog is 3 MiB).
+const CATALOG_LIMIT: u64 = 1 << 30;
+
+/// Reads a kept file of a trusted directory (see `store_file::trusted_dir`), itself
+/// trusted (this user's, writable by no one else), at most `limit` bytes.
+fn read_kept(dir: &Path, name: &str, limit: u64) -> std::io::Result<Vec<u8>> {
+    let dir = store_file::trusted_dir(dir).map_err(std::io::Error::other)?;
+    let file = dir.open_own(name, false)?;
+    store_file::trusted_file(&file, None).map_err(std::io::Error::other)?;
+    store_file::read_limited(&file, limit)
+}
+
+/// Writes a kept file: a temp file (mode 0600) renamed into place, after sweeping what
+/// is no one's any more, in a trusted directory only. No fsync: a file torn by a crash
+/// fails its checksum and is a miss.
+fn write_kept(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = store_file::trusted_dir(dir).map_err(std::io::Error::other)?;
+    remove_unused(&dir);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = format!(".catalog.{}.{n}", std::process::id());
+    let result = (|| {
+        let mut f = dir.create_new(&tmp, 0o600)?;
+        f.write_all(bytes)?;
+        drop(f);
+        dir.rename(&tmp, name)
+    })();
+    if result.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    result
 }
 
 fn encode(key: &str, catalog: &Catalog) -> std::io::Result<Vec<u8>> {
@@ -213,10 +234,10 @@ pub fn keep_tar_indexes_in(dir: PathBuf) {
     let _ = TAR_INDEX_DIR.set(dir);
 }
 
-fn tar_index_file(dir: &Path, archive: &Path) -> Option<PathBuf> {
+fn tar_index_file(archive: &Path) -> Option<String> {
     let path = std::fs::canonicalize(archive).ok()?;
     let hash = Sha256::digest(path.as_os_str().as_encoded_bytes());
-    Some(dir.join(format!("{}.tarindex", &hex::encode(hash)[..32])))
+    Some(format!("{}.tarindex", &hex::encode(hash)[..32]))
 }
 
 fn tar_index_key(meta: &std::fs::Metadata) -> String {
@@ -241,8 +262,9 @@ pub fn load_tar_index(archive: &Path, meta: &std::fs::Metadata) -> Option<TarInd
 }
 
 fn load_tar_index_in(dir: &Path, archive: &Path, meta: &std::fs::Metadata) -> Option<TarIndex> {
-    let at = tar_index_file(dir, archive)?;
-    let bytes = std::fs::read(&at).ok()?;
+    let name = tar_index_file(archive)?;
+    let at = dir.join(&name);
+    let bytes = read_kept(dir, &name, CATALOG_LIMIT).ok()?;
     let kept: KeptTarIndex = match unframe(TAR_INDEX_MAGIC, &bytes)
         .and_then(|p| postcard::from_bytes(p).map_err(|e| format!("cannot decode: {e}")))
     {
@@ -274,40 +296,47 @@ fn keep_tar_index_in(dir: &Path, archive: &Path, meta: &std::fs::Metadata, index
     if !big || !index.problems.is_empty() {
         return;
     }
-    let Some(at) = tar_index_file(dir, archive) else {
+    let Some(name) = tar_index_file(archive) else {
         return;
     };
+    let at = dir.join(&name);
     let payload = postcard::to_stdvec(&KeptTarIndex {
         key: Cow::Owned(tar_index_key(meta)),
         end_of_entries: index.end_of_entries,
         entries: Cow::Borrowed(index.entries()),
     })
     .map_err(|e| std::io::Error::other(e.to_string()));
-    if let Err(e) = payload.and_then(|p| write_kept(&at, &frame(TAR_INDEX_MAGIC, &p))) {
+    if let Err(e) = payload.and_then(|p| write_kept(dir, &name, &frame(TAR_INDEX_MAGIC, &p))) {
         debug!(file = %at.display(), "cannot keep the tar index: {e}");
     }
 }
 
 /// Removes kept catalogs nobody has rewritten for a month, and temp files a killed
 /// writer left, so the directory does not grow with every store ever mounted.
-fn remove_unused(dir: &Path) {
-    for e in store_file::entries_with_prefix(dir, "") {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
+fn remove_unused(dir: &store_file::StoreDir) {
+    for (name, is_dir) in dir
+        .entries("", store_file::MAX_DIR_ENTRIES)
+        .unwrap_or_default()
+    {
         let ours = name.ends_with(".catalog")
             || name.ends_with(".tarindex")
             || name.starts_with(".catalog.");
+        if is_dir || !ours {
+            continue;
+        }
         let limit = if name.starts_with('.') {
             Duration::from_secs(3600)
         } else {
             UNUSED_AFTER
         };
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > limit));
-        if ours && old {
-            let _ = std::fs::remove_file(e.path());
+        let old = dir
+            .symlink_metadata(&name)
+            .ok()
+            .flatten()
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| t.elapsed().is_ok_and(|age| age > limit));
+        if old {
+            let _ = dir.remove_file(&name);
         }
     }
 }
@@ -332,6 +361,7 @@ mod tests {
                     archive: 7,
                     offset: 512,
                     size: 100,
+                    pin: Default::default(),
                 },
                 created: Some("2024-01-02T03:04:05Z".into()),
                 mtime: std::time::UNIX_EPOCH + Duration::from_secs(1_704_164_645),
@@ -404,7 +434,7 @@ mod tests {
                 .set_modified(when)
                 .unwrap();
         }
-        remove_unused(dir.path());
+        remove_unused(&store_file::StoreDir::open(dir.path(), "cache directory").unwrap());
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

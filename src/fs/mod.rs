@@ -174,6 +174,11 @@ pub struct ImageFs {
     /// request, which holds the directory locks the notifications need.
     queued: Mutex<Vec<Invalidation>>,
     queued_wake: parking_lot::Condvar,
+    /// Configs whose file changed on disk (touched, copied back) and was verified
+    /// again: where they are now. Cleared with the store's catalog.
+    repinned: Mutex<
+        std::collections::HashMap<crate::config_cache::CacheKey, crate::source::BlobLocation>,
+    >,
 }
 
 /// Shown in `user.imagefs.stats`: how many READ, GETXATTR and OPEN requests reached
@@ -189,6 +194,13 @@ pub struct KernelCounters {
 
 /// Configs larger than this are read by range, never whole into the cache.
 const WHOLE_READ_LIMIT: u64 = 1 << 20;
+
+/// Why a read from the store gave no bytes.
+enum ReadFailure {
+    /// The config's file changed since it was verified.
+    Changed,
+    Errno(Errno),
+}
 
 impl ImageFs {
     /// Scans every store. Fails with the first store that cannot be read at all; a
@@ -280,6 +292,7 @@ impl ImageFs {
             to_keep: Mutex::new(to_keep),
             queued: Mutex::new(Vec::new()),
             queued_wake: parking_lot::Condvar::new(),
+            repinned: Mutex::new(Default::default()),
         })
     }
 
@@ -459,7 +472,6 @@ impl ImageFs {
         }
         let len = (size as u64).min(total - offset) as usize;
         let start = offset as usize;
-        let source = self.stores[store].source.as_ref();
         let key = (store, config);
         if let Some(bytes) = self.cache.get(&key) {
             return bytes
@@ -467,10 +479,53 @@ impl ImageFs {
                 .map(<[u8]>::to_vec)
                 .ok_or(Errno::EIO);
         }
-        let config = &key.1;
-        if total <= WHOLE_READ_LIMIT {
-            let bytes = crate::source::read_blob(source, config, WHOLE_READ_LIMIT)
-                .map_err(|e| self.io_error(store, ino, e))?;
+        // A config whose file changed since it was verified is verified again (and
+        // read from that file only) before a byte of it is served.
+        let located = self.repinned.lock().get(&key).cloned();
+        let located = located.unwrap_or_else(|| key.1.clone());
+        match self.read_verified(store, ino, &located, &id, offset, len, &key) {
+            Err(ReadFailure::Changed) => {
+                let fresh = self.reverify(store, ino, &located, &id)?;
+                self.repinned.lock().insert(key.clone(), fresh.clone());
+                match self.read_verified(store, ino, &fresh, &id, offset, len, &key) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(ReadFailure::Changed) => {
+                        warn!(store = %self.stores[store].source.describe(), "config of {id} keeps changing under the mount: not served");
+                        Err(Errno::EIO)
+                    }
+                    Err(ReadFailure::Errno(e)) => Err(e),
+                }
+            }
+            Err(ReadFailure::Errno(e)) => Err(e),
+            Ok(bytes) => Ok(bytes),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a config from the store: a small config whole,
+    /// hashed and cached (under `key`); a larger one by range from the very file it was
+    /// verified in (the location's pin).
+    #[allow(clippy::too_many_arguments)]
+    fn read_verified(
+        &self,
+        store: usize,
+        ino: u64,
+        config: &crate::source::BlobLocation,
+        id: &str,
+        offset: u64,
+        len: usize,
+        key: &crate::config_cache::CacheKey,
+    ) -> Result<Vec<u8>, ReadFailure> {
+        let source = self.stores[store].source.as_ref();
+        let fail = |e: std::io::Error| {
+            if crate::source::BlobChanged::is(&e) {
+                ReadFailure::Changed
+            } else {
+                ReadFailure::Errno(self.io_error(store, ino, e))
+            }
+        };
+        let start = offset as usize;
+        if config.size() <= WHOLE_READ_LIMIT {
+            let bytes = crate::source::read_blob(source, config, WHOLE_READ_LIMIT).map_err(fail)?;
             // Checked at every read from the store, not only at scan: the catalog may
             // be one kept by an earlier mount, and the cache may have let it go.
             let hashed = crate::source::sha256_id(&bytes);
@@ -479,13 +534,13 @@ impl ImageFs {
                     store = %source.describe(),
                     "config of {id} now hashes to {hashed}: the store changed under the mount, not served"
                 );
-                return Err(Errno::EIO);
+                return Err(ReadFailure::Errno(Errno::EIO));
             }
             let out = bytes
                 .get(start..start + len)
                 .map(<[u8]>::to_vec)
-                .ok_or(Errno::EIO)?;
-            self.cache.insert(key, Arc::from(bytes));
+                .ok_or(ReadFailure::Errno(Errno::EIO))?;
+            self.cache.insert(key.clone(), Arc::from(bytes));
             return Ok(out);
         }
         self.cache.note_too_big();
@@ -494,7 +549,7 @@ impl ImageFs {
         while done < len {
             let n = source
                 .read_at(config, offset + done as u64, &mut buf[done..])
-                .map_err(|e| self.io_error(store, ino, e))?;
+                .map_err(fail)?;
             if n == 0 {
                 break;
             }
@@ -502,6 +557,32 @@ impl ImageFs {
         }
         buf.truncate(done);
         Ok(buf)
+    }
+
+    /// The config's location as its file is now, once that file's bytes hash to the
+    /// image ID again (streamed: a config of any size).
+    fn reverify(
+        &self,
+        store: usize,
+        ino: u64,
+        config: &crate::source::BlobLocation,
+        id: &str,
+    ) -> FsResult<crate::source::BlobLocation> {
+        let source = self.stores[store].source.as_ref();
+        let fresh = source
+            .repin(config)
+            .map_err(|e| self.io_error(store, ino, e))?;
+        let hashed =
+            crate::catalog::hash_blob(source, &fresh).map_err(|e| self.io_error(store, ino, e))?;
+        if hashed != id {
+            warn!(
+                store = %source.describe(),
+                "config of {id} now hashes to {hashed}: the store changed under the mount, not served"
+            );
+            return Err(Errno::EIO);
+        }
+        debug!(store = %source.describe(), "config of {id} changed on disk and verified again");
+        Ok(fresh)
     }
 
     fn io_error(&self, store: usize, ino: u64, e: std::io::Error) -> Errno {
@@ -639,6 +720,7 @@ impl ImageFs {
             .and_then(|_| KeptCatalogs::key_of(source));
         let inv = source.scan()?;
         self.cache.forget_store(store);
+        self.repinned.lock().retain(|(s, _), _| *s != store);
         let catalog = Arc::new(Catalog::build(store, source, inv, &self.cache));
         catalog.log_problems(&source.describe());
         // Queued, not written here: a reload may run inside a write request. The key

@@ -54,6 +54,7 @@ impl MemSource {
             archive: 0,
             offset: (blobs.len() - 1) as u64,
             size: bytes.len() as u64,
+            pin: Default::default(),
         };
         (
             loc,
@@ -154,6 +155,9 @@ impl Source for MemSource {
         let n = buf.len().min(b.len() - start);
         buf[..n].copy_from_slice(&b[start..start + n]);
         Ok(n)
+    }
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        Ok(blob.clone())
     }
     /// Moves with every change to the records, as a store's own token does.
     fn change_token(&self) -> io::Result<ChangeToken> {
@@ -630,6 +634,9 @@ fn read_only_mounts_and_read_only_sources_answer_erofs() {
         }
         fn read_at(&self, b: &BlobLocation, o: u64, buf: &mut [u8]) -> io::Result<usize> {
             self.0.read_at(b, o, buf)
+        }
+        fn repin(&self, b: &BlobLocation) -> io::Result<BlobLocation> {
+            self.0.repin(b)
         }
         fn change_token(&self) -> io::Result<ChangeToken> {
             self.0.change_token()

@@ -3,7 +3,7 @@
 //! docker-archive and oci-archive sources.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -15,9 +15,12 @@ use tracing::{info, warn};
 
 use super::WriteError;
 use super::compressed::CompressedTar;
-use super::store_file::{self, FileLock};
+use super::store_file::FileLock;
 use super::tar_rewrite::{self, WriteStats};
-use super::{BlobLocation, ChangeToken, Source, SourceError, SourceKind, StoreMeta, pread_clamped};
+use super::{
+    BlobChanged, BlobLocation, ChangeToken, FileId, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta, pread_clamped,
+};
 use crate::tar_index::{MemberKind, TarIndex};
 
 pub use super::compressed::Compression;
@@ -29,38 +32,88 @@ enum TarData {
     Compressed(CompressedTar),
 }
 
+/// Where an archive is: its directory (the root of everything imagefs touches for it:
+/// the archive, its temporaries, its index beside it) and its name there. The path
+/// the user gave is resolved once, when the source is opened; from then on the archive
+/// is opened beneath its directory, never through a link, never a FIFO.
+pub struct ArchiveFile {
+    pub dir: StoreDir,
+    pub name: String,
+    /// The path as the user gave it, for messages.
+    pub shown: PathBuf,
+}
+
+impl ArchiveFile {
+    pub fn locate(path: &Path) -> Result<ArchiveFile, SourceError> {
+        let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
+        let canonical = path.canonicalize().map_err(|e| fail(&e))?;
+        let (Some(parent), Some(name)) = (canonical.parent(), canonical.file_name()) else {
+            return Err(fail(&"not a file"));
+        };
+        let name = name
+            .to_str()
+            .ok_or_else(|| fail(&"the file name is not UTF-8"))?
+            .to_string();
+        let dir = StoreDir::open(parent, "archive's directory").map_err(|e| fail(&e))?;
+        Ok(ArchiveFile {
+            dir,
+            name,
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// The archive file itself (a regular file, not a link), for writing too when
+    /// `write`.
+    pub fn open(&self, write: bool) -> io::Result<File> {
+        self.dir.open_own(&self.name, write)
+    }
+
+    pub fn change_token(&self) -> io::Result<ChangeToken> {
+        ChangeToken::of_file(&self.dir, &self.name)
+    }
+}
+
 pub struct TarArchive {
     /// Which opening of the archive this is: blob locations carry it, so a read is
     /// never served from another version of the file.
     generation: u64,
-    path: PathBuf,
+    at: Arc<ArchiveFile>,
     data: TarData,
     pub compression: Compression,
     pub index: TarIndex,
     meta: StoreMeta,
     /// The file's identity when opened: a kept catalog of it is valid while it holds.
     identity: String,
+    /// The same, as blob locations carry it: a read finds the file changed since.
+    pin: FileId,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl TarArchive {
     pub fn open(path: &Path) -> Result<TarArchive, SourceError> {
-        let file = File::open(path).map_err(|e| SourceError::new(path.display(), e))?;
+        TarArchive::open_at(Arc::new(ArchiveFile::locate(path)?))
+    }
+
+    pub fn open_at(at: Arc<ArchiveFile>) -> Result<TarArchive, SourceError> {
+        let file = at
+            .open(false)
+            .map_err(|e| SourceError::new(at.shown.display(), e))?;
         // A shared lock while indexing: a writer holding the exclusive lock (a later
         // imagefs write, or a tool honouring flock) is waited for, never read half-done.
         let _lock = FileLock::on(&file, false).ok();
-        TarArchive::open_file(path, file)
+        TarArchive::open_file(at, file)
     }
 
     /// Indexes an archive already opened (and, by a writer, locked).
-    pub fn open_file(path: &Path, file: File) -> Result<TarArchive, SourceError> {
+    pub fn open_file(at: Arc<ArchiveFile>, file: File) -> Result<TarArchive, SourceError> {
+        let path = at.shown.as_path();
         let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
         let meta = file.metadata().map_err(|e| fail(&e))?;
         if !meta.is_file() {
             return Err(fail(&"not a regular file"));
         }
-        let mut magic = [0u8; 4];
+        let mut magic = [0u8; 6];
         let n = read_up_to(&file, &mut magic).map_err(|e| fail(&e))?;
         (&file).seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
         let compression = Compression::sniff(&magic[..n]);
@@ -80,7 +133,7 @@ impl TarArchive {
                 )
             }
             c => {
-                let (tar, index) = CompressedTar::open(path, &file, c)
+                let (tar, index) = CompressedTar::open(&at, &file, c)
                     .map_err(|e| fail(&format!("cannot index the {c:?} archive: {e}")))?;
                 (TarData::Compressed(tar), index)
             }
@@ -95,17 +148,26 @@ impl TarArchive {
         }
         Ok(TarArchive {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-            path: path.to_path_buf(),
+            at,
             data,
             compression,
             index,
             meta: StoreMeta::of(&meta),
             identity: ChangeToken::identity_of(&meta),
+            pin: FileId::of(&meta),
+        })
+    }
+
+    /// The archive file as opened, now.
+    fn current_pin(&self) -> io::Result<FileId> {
+        FileId::of_file(match &self.data {
+            TarData::Plain(f) => f,
+            TarData::Compressed(tar) => tar.source_file(),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.at.shown
     }
 
     pub fn meta(&self) -> StoreMeta {
@@ -114,7 +176,7 @@ impl TarArchive {
 
     /// `archive.tar:member`, for messages.
     pub fn member_display(&self, name: &str) -> String {
-        format!("{}:{name}", self.path.display())
+        format!("{}:{name}", self.at.shown.display())
     }
 
     /// The regular file a member name leads to (links followed inside the archive).
@@ -123,6 +185,7 @@ impl TarArchive {
             archive: self.generation,
             offset: m.offset,
             size: m.size,
+            pin: self.pin,
         })
     }
 
@@ -138,24 +201,26 @@ impl TarArchive {
                 archive,
                 offset: start,
                 size,
-            } if *archive == self.generation => match &self.data {
-                TarData::Plain(file) => pread_clamped(file, *start, *size, offset, buf),
-                TarData::Compressed(tar) => tar.read_at(*start, *size, offset, buf),
-            },
+                pin,
+            } if *archive == self.generation => {
+                if self.current_pin()? != *pin {
+                    return Err(BlobChanged::error(self.at.shown.display()));
+                }
+                match &self.data {
+                    TarData::Plain(file) => pread_clamped(file, *start, *size, offset, buf),
+                    TarData::Compressed(tar) => tar.read_at(*start, *size, offset, buf),
+                }
+            }
             BlobLocation::Member { .. } => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
                     "{}: the archive changed since this blob was located",
-                    self.path.display()
+                    self.at.shown.display()
                 ),
             )),
-            BlobLocation::File { path, .. } => Err(io::Error::new(
+            BlobLocation::File { rel, .. } => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{} is not a member of {}",
-                    path.display(),
-                    self.path.display()
-                ),
+                format!("{rel} is not a member of {}", self.at.shown.display()),
             )),
         }
     }
@@ -174,7 +239,7 @@ impl TarArchive {
     }
 
     pub fn change_token(&self) -> io::Result<ChangeToken> {
-        ChangeToken::of_file(&self.path)
+        self.at.change_token()
     }
 }
 
@@ -201,7 +266,7 @@ pub struct WritePlan {
 /// the file changes, with the previous version kept readable until the catalog has
 /// moved on (blob locations name their version).
 pub struct ArchiveStore {
-    path: PathBuf,
+    at: Arc<ArchiveFile>,
     versions: RwLock<(Arc<TarArchive>, Option<Arc<TarArchive>>)>,
     indexed_at: Mutex<Option<ChangeToken>>,
 }
@@ -210,14 +275,14 @@ impl ArchiveStore {
     pub fn new(archive: TarArchive) -> ArchiveStore {
         let token = archive.change_token().ok();
         ArchiveStore {
-            path: archive.path().to_path_buf(),
+            at: archive.at.clone(),
             versions: RwLock::new((Arc::new(archive), None)),
             indexed_at: Mutex::new(token),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.at.shown
     }
 
     pub fn current(&self) -> Arc<TarArchive> {
@@ -227,11 +292,11 @@ impl ArchiveStore {
     /// The archive as it is now: reindexed if the file changed since.
     pub fn refresh(&self) -> Result<Arc<TarArchive>, SourceError> {
         let mut indexed_at = self.indexed_at.lock();
-        let now = ChangeToken::of_file(&self.path).ok();
+        let now = self.at.change_token().ok();
         if now.is_some() && *indexed_at == now {
             return Ok(self.current());
         }
-        let fresh = Arc::new(TarArchive::open(&self.path)?);
+        let fresh = Arc::new(TarArchive::open_at(self.at.clone())?);
         let mut v = self.versions.write();
         let old = std::mem::replace(&mut v.0, fresh.clone());
         v.1 = Some(old);
@@ -239,23 +304,49 @@ impl ArchiveStore {
         Ok(fresh)
     }
 
-    pub fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let archive = {
-            let v = self.versions.read();
-            match (blob, &v.1) {
-                (BlobLocation::Member { archive, .. }, Some(prev))
-                    if *archive == prev.generation =>
-                {
-                    prev.clone()
-                }
-                _ => v.0.clone(),
+    /// The version of the archive a location was found in.
+    fn version_of(&self, blob: &BlobLocation) -> Arc<TarArchive> {
+        let v = self.versions.read();
+        match (blob, &v.1) {
+            (BlobLocation::Member { archive, .. }, Some(prev)) if *archive == prev.generation => {
+                prev.clone()
             }
-        };
-        archive.read_at(blob, offset, buf)
+            _ => v.0.clone(),
+        }
+    }
+
+    pub fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.version_of(blob).read_at(blob, offset, buf)
+    }
+
+    /// A member's location with the archive's identity as it is now (the caller
+    /// verifies its bytes again).
+    pub fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        let archive = self.version_of(blob);
+        match blob {
+            BlobLocation::Member {
+                archive: generation,
+                offset,
+                size,
+                ..
+            } if *generation == archive.generation => Ok(BlobLocation::Member {
+                archive: *generation,
+                offset: *offset,
+                size: *size,
+                pin: archive.current_pin()?,
+            }),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: the archive changed since this blob was located",
+                    self.at.shown.display()
+                ),
+            )),
+        }
     }
 
     pub fn change_token(&self) -> io::Result<ChangeToken> {
-        ChangeToken::of_file(&self.path)
+        self.at.change_token()
     }
 
     pub fn meta(&self) -> StoreMeta {
@@ -269,40 +360,40 @@ impl ArchiveStore {
         self.refresh().ok().map(|a| a.identity.clone())
     }
 
+    /// A location from a kept catalog, made valid for the archive as opened: its
+    /// generation, and its identity (the key the catalog was kept under is that
+    /// identity, so the pin is the one the catalog verified).
     pub fn rebind(&self, blob: &mut BlobLocation) {
-        if let BlobLocation::Member { archive, .. } = blob {
-            *archive = self.current().generation;
+        if let BlobLocation::Member { archive, pin, .. } = blob {
+            let current = self.current();
+            *archive = current.generation;
+            *pin = current.pin;
         }
     }
 
     /// Finishes what a crashed write left half done (see tar_rewrite), under the
     /// exclusive lock. Only for writable mounts; a read-only mount reads either state.
     pub fn recover(&self) -> Result<(), WriteError> {
-        let path = &self.path;
+        let at = &self.at;
         let current = self.current();
         if current.compression != Compression::None {
             return Ok(());
         }
         // A crash leaves a name twice, or a temp file beside: without either, there is
         // nothing to finish, and the archive is not indexed again.
-        if !tar_rewrite::has_interrupted_switch(&current.index)
-            && !store_file::has_stale_temps(path)
+        if !tar_rewrite::has_interrupted_switch(&current.index) && !at.dir.has_stale_temps(&at.name)
         {
             return Ok(());
         }
-        let io_err = |e: io::Error| WriteError::io(format!("{}: recover", path.display()), e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err)?;
+        let io_err = |e: io::Error| WriteError::io(format!("{}: recover", at.shown.display()), e);
+        let file = at.open(true).map_err(io_err)?;
         let _lock = FileLock::on(&file, true).map_err(io_err)?;
-        store_file::remove_stale_temps(path);
-        let fresh = TarArchive::open_file(path, file.try_clone().map_err(io_err)?)
+        at.dir.remove_stale_temps(&at.name);
+        let fresh = TarArchive::open_file(at.clone(), file.try_clone().map_err(io_err)?)
             .map_err(|e| WriteError::NotSupported(e.to_string()))?;
         let repaired = tar_rewrite::finish_interrupted(&file, &fresh.index).map_err(io_err)?;
         for name in repaired {
-            warn!(archive = %path.display(), member = %name, "completed a write a crash interrupted: the older copy is now a spare");
+            warn!(archive = %at.shown.display(), member = %name, "completed a write a crash interrupted: the older copy is now a spare");
         }
         Ok(())
     }
@@ -314,7 +405,8 @@ impl ArchiveStore {
         &self,
         plan: impl FnOnce(&TarArchive) -> Result<WritePlan, WriteError>,
     ) -> Result<WriteStats, WriteError> {
-        let path = &self.path;
+        let at = &self.at;
+        let path = &at.shown;
         let io_err =
             |what: &str, e: io::Error| WriteError::io(format!("{}: {what}", path.display()), e);
         if self.current().compression != Compression::None {
@@ -323,15 +415,12 @@ impl ArchiveStore {
                 path.display()
             )));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io_err("open for writing", e))?;
+        let file = at.open(true).map_err(|e| io_err("open for writing", e))?;
         let _lock = FileLock::on(&file, true).map_err(|e| io_err("lock", e))?;
-        store_file::remove_stale_temps(path);
-        let fresh = TarArchive::open_file(path, file.try_clone().map_err(|e| io_err("open", e))?)
-            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+        at.dir.remove_stale_temps(&at.name);
+        let fresh =
+            TarArchive::open_file(at.clone(), file.try_clone().map_err(|e| io_err("open", e))?)
+                .map_err(|e| WriteError::NotSupported(e.to_string()))?;
         if let Some(p) = fresh.index.problems.first() {
             return Err(WriteError::NotSupported(format!(
                 "{}: not written, the archive is damaged: {p}",
@@ -352,19 +441,19 @@ impl ArchiveStore {
                 None => {
                     info!(archive = %path.display(), "metadata cannot be replaced in place: rewriting the archive");
                     let index = TarArchive::open_file(
-                        path,
+                        at.clone(),
                         file.try_clone().map_err(|e| io_err("open", e))?,
                     )
                     .map_err(|e| WriteError::NotSupported(e.to_string()))?
                     .index;
-                    tar_rewrite::rewrite(path, &file, &index, |_| true, &updates)
+                    tar_rewrite::rewrite(at, &file, &index, |_| true, &updates)
                         .map_err(|e| io_err("rewrite", e))?
                 }
             }
         } else {
             info!(archive = %path.display(), members = plan.drop.len(), "removing members: rewriting the archive");
             tar_rewrite::rewrite(
-                path,
+                at,
                 &file,
                 &fresh.index,
                 |n| !plan.drop.contains(n),

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::store_file;
+use super::StoreDir;
+use super::archive::ArchiveFile;
 use crate::tar_index::{Capture, TarIndex, TarMember};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,9 @@ pub const INLINE_MAX: u64 = 1 << 20;
 const INLINE_TOTAL_MAX: u64 = 256 << 20;
 const READ_BUFFER: usize = 256 * 1024;
 const MAGIC: &[u8; 16] = b"imagefs-tar-idx\n";
+/// The index header (member names and offsets) of an archive imagefs indexed: far
+/// less than this for any real archive.
+const HEADER_LIMIT: u64 = 256 << 20;
 const VERSION: u32 = 1;
 const TRAILER_LEN: u64 = 16 + 4 + 4 + 8 + 8 + 32;
 
@@ -125,34 +129,35 @@ impl CompressedTar {
     /// The persisted index when it matches `file`, else one decompression pass that
     /// builds it (and persists it when the archive is undamaged).
     pub fn open(
-        path: &Path,
+        at: &ArchiveFile,
         file: &File,
         compression: Compression,
     ) -> Result<(CompressedTar, TarIndex), String> {
+        let path = at.shown.as_path();
         let meta = file.metadata().map_err(|e| e.to_string())?;
         let identity = Identity::of(&meta);
-        for candidate in index_locations(path) {
-            match load(&candidate, &identity, compression) {
+        for place in index_places(at) {
+            match load(&place, &identity, compression) {
                 Ok(Some((store, header))) => {
-                    debug!(archive = %path.display(), index = %candidate.display(), "using the persisted index");
+                    debug!(archive = %path.display(), index = %place.display(), "using the persisted index");
                     return CompressedTar::from_header(
                         path,
                         file,
                         compression,
                         store,
                         header,
-                        Some(candidate),
+                        Some(PathBuf::from(place.display())),
                     );
                 }
                 Ok(None) => {}
                 Err(why) => {
-                    info!(archive = %path.display(), index = %candidate.display(), %why, "persisted index not used: indexing again")
+                    info!(archive = %path.display(), index = %place.display(), %why, "persisted index not used: indexing again")
                 }
             }
         }
-        let (store, header) = build(path, file, compression, identity, meta.size())?;
+        let (store, header) = build(at, file, compression, identity, meta.size())?;
         let persisted = if header.problems.is_empty() {
-            persist(path, &store)
+            persist(at, &store)
         } else {
             None
         };
@@ -160,7 +165,7 @@ impl CompressedTar {
             path,
             file,
             compression,
-            store.into_file(),
+            store.into_file().map_err(|e| e.to_string())?,
             header,
             persisted,
         )
@@ -186,6 +191,11 @@ impl CompressedTar {
         };
         let index = TarIndex::from_parts(header.entries, header.end_of_entries, header.problems);
         Ok((tar, index))
+    }
+
+    /// The archive file as opened.
+    pub fn source_file(&self) -> &File {
+        &self.source
     }
 
     /// Reads member data (`start`, `size` in the tar) from `offset` on.
@@ -239,38 +249,78 @@ impl CompressedTar {
     }
 }
 
-/// Where an index for `archive` may be: beside it, then in the user's cache.
-fn index_locations(archive: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(name) = archive.file_name() {
-        let mut n = name.to_os_string();
-        n.push(".imagefs-index");
-        out.push(archive.with_file_name(n));
+/// A place an index may be kept: a name in a directory reached through the
+/// containment layer.
+struct IndexPlace {
+    dir: StoreDir,
+    name: String,
+    /// Besides this user, whose index files here are read: the archive's owner's,
+    /// beside the archive.
+    also_trusted: Option<u32>,
+}
+
+impl IndexPlace {
+    fn display(&self) -> String {
+        self.dir.display(&self.name)
     }
-    if let Some(p) = cache_location(archive) {
+}
+
+/// Where an index for the archive may be: beside it, then in the user's cache.
+fn index_places(at: &ArchiveFile) -> Vec<IndexPlace> {
+    let mut out = Vec::new();
+    if let Ok(dir) = at.dir.try_clone() {
+        use std::os::unix::fs::MetadataExt;
+        let owner = at
+            .open(false)
+            .and_then(|f| f.metadata())
+            .map(|m| m.uid())
+            .ok();
+        out.push(IndexPlace {
+            dir,
+            name: format!("{}.imagefs-index", at.name),
+            also_trusted: owner,
+        });
+    }
+    if let Some(p) = cache_place(at) {
         out.push(p);
     }
     out
 }
 
-fn cache_location(archive: &Path) -> Option<PathBuf> {
+/// The index in the user's cache directory, when that directory is one to trust (see
+/// `store_file::trusted_dir`).
+fn cache_place(at: &ArchiveFile) -> Option<IndexPlace> {
     let dir = crate::kept_catalog::KeptCatalogs::default_dir()?;
-    let canonical = archive.canonicalize().ok()?;
+    let canonical = at.shown.canonicalize().ok()?;
     let key = hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()));
-    Some(dir.join(format!("{}.index", &key[..32])))
+    let dir = match crate::source::store_file::trusted_dir(&dir) {
+        Ok(d) => d,
+        Err(why) => {
+            debug!("no index kept in the cache directory: {why}");
+            return None;
+        }
+    };
+    Some(IndexPlace {
+        dir,
+        name: format!("{}.index", &key[..32]),
+        also_trusted: None,
+    })
 }
 
 /// Reads and checks a persisted index. `Ok(None)`: there is none.
 fn load(
-    at: &Path,
+    place: &IndexPlace,
     identity: &Identity,
     compression: Compression,
 ) -> Result<Option<(File, Header)>, String> {
-    let file = match File::open(at) {
+    let file = match place.dir.open_own(&place.name, false) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
+    // An index beside the archive may have been put there by anyone who can write
+    // that directory: only this user's, or the archive's owner's, is read.
+    crate::source::store_file::trusted_file(&file, place.also_trusted)?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len < TRAILER_LEN {
         return Err("too short".into());
@@ -295,6 +345,11 @@ fn load(
         != Some(len)
     {
         return Err("lengths do not add up".into());
+    }
+    if header_len > HEADER_LIMIT {
+        return Err(format!(
+            "an index header of {header_len} bytes, more than the {HEADER_LIMIT} allowed"
+        ));
     }
     // The whole file is hashed: kept members are served from it as they are.
     let mut hasher = Sha256::new();
@@ -333,27 +388,44 @@ impl Write for HashWriter<'_> {
 }
 
 /// The index being written: beside the archive if its directory takes a file, else
-/// in the cache directory, else an unlinked temporary file (used, not persisted).
+/// in the cache directory, else an unlinked temporary file (used, not persisted). A
+/// named one's temporary name is removed when dropped (after a rename into place,
+/// nothing is left under it: the name is this process's alone).
 enum IndexFile {
-    Named(tempfile::NamedTempFile, PathBuf),
+    Named {
+        file: File,
+        place: IndexPlace,
+        temp: String,
+    },
     Unnamed(File),
 }
 
+impl Drop for IndexFile {
+    fn drop(&mut self) {
+        if let IndexFile::Named { place, temp, .. } = self {
+            let _ = place.dir.remove_file(temp);
+        }
+    }
+}
+
+/// A temporary index name: `.<index name>.<pid>.<counter>`, beside the index.
+fn temp_index_name(place: &IndexPlace) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{}.{}.{n}", place.name, std::process::id())
+}
+
 impl IndexFile {
-    fn create(archive: &Path) -> io::Result<IndexFile> {
-        for target in index_locations(archive) {
-            let dir = store_file::parent_dir(&target);
-            if std::fs::create_dir_all(dir).is_err() {
-                continue;
-            }
-            let prefix = format!(
-                ".{}.",
-                target.file_name().unwrap_or_default().to_string_lossy()
-            );
-            remove_abandoned(dir, &prefix);
-            match tempfile::Builder::new().prefix(&prefix).tempfile_in(dir) {
-                Ok(t) => return Ok(IndexFile::Named(t, target)),
-                Err(e) => debug!(dir = %dir.display(), error = %e, "cannot keep an index here"),
+    fn create(at: &ArchiveFile) -> io::Result<IndexFile> {
+        for place in index_places(at) {
+            let prefix = format!(".{}.", place.name);
+            remove_abandoned(&place.dir, &prefix);
+            let temp = temp_index_name(&place);
+            match place.dir.create_new(&temp, 0o644) {
+                Ok(file) => {
+                    return Ok(IndexFile::Named { file, place, temp });
+                }
+                Err(e) => debug!("cannot keep an index here: {e}"),
             }
         }
         Ok(IndexFile::Unnamed(tempfile::tempfile()?))
@@ -361,35 +433,40 @@ impl IndexFile {
 
     fn file(&self) -> &File {
         match self {
-            IndexFile::Named(t, _) => t.as_file(),
+            IndexFile::Named { file, .. } => file,
             IndexFile::Unnamed(f) => f,
         }
     }
 
-    fn into_file(self) -> File {
-        match self {
-            IndexFile::Named(t, _) => t.into_file(),
-            IndexFile::Unnamed(f) => f,
-        }
+    fn into_file(self) -> io::Result<File> {
+        self.file().try_clone()
     }
 }
 
-/// Removes index temp files a killed indexer left (`.<name>.imagefs-index.XXXXXX`).
+/// Removes index temp files a killed indexer left (`.<name>.imagefs-index.…`).
 /// Only old ones: a younger one may be another mount's, indexing right now.
-fn remove_abandoned(dir: &Path, prefix: &str) {
-    for e in store_file::entries_with_prefix(dir, prefix) {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
+fn remove_abandoned(dir: &StoreDir, prefix: &str) {
+    for (name, is_dir) in dir
+        .entries("", crate::source::store_file::MAX_DIR_ENTRIES)
+        .unwrap_or_default()
+    {
+        if is_dir || !name.starts_with(prefix) {
+            continue;
+        }
+        let old = dir
+            .symlink_metadata(&name)
+            .ok()
+            .flatten()
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
         if !old {
             continue;
         }
-        match std::fs::remove_file(e.path()) {
+        match dir.remove_file(&name) {
             Ok(()) => {
-                info!(file = %e.path().display(), "removed an index temp file a killed indexer left")
+                info!(file = %dir.display(&name), "removed an index temp file a killed indexer left")
             }
-            Err(err) => debug!(file = %e.path().display(), "cannot remove: {err}"),
+            Err(err) => debug!("cannot remove: {err}"),
         }
     }
 }
@@ -399,55 +476,58 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// Renames the finished index into place; if that place refuses it, copies it to the
 /// next one (the cache directory). A failure only costs the next mount a pass.
-fn persist(archive: &Path, store: &IndexFile) -> Option<PathBuf> {
-    let IndexFile::Named(t, target) = store else {
-        info!(archive = %archive.display(), "no writable place for the index: the next mount indexes again");
+fn persist(at: &ArchiveFile, store: &IndexFile) -> Option<PathBuf> {
+    let IndexFile::Named { file, place, temp } = store else {
+        info!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
         return None;
     };
-    let kept = |at: &Path| {
-        info!(archive = %archive.display(), index = %at.display(), "index kept for the next mount");
-        Some(at.to_path_buf())
+    let kept = |place: &IndexPlace| {
+        info!(archive = %at.shown.display(), index = %place.display(), "index kept for the next mount");
+        Some(PathBuf::from(place.display()))
     };
-    match std::fs::rename(t.path(), target) {
-        Ok(()) => return kept(target),
-        Err(e) => debug!(index = %target.display(), error = %e, "cannot keep the index here"),
+    match place.dir.rename(temp, &place.name) {
+        Ok(()) => return kept(place),
+        Err(e) => debug!("cannot keep the index here: {e}"),
     }
-    for next in index_locations(archive) {
-        if next == *target {
+    for next in index_places(at) {
+        if next.display() == place.display() {
             continue;
         }
         let copy = || -> io::Result<()> {
-            let dir = store_file::parent_dir(&next);
-            std::fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".imagefs-index.")
-                .tempfile_in(dir)?;
-            let mut from = t.as_file();
-            from.seek(SeekFrom::Start(0))?;
-            io::copy(&mut from, &mut tmp)?;
-            tmp.persist(&next).map_err(|e| e.error)?;
-            Ok(())
+            let tmp = temp_index_name(&next);
+            let result = (|| {
+                let mut out = next.dir.create_new(&tmp, 0o644)?;
+                let mut from = file.try_clone()?;
+                from.seek(SeekFrom::Start(0))?;
+                io::copy(&mut from, &mut out)?;
+                next.dir.rename(&tmp, &next.name)
+            })();
+            if result.is_err() {
+                let _ = next.dir.remove_file(&tmp);
+            }
+            result
         };
         match copy() {
             Ok(()) => return kept(&next),
-            Err(e) => debug!(index = %next.display(), error = %e, "cannot keep the index here"),
+            Err(e) => debug!("cannot keep the index here: {e}"),
         }
     }
-    warn!(archive = %archive.display(), "no writable place for the index: the next mount indexes again");
+    warn!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
     None
 }
 
 /// One decompression pass: the tar walk, kept members written to the index file's
 /// data region as they pass, then the header and trailer.
 fn build(
-    path: &Path,
+    at: &ArchiveFile,
     file: &File,
     compression: Compression,
     identity: Identity,
     compressed_len: u64,
 ) -> Result<(IndexFile, Header), String> {
+    let path = at.shown.as_path();
     info!(archive = %path.display(), ?compression, "indexing the compressed archive (once: the index is kept)");
-    let store = IndexFile::create(path).map_err(|e| format!("cannot create an index file: {e}"))?;
+    let store = IndexFile::create(at).map_err(|e| format!("cannot create an index file: {e}"))?;
     let mut out = io::BufWriter::with_capacity(READ_BUFFER, store.file());
     let mut hasher = Sha256::new();
     let mut data_len = 0u64;
@@ -714,7 +794,12 @@ mod tests {
         let (tar, big) = sample();
         std::fs::write(&path, gzip(&tar)).unwrap();
         let file = File::open(&path).unwrap();
-        let (ct, index) = CompressedTar::open(&path, &file, Compression::Gzip).unwrap();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &file,
+            Compression::Gzip,
+        )
+        .unwrap();
         assert_eq!(ct.tar_len, tar.len() as u64);
         let beside = dir.path().join("a.tar.gz.imagefs-index");
         assert_eq!(ct.index_path.as_deref(), Some(beside.as_path()));
@@ -755,8 +840,12 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let (ct2, index2) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        let (ct2, index2) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert_eq!(index2.entries(), index.entries());
         assert_eq!(read_member(&ct2, &index2, "c.json"), b"{}");
     }
@@ -780,21 +869,34 @@ mod tests {
             .unwrap()
             .set_modified(two_hours_ago)
             .unwrap();
-        CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert!(!old.exists() && fresh.exists());
         let idx = dir.path().join("a.tar.gz.imagefs-index");
         // One flipped byte in the kept data: the checksum refuses it.
         let mut bytes = std::fs::read(&idx).unwrap();
         bytes[1] ^= 0xff;
         std::fs::write(&idx, &bytes).unwrap();
-        let (ct, index) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
         // A new archive under the same name.
         let tar2 = tar_bytes(&[("manifest.json", b"[2]")], &[]);
         std::fs::write(&path, gzip(&tar2)).unwrap();
-        let (ct, index) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[2]");
         assert!(index.get("big.tar").is_none());
     }
@@ -811,13 +913,21 @@ mod tests {
         let blocker = dir.path().join("a.tar.zst.imagefs-index");
         std::fs::create_dir(&blocker).unwrap();
         unsafe { std::env::set_var("XDG_CACHE_HOME", cache.path()) };
-        let (ct, index) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Zstd).unwrap();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Zstd,
+        )
+        .unwrap();
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
         let kept = ct.index_path.clone().unwrap();
         assert!(kept.starts_with(cache.path()), "{kept:?}");
-        let (ct2, _) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Zstd).unwrap();
+        let (ct2, _) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Zstd,
+        )
+        .unwrap();
         assert_eq!(ct2.index_path, Some(kept));
     }
 
@@ -828,8 +938,12 @@ mod tests {
         let (tar, _) = sample();
         let gz = gzip(&tar);
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
-        let (ct, index) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
         assert!(index.get("c.json").is_none());
         assert!(!index.problems.is_empty());
@@ -839,8 +953,12 @@ mod tests {
         let mut bad = gz[..20].to_vec();
         bad.extend_from_slice(&[0xffu8; 4000]);
         std::fs::write(&path, &bad).unwrap();
-        let (_, index) =
-            CompressedTar::open(&path, &File::open(&path).unwrap(), Compression::Gzip).unwrap();
+        let (_, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
         assert!(index.is_empty());
         assert!(!index.problems.is_empty());
     }

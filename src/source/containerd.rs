@@ -16,8 +16,8 @@ use super::containerd_api as images_v1;
 use super::containerd_api::images_client::ImagesClient;
 use super::oci::{self, Descriptor, LayoutBlobs};
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, read_whole,
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta, WriteError, read_whole,
 };
 use crate::bbolt::{BoltFile, Item};
 use crate::reference::{self, Parsed, TagRef};
@@ -26,7 +26,8 @@ pub struct Containerd {
     root: PathBuf,
     namespace: String,
     db: BoltFile,
-    content: PathBuf,
+    /// containerd's root: meta.db and the content store are reached through it.
+    dir: StoreDir,
     meta: StoreMeta,
     /// containerd's API socket: writes go only there.
     address: PathBuf,
@@ -52,10 +53,20 @@ pub fn split_namespace(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// meta.db, opened beneath containerd's root (never through a link, never a FIFO).
+fn open_db(root: &Path) -> Result<(StoreDir, BoltFile), SourceError> {
+    let dir =
+        StoreDir::open(root, "containerd root").map_err(|e| SourceError::new(root.display(), e))?;
+    let file = dir
+        .open_own(META_DB, false)
+        .map_err(|e| SourceError::new(dir.display(META_DB), e))?;
+    Ok((dir, BoltFile::from_file(file)))
+}
+
 /// The namespaces meta.db has image records in.
 pub fn namespaces(root: &Path) -> Result<Vec<String>, SourceError> {
     let db_path = root.join(META_DB);
-    let db = BoltFile::open(&db_path).map_err(|e| SourceError::new(db_path.display(), e))?;
+    let (_, db) = open_db(root)?;
     db.read(|tx| {
         let Some(v1) = tx.bucket(&tx.root(), b"v1")? else {
             return Ok(vec![]);
@@ -79,15 +90,16 @@ impl Containerd {
         namespace: &str,
         address: Option<&str>,
     ) -> Result<Containerd, SourceError> {
-        let db_path = root.join(META_DB);
-        let db = BoltFile::open(&db_path).map_err(|e| SourceError::new(db_path.display(), e))?;
-        let meta =
-            std::fs::metadata(&db_path).map_err(|e| SourceError::new(db_path.display(), e))?;
+        let (dir, db) = open_db(root)?;
+        let meta = dir
+            .open_own(META_DB, false)
+            .and_then(|f| f.metadata())
+            .map_err(|e| SourceError::new(dir.display(META_DB), e))?;
         Ok(Containerd {
             root: root.to_path_buf(),
             namespace: namespace.to_string(),
             db,
-            content: root.join(CONTENT),
+            dir,
             meta: StoreMeta::of(&meta),
             address: address
                 .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
@@ -245,22 +257,20 @@ impl LayoutBlobs for Containerd {
     fn read_file(&self, rel: &str, _limit: u64) -> Result<Vec<u8>, String> {
         Err(format!(
             "{}: containerd keeps no {rel}",
-            self.content.display()
+            self.dir.display(CONTENT)
         ))
     }
 
     fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
-        let rel =
-            oci::blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?;
-        let path = self.content.join(rel);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(BlobLocation::File {
-                path,
-                size: m.len(),
-            })),
-            Ok(_) => Err(format!("{}: not a regular file", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+        let rel = format!(
+            "{CONTENT}/{}",
+            oci::blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?
+        );
+        match self.dir.symlink_metadata(&rel) {
+            Ok(Some(m)) if m.is_file() => Ok(Some(BlobLocation::file(rel, &m))),
+            Ok(Some(_)) => Err(format!("{}: not a regular file", self.dir.display(&rel))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -270,7 +280,7 @@ impl LayoutBlobs for Containerd {
     }
 
     fn display(&self, rel: &str) -> String {
-        self.content.join(rel).display().to_string()
+        self.dir.display(&format!("{CONTENT}/{rel}"))
     }
 
     fn bare_tag_repository(&self) -> String {
@@ -318,7 +328,11 @@ impl Source for Containerd {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(blob, offset, buf)
+        super::read_file_blob(&self.dir, blob, offset, buf)
+    }
+
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        super::repin_file_blob(&self.dir, blob)
     }
 
     /// meta.db's transaction id: every committed change moves it.

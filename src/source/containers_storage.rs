@@ -15,7 +15,7 @@
 //!   cannot drop them.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -27,22 +27,23 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::store_file;
+use super::store_file::MAX_DIR_ENTRIES;
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError,
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta, WriteError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
 const IMAGES_JSON_LIMIT: u64 = 256 << 20;
+const LAYERS_JSON_LIMIT: u64 = 256 << 20;
 const MANIFEST_LIMIT: u64 = 4 << 20;
 
 pub struct ContainersStorage {
     root: PathBuf,
-    /// `<root>/<driver>-images`
-    images_dir: PathBuf,
-    /// Big-data files are read only when they stay inside `images_dir`.
-    contained: super::store_file::Containment,
+    /// The graph root: every file of the store is reached through it.
+    dir: StoreDir,
+    /// `<driver>-images`, beneath the root.
+    images_dir: String,
     driver: String,
     /// images.lock, open for the life of the source: locks and tokens go through it.
     lock_file: File,
@@ -109,41 +110,42 @@ fn is_store_id(id: &str) -> bool {
 impl ContainersStorage {
     pub fn open(root: &Path) -> Result<ContainersStorage, SourceError> {
         let fail = |m: String| SourceError::new(root.display(), m);
-        let mut found: Vec<(std::time::SystemTime, String, PathBuf)> = std::fs::read_dir(root)
+        let dir = StoreDir::open(root, "store").map_err(|e| fail(e.to_string()))?;
+        let mut found: Vec<(std::time::SystemTime, String)> = dir
+            .entries("", MAX_DIR_ENTRIES)
             .map_err(|e| fail(e.to_string()))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let driver = name.strip_suffix("-images")?.to_string();
-                let json = e.path().join("images.json");
-                let mtime = std::fs::metadata(&json).and_then(|m| m.modified()).ok()?;
-                Some((mtime, driver, e.path()))
+            .into_iter()
+            .filter_map(|(name, is_dir)| {
+                let driver = name.strip_suffix("-images").filter(|_| is_dir)?.to_string();
+                let json = dir
+                    .symlink_metadata(&format!("{name}/images.json"))
+                    .ok()??;
+                Some((json.modified().ok()?, driver))
             })
             .collect();
         found.sort();
-        let Some((_, driver, images_dir)) = found.pop() else {
+        let Some((_, driver)) = found.pop() else {
             return Err(fail(
                 "not a containers-storage graph root: no <driver>-images/images.json".into(),
             ));
         };
-        for (_, other, _) in &found {
+        for (_, other) in &found {
             warn!(store = %root.display(), "images of the {other} driver are not shown: the store's newest is {driver}");
         }
-        let lock_path = images_dir.join("images.lock");
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .or_else(|_| File::open(&lock_path))
-            .map_err(|e| SourceError::new(lock_path.display(), e))?;
-        let meta =
-            std::fs::metadata(images_dir.join("images.json")).map_err(|e| fail(e.to_string()))?;
-        let contained = super::store_file::Containment::new(&images_dir, "store")
-            .map_err(|e| SourceError::new(images_dir.display(), e))?;
+        let images_dir = format!("{driver}-images");
+        let lock_rel = format!("{images_dir}/images.lock");
+        let lock_file = dir
+            .open_own(&lock_rel, true)
+            .or_else(|_| dir.open_own(&lock_rel, false))
+            .map_err(|e| SourceError::new(dir.display(&lock_rel), e))?;
+        let meta = dir
+            .open_own(&format!("{images_dir}/images.json"), false)
+            .and_then(|f| f.metadata())
+            .map_err(|e| fail(e.to_string()))?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),
+            dir,
             images_dir,
-            contained,
             driver,
             lock_file,
             lock_guard: Mutex::new(()),
@@ -151,30 +153,57 @@ impl ContainersStorage {
         })
     }
 
-    fn images_json(&self) -> PathBuf {
-        self.images_dir.join("images.json")
+    fn images_json(&self) -> String {
+        format!("{}/images.json", self.images_dir)
+    }
+
+    fn images_lock(&self) -> String {
+        format!("{}/images.lock", self.images_dir)
+    }
+
+    fn layers_json(&self) -> String {
+        format!("{}-layers/layers.json", self.driver)
     }
 
     fn read_images(&self) -> Result<Vec<Value>, String> {
-        let path = self.images_json();
-        let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let len = f
-            .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        let bytes = super::read_whole(len, IMAGES_JSON_LIMIT, |off, buf| f.read_at(buf, off))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not valid: {e}", path.display()))
+        let rel = self.images_json();
+        let bytes = self
+            .dir
+            .read_own(&rel, IMAGES_JSON_LIMIT)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not valid: {e}", self.dir.display(&rel)))
     }
 
-    /// A big-data file of image `id`, if it is there (and inside the store).
-    fn big_data(&self, id: &str, key: &str) -> Option<PathBuf> {
-        if !is_store_id(id) {
-            return None;
+    /// The path beneath the root of a big-data file of image `id`.
+    fn big_data_rel(&self, id: &str, key: &str) -> Option<String> {
+        is_store_id(id).then(|| format!("{}/{id}/{}", self.images_dir, big_data_file_name(key)))
+    }
+
+    /// A big-data file of image `id`, if it is there (inside the store, a regular
+    /// file).
+    fn big_data(&self, id: &str, key: &str) -> Option<BlobLocation> {
+        let rel = self.big_data_rel(id, key)?;
+        match self.dir.metadata(&rel) {
+            Ok(Some(m)) if m.is_file() => Some(BlobLocation::file(rel, &m)),
+            Ok(Some(_)) => {
+                warn!("{}: not a regular file", self.dir.display(&rel));
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!("{e}");
+                None
+            }
         }
-        let rel = format!("{id}/{}", big_data_file_name(key));
-        match self.contained.file(&rel) {
-            Ok(found) => found.map(|(path, _)| path),
+    }
+
+    /// A small big-data item (a manifest), read whole.
+    fn read_big_data(&self, id: &str, key: &str) -> Option<Vec<u8>> {
+        let rel = self.big_data_rel(id, key)?;
+        match self.dir.read(&rel, MANIFEST_LIMIT) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 warn!("{e}");
                 None
@@ -186,9 +215,7 @@ impl ContainersStorage {
     /// that is a digest.
     fn config_digest(&self, image: &Value) -> Option<String> {
         let id = image.get("id")?.as_str()?;
-        if let Some(path) = self.big_data(id, "manifest")
-            && let Ok(bytes) = std::fs::read(&path)
-            && bytes.len() as u64 <= MANIFEST_LIMIT
+        if let Some(bytes) = self.read_big_data(id, "manifest")
             && let Ok(m) = serde_json::from_slice::<Value>(&bytes)
             && let Some(d) = m.pointer("/config/digest").and_then(Value::as_str)
             && reference::is_digest(d)
@@ -214,8 +241,7 @@ impl ContainersStorage {
         by_manifest: &HashMap<String, usize>,
     ) -> Option<(Option<usize>, Vec<String>)> {
         let id = image.get("id")?.as_str()?;
-        let path = self.big_data(id, "manifest")?;
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = self.read_big_data(id, "manifest")?;
         let list: Value = serde_json::from_slice(&bytes).ok()?;
         let entries = list.get("manifests")?.as_array()?;
         let host = super::oci::host_platform();
@@ -249,12 +275,14 @@ impl ContainersStorage {
 
     /// layer id → (parent, size), from `<driver>-layers/layers.json`.
     fn layer_sizes(&self) -> HashMap<String, (Option<String>, u64)> {
-        let path = self
-            .root
-            .join(format!("{}-layers", self.driver))
-            .join("layers.json");
-        let Ok(bytes) = std::fs::read(&path) else {
-            return HashMap::new();
+        let bytes = match self.dir.read_own(&self.layers_json(), LAYERS_JSON_LIMIT) {
+            Ok(b) => b,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    warn!("image sizes are not shown: {e}");
+                }
+                return HashMap::new();
+            }
         };
         let Ok(layers) = serde_json::from_slice::<Vec<Value>>(&bytes) else {
             return HashMap::new();
@@ -281,11 +309,11 @@ impl ContainersStorage {
         &self,
         edit: impl FnOnce(&mut Vec<Value>, &dyn Fn(&Value) -> Option<String>) -> Result<(), WriteError>,
     ) -> Result<(), WriteError> {
-        let path = self.images_json();
+        let rel = self.images_json();
         let _in_process = self.lock_guard.lock();
         let _lock = StoreLock::take(&self.lock_file, true).map_err(|e| {
             WriteError::io(
-                format!("{}: lock", self.images_dir.join("images.lock").display()),
+                format!("{}: lock", self.dir.display(&self.images_lock())),
                 e,
             )
         })?;
@@ -294,11 +322,15 @@ impl ContainersStorage {
         edit(&mut images, &id_of)?;
         let bytes = serde_json::to_vec(&images)
             .map_err(|e| WriteError::NotSupported(format!("cannot serialise images.json: {e}")))?;
-        store_file::replace_file(&path, &bytes)
-            .map_err(|e| WriteError::io(format!("{}: write", path.display()), e))?;
+        self.dir
+            .replace(&rel, &bytes)
+            .map_err(|e| WriteError::io("write", e))?;
         self.record_write().map_err(|e| {
             WriteError::io(
-                format!("{}: last-write token", self.images_dir.display()),
+                format!(
+                    "{}: last-write token",
+                    self.dir.display(&self.images_lock())
+                ),
                 e,
             )
         })?;
@@ -381,11 +413,10 @@ impl Source for ContainersStorage {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
-        self.contained.forget();
         let images = {
             let _in_process = self.lock_guard.lock();
             let _lock = StoreLock::take(&self.lock_file, false)
-                .map_err(|e| SourceError::new(self.images_dir.join("images.lock").display(), e))?;
+                .map_err(|e| SourceError::new(self.dir.display(&self.images_lock()), e))?;
             self.read_images()
                 .map_err(|e| SourceError::new(self.root.display(), e))?
         };
@@ -413,11 +444,11 @@ impl Source for ContainersStorage {
             let Some(id) = image.get("id").and_then(Value::as_str) else {
                 inv.problems.push(format!(
                     "{}: an image without an id: skipped",
-                    self.images_json().display()
+                    self.dir.display(&self.images_json())
                 ));
                 continue;
             };
-            let what = format!("{}: image {id}", self.images_json().display());
+            let what = format!("{}: image {id}", self.dir.display(&self.images_json()));
             let mut record = ImageRecord {
                 config_name: format!("{what} config"),
                 ..Default::default()
@@ -438,10 +469,7 @@ impl Source for ContainersStorage {
             match self.config_digest(source_image) {
                 Some(digest) => {
                     let id = source_id;
-                    record.config = self.big_data(id, &digest).and_then(|path| {
-                        let size = std::fs::metadata(&path).ok()?.len();
-                        Some(BlobLocation::File { path, size })
-                    });
+                    record.config = self.big_data(id, &digest);
                     if record.config.is_none() {
                         inv.problems
                             .push(format!("{what}: config {digest} is missing"));
@@ -501,22 +529,23 @@ impl Source for ContainersStorage {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(blob, offset, buf)
+        super::read_file_blob(&self.dir, blob, offset, buf)
+    }
+
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        super::repin_file_blob(&self.dir, blob)
     }
 
     /// The 64-byte last-write token every writer of the store records.
     fn change_token(&self) -> io::Result<ChangeToken> {
         let mut token = [0u8; 64];
         let n = self.lock_file.read_at(&mut token, 0)?;
-        let m = std::fs::metadata(self.images_json())?;
-        use std::os::unix::fs::MetadataExt;
         // the file's identity too, for stores whose writers predate the token
+        let file = ChangeToken::of_file(&self.dir, &self.images_json())?;
         Ok(ChangeToken(format!(
-            "{}:{}:{}:{}",
+            "{}:{}",
             hex::encode(&token[..n]),
-            m.ino(),
-            m.size(),
-            m.mtime_nsec()
+            file.0
         )))
     }
 
@@ -528,14 +557,15 @@ impl Source for ContainersStorage {
     /// identities of images.json, layers.json (image sizes) and the directories
     /// holding the big-data files.
     fn content_key(&self) -> Option<String> {
-        let files = ChangeToken::identities([
-            self.images_json(),
-            self.root
-                .join(format!("{}-layers", self.driver))
-                .join("layers.json"),
-            self.images_dir.clone(),
-            self.root.clone(),
-        ]);
+        let files = ChangeToken::identities(
+            &self.dir,
+            [
+                self.images_json().as_str(),
+                self.layers_json().as_str(),
+                self.images_dir.as_str(),
+                ".",
+            ],
+        );
         Some(format!("{}|{files}", self.change_token().ok()?.0))
     }
 

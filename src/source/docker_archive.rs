@@ -155,6 +155,10 @@ impl Source for DockerArchive {
         self.store.rebind(blob)
     }
 
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        self.store.repin(blob)
+    }
+
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         self.edit(Edit::Tag { id, tag })
     }

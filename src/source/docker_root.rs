@@ -18,20 +18,27 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
-use super::store_file;
+use super::store_file::MAX_DIR_ENTRIES;
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError,
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta, WriteError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
 const REPOSITORIES_LIMIT: u64 = 64 << 20;
+/// A config read for its layer list (sizes); the catalog hashes configs of any size.
+const CONFIG_PARSE_LIMIT: u64 = 16 << 20;
+/// layerdb's `size` files hold one decimal number.
+const SIZE_FILE_LIMIT: u64 = 64;
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 pub struct DockerRoot {
     root: PathBuf,
-    /// `image/<driver>` directories, the first one written when dockerd is down.
-    drivers: Vec<PathBuf>,
+    /// The data root: every file of the store is reached through it.
+    dir: StoreDir,
+    /// `image/<driver>` directories beneath the root, the first one written when
+    /// dockerd is down.
+    drivers: Vec<String>,
     /// The daemon's socket: `-o docker_host=`, DOCKER_HOST, or the default.
     socket: PathBuf,
     meta: StoreMeta,
@@ -54,18 +61,20 @@ pub fn familiar_name(tag: &TagRef) -> String {
 
 impl DockerRoot {
     pub fn open(root: &Path, docker_host: Option<&str>) -> Result<DockerRoot, SourceError> {
-        let image_dir = root.join("image");
-        let mut drivers: Vec<PathBuf> = std::fs::read_dir(&image_dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.join("imagedb").is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let dir =
+            StoreDir::open(root, "data root").map_err(|e| SourceError::new(root.display(), e))?;
+        let is_dir = |rel: &str| dir.metadata(rel).ok().flatten().is_some_and(|m| m.is_dir());
+        let mut drivers: Vec<String> = dir
+            .entries("image", MAX_DIR_ENTRIES)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, d)| *d)
+            .map(|(name, _)| format!("image/{name}"))
+            .filter(|d| is_dir(&format!("{d}/imagedb")))
+            .collect();
         drivers.sort();
         if drivers.is_empty() {
-            let hint = if root.join("containerd").is_dir() || root.join("image").is_dir() {
+            let hint = if is_dir("containerd") || is_dir("image") {
                 " (Docker with the containerd image store keeps its images in containerd's \
                  `moby` namespace: mount containerd:/var/lib/containerd#moby instead)"
             } else {
@@ -79,10 +88,9 @@ impl DockerRoot {
             ));
         }
         if drivers.len() > 1 {
-            let names: Vec<String> = drivers
+            let names: Vec<&str> = drivers
                 .iter()
-                .filter_map(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|d| d.trim_start_matches("image/"))
                 .collect();
             warn!(store = %root.display(), "images of several graph drivers, all shown: {}", names.join(", "));
         }
@@ -91,39 +99,39 @@ impl DockerRoot {
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
         let socket = PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host));
-        let meta = std::fs::metadata(&drivers[0])
-            .map_err(|e| SourceError::new(drivers[0].display(), e))?;
+        let meta = dir
+            .metadata(&drivers[0])
+            .and_then(|m| m.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "missing")))
+            .map_err(|e| SourceError::new(dir.display(&drivers[0]), e))?;
         Ok(DockerRoot {
             root: root.to_path_buf(),
+            dir,
             drivers,
             socket,
             meta: StoreMeta::of(&meta),
         })
     }
 
-    fn read_repositories(driver: &Path) -> Result<Value, String> {
-        let path = driver.join("repositories.json");
-        match std::fs::metadata(&path) {
+    fn read_repositories(&self, driver: &str) -> Result<Value, String> {
+        let rel = format!("{driver}/repositories.json");
+        let bytes = match self.dir.read_own(&rel, REPOSITORIES_LIMIT) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(serde_json::json!({"Repositories": {}}));
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-            Ok(m) if m.len() > REPOSITORIES_LIMIT => {
-                return Err(format!("{}: too large", path.display()));
-            }
-            Ok(_) => {}
-        }
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not valid: {e}", path.display()))
+            Err(e) => return Err(e.to_string()),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not valid: {e}", self.dir.display(&rel)))
     }
 
     /// Sum of the layer sizes of a config, through layerdb's chain IDs.
-    fn layers_size(driver: &Path, config: &Path) -> Option<u64> {
-        let bytes = std::fs::read(config).ok()?;
+    fn layers_size(&self, driver: &str, config: &str) -> Option<u64> {
+        let bytes = self.dir.read(config, CONFIG_PARSE_LIMIT).ok()?;
         let v: Value = serde_json::from_slice(&bytes).ok()?;
         let diffs = v.pointer("/rootfs/diff_ids")?.as_array()?;
         let mut chain = String::new();
-        let mut total = 0;
+        let mut total: u64 = 0;
         for d in diffs {
             let d = d.as_str()?;
             chain = if chain.is_empty() {
@@ -135,10 +143,15 @@ impl DockerRoot {
                 )
             };
             let hex = hex_id(&chain)?;
-            let size =
-                std::fs::read_to_string(driver.join("layerdb/sha256").join(hex).join("size"))
-                    .ok()?;
-            total += size.trim().parse::<u64>().ok()?;
+            let size = self
+                .dir
+                .read(
+                    &format!("{driver}/layerdb/sha256/{hex}/size"),
+                    SIZE_FILE_LIMIT,
+                )
+                .ok()?;
+            let size = String::from_utf8_lossy(&size).trim().parse::<u64>().ok()?;
+            total = total.saturating_add(size);
         }
         Some(total)
     }
@@ -175,7 +188,7 @@ impl DockerRoot {
     fn entries(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for driver in &self.drivers {
-            let Ok(repos) = Self::read_repositories(driver) else {
+            let Ok(repos) = self.read_repositories(driver) else {
                 continue;
             };
             for (_, refs) in repos
@@ -221,7 +234,9 @@ impl DockerRoot {
     ) -> Result<(), WriteError> {
         let mut changed_any = false;
         for driver in &self.drivers {
-            let mut repos = Self::read_repositories(driver).map_err(WriteError::NotSupported)?;
+            let mut repos = self
+                .read_repositories(driver)
+                .map_err(WriteError::NotSupported)?;
             let Some(map) = repos.get_mut("Repositories").and_then(Value::as_object_mut) else {
                 continue;
             };
@@ -230,11 +245,12 @@ impl DockerRoot {
             }
             map.retain(|_, refs| refs.as_object().is_none_or(|r| !r.is_empty()));
             changed_any = true;
-            let path = driver.join("repositories.json");
+            let rel = format!("{driver}/repositories.json");
             let bytes = serde_json::to_vec(&repos)
                 .map_err(|e| WriteError::NotSupported(format!("cannot serialise: {e}")))?;
-            store_file::replace_file(&path, &bytes)
-                .map_err(|e| WriteError::io(format!("{}: write", path.display()), e))?;
+            self.dir
+                .replace(&rel, &bytes)
+                .map_err(|e| WriteError::io("write", e))?;
         }
         if changed_any {
             Ok(())
@@ -300,40 +316,47 @@ impl Source for DockerRoot {
         let mut inv = Inventory::default();
         let mut records: BTreeMap<String, ImageRecord> = BTreeMap::new();
         for driver in &self.drivers {
-            let content = driver.join("imagedb/content/sha256");
-            for entry in std::fs::read_dir(&content).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
+            let content = format!("{driver}/imagedb/content/sha256");
+            let names = match self.dir.entries(&content, MAX_DIR_ENTRIES) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+                Err(e) => {
+                    inv.problems.push(e.to_string());
+                    vec![]
+                }
+            };
+            for (name, _) in names {
                 let id = format!("sha256:{name}");
+                let rel = format!("{content}/{name}");
                 if hex_id(&id).is_none() {
                     inv.problems.push(format!(
                         "{}: not an image id: ignored",
-                        entry.path().display()
+                        self.dir.display(&rel)
                     ));
                     continue;
                 }
-                let path = entry.path();
-                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                let Ok(Some(meta)) = self.dir.symlink_metadata(&rel) else {
                     continue;
                 };
                 if !meta.is_file() {
-                    inv.problems
-                        .push(format!("{}: not a regular file: ignored", path.display()));
+                    inv.problems.push(format!(
+                        "{}: not a regular file: ignored",
+                        self.dir.display(&rel)
+                    ));
                     continue;
                 }
-                let size = Self::layers_size(driver, &path);
+                let size = self.layers_size(driver, &rel);
                 records.entry(id.clone()).or_insert_with(|| ImageRecord {
                     claimed_id: id.clone(),
-                    config: Some(BlobLocation::File {
-                        path: path.clone(),
-                        size: meta.len(),
-                    }),
-                    config_name: path.display().to_string(),
+                    config_name: self.dir.display(&rel),
+                    config: Some(BlobLocation::file(rel, &meta)),
                     layers_size: size,
                     ..Default::default()
                 });
             }
-            let repos = Self::read_repositories(driver)
-                .map_err(|e| SourceError::new(driver.display(), e))?;
+            let repos = self
+                .read_repositories(driver)
+                .map_err(|e| SourceError::new(self.dir.display(driver), e))?;
             let empty = serde_json::Map::new();
             let repos = repos
                 .get("Repositories")
@@ -344,7 +367,7 @@ impl Source for DockerRoot {
                     let Some(id) = target.as_str().filter(|t| hex_id(t).is_some()) else {
                         inv.problems.push(format!(
                             "{}: {name} names no image id",
-                            driver.join("repositories.json").display()
+                            self.dir.display(&format!("{driver}/repositories.json"))
                         ));
                         continue;
                     };
@@ -353,10 +376,10 @@ impl Source for DockerRoot {
                         .or_insert_with(|| ImageRecord {
                             claimed_id: id.to_string(),
                             config: None,
-                            config_name: content
-                                .join(id.trim_start_matches("sha256:"))
-                                .display()
-                                .to_string(),
+                            config_name: self.dir.display(&format!(
+                                "{content}/{}",
+                                id.trim_start_matches("sha256:")
+                            )),
                             ..Default::default()
                         });
                     match reference::parse(name) {
@@ -370,7 +393,7 @@ impl Source for DockerRoot {
                         Ok(Parsed::Id(_)) => {}
                         Err(e) => inv.problems.push(format!(
                             "{}: {e}",
-                            driver.join("repositories.json").display()
+                            self.dir.display(&format!("{driver}/repositories.json"))
                         )),
                     }
                 }
@@ -384,7 +407,11 @@ impl Source for DockerRoot {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(blob, offset, buf)
+        super::read_file_blob(&self.dir, blob, offset, buf)
+    }
+
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        super::repin_file_blob(&self.dir, blob)
     }
 
     /// repositories.json's identity and the imagedb directory's: every tag, untag,
@@ -392,11 +419,15 @@ impl Source for DockerRoot {
     fn change_token(&self) -> io::Result<ChangeToken> {
         let mut parts = Vec::new();
         for driver in &self.drivers {
-            for p in [
-                driver.join("repositories.json"),
-                driver.join("imagedb/content/sha256"),
+            for rel in [
+                format!("{driver}/repositories.json"),
+                format!("{driver}/imagedb/content/sha256"),
             ] {
-                parts.push(ChangeToken::of_file(&p).map(|t| t.0).unwrap_or_default());
+                parts.push(
+                    ChangeToken::of_file(&self.dir, &rel)
+                        .map(|t| t.0)
+                        .unwrap_or_default(),
+                );
             }
         }
         Ok(ChangeToken(parts.join("|")))
@@ -412,12 +443,15 @@ impl Source for DockerRoot {
             .drivers
             .iter()
             .map(|driver| {
-                let files = ChangeToken::identities([
-                    driver.join("repositories.json"),
-                    driver.join("imagedb/content/sha256"),
-                    driver.join("layerdb/sha256"),
-                ]);
-                format!("{}|{files}", driver.display())
+                let files = ChangeToken::identities(
+                    &self.dir,
+                    [
+                        format!("{driver}/repositories.json").as_str(),
+                        format!("{driver}/imagedb/content/sha256").as_str(),
+                        format!("{driver}/layerdb/sha256").as_str(),
+                    ],
+                );
+                format!("{driver}|{files}")
             })
             .collect();
         Some(parts.join("|"))

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::reference::TagRef;
+pub use store_file::{FileId, StoreDir};
 
 /// A store kind, named like skopeo's transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,18 +88,23 @@ impl fmt::Display for SourceKind {
     }
 }
 
-/// Where a blob's bytes are, in terms the owning source understands.
+/// Where a blob's bytes are, in terms the owning source understands, and the file
+/// they were found in: `pin` is that file's identity when the blob was located (and,
+/// for a config, verified), so that a read from anything else, a file swapped or
+/// rewritten since, answers [`BlobChanged`] instead of other bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BlobLocation {
     /// A member of the source's (uncompressed) tar archive, as opened in generation
-    /// `archive`.
+    /// `archive`; `pin` is the archive file's identity.
     Member {
         archive: u64,
         offset: u64,
         size: u64,
+        pin: FileId,
     },
-    /// A file of a store directory, already checked to lie inside the store.
-    File { path: PathBuf, size: u64 },
+    /// A file of a store directory, by its path beneath the store's root (resolved
+    /// there at every read, see `store_file::StoreDir`).
+    File { rel: String, size: u64, pin: FileId },
 }
 
 impl BlobLocation {
@@ -106,6 +112,32 @@ impl BlobLocation {
         match self {
             BlobLocation::Member { size, .. } | BlobLocation::File { size, .. } => *size,
         }
+    }
+
+    /// The location of a regular file beneath a store's root, as it is now.
+    pub fn file(rel: String, meta: &std::fs::Metadata) -> BlobLocation {
+        BlobLocation::File {
+            rel,
+            size: meta.len(),
+            pin: FileId::of(meta),
+        }
+    }
+}
+
+/// A blob's file is no longer the one it was located (and verified) in: swapped,
+/// rewritten or touched since. The reader may locate it again ([`Source::repin`]) and
+/// must then verify it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: changed since it was read")]
+pub struct BlobChanged(pub String);
+
+impl BlobChanged {
+    pub fn error(what: impl fmt::Display) -> io::Error {
+        io::Error::other(BlobChanged(what.to_string()))
+    }
+
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<BlobChanged>())
     }
 }
 
@@ -168,20 +200,6 @@ pub struct ChangeToken(pub String);
 impl ChangeToken {
     /// A file's or directory's full identity for a content key: device, inode, size,
     /// mtime and ctime (a write that restores the mtime still moves the ctime).
-    pub fn identity(path: &Path) -> io::Result<String> {
-        Ok(ChangeToken::identity_of(&std::fs::metadata(path)?))
-    }
-
-    /// The identities of several paths, as one content key; a path that is missing
-    /// gives an empty part, so its appearing later changes the key.
-    pub fn identities(paths: impl IntoIterator<Item = PathBuf>) -> String {
-        paths
-            .into_iter()
-            .map(|p| ChangeToken::identity(&p).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("|")
-    }
-
     pub fn identity_of(m: &std::fs::Metadata) -> String {
         format!(
             "{}:{}:{}:{}.{}:{}.{}",
@@ -195,15 +213,33 @@ impl ChangeToken {
         )
     }
 
-    /// Inode, size and mtime of a file: a rewrite (in place or by rename) changes one.
-    pub fn of_file(path: &Path) -> io::Result<ChangeToken> {
-        let m = std::fs::metadata(path)?;
+    /// The identities of several paths beneath a store's root, as one content key; a
+    /// path that is missing gives an empty part, so its appearing later changes the
+    /// key.
+    pub fn identities<'a>(dir: &StoreDir, rels: impl IntoIterator<Item = &'a str>) -> String {
+        rels.into_iter()
+            .map(|rel| dir.identity(rel))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// Inode, size and mtime of a file beneath a store's root (a link itself, not
+    /// its target): a rewrite, in place or by rename, or a swap for a link, changes
+    /// one.
+    pub fn of_file(dir: &StoreDir, rel: &str) -> io::Result<ChangeToken> {
+        let m = dir.symlink_metadata(rel)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: missing", dir.display(rel)),
+            )
+        })?;
         Ok(ChangeToken(format!(
-            "{}:{}:{}.{}",
+            "{}:{}:{}.{}:{}",
             m.ino(),
             m.size(),
             m.mtime(),
-            m.mtime_nsec()
+            m.mtime_nsec(),
+            m.file_type().is_symlink()
         )))
     }
 }
@@ -325,6 +361,10 @@ pub trait Source: Send + Sync {
     /// A location from a kept catalog, made valid for this opening of the store.
     fn rebind(&self, _blob: &mut BlobLocation) {}
 
+    /// The blob's location as its file is now, after a read answered [`BlobChanged`]:
+    /// the caller must verify the bytes again before trusting them.
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation>;
+
     /// Completes or undoes what a crashed writer left (called once, before the first
     /// scan, on writable mounts).
     fn recover(&self) -> Result<(), WriteError> {
@@ -438,15 +478,35 @@ impl io::Read for BlobReader<'_> {
 }
 
 /// `read_at` for the stores whose blobs are files (layouts, containers-storage,
-/// Docker's data root, containerd's content store).
+/// Docker's data root, containerd's content store): the file is opened beneath the
+/// store's root at every read, and must be the one the blob was located in.
 pub(crate) fn read_file_blob(
+    dir: &StoreDir,
     blob: &BlobLocation,
     offset: u64,
     buf: &mut [u8],
 ) -> io::Result<usize> {
     match blob {
-        BlobLocation::File { path, size } => {
-            pread_clamped(&std::fs::File::open(path)?, 0, *size, offset, buf)
+        BlobLocation::File { rel, size, pin } => {
+            let file = dir.open_read(rel)?;
+            if FileId::of_file(&file)? != *pin {
+                return Err(BlobChanged::error(dir.display(rel)));
+            }
+            pread_clamped(&file, 0, *size, offset, buf)
+        }
+        BlobLocation::Member { .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a store of files has no tar members",
+        )),
+    }
+}
+
+/// `repin` for the stores whose blobs are files.
+pub(crate) fn repin_file_blob(dir: &StoreDir, blob: &BlobLocation) -> io::Result<BlobLocation> {
+    match blob {
+        BlobLocation::File { rel, .. } => {
+            let file = dir.open_read(rel)?;
+            Ok(BlobLocation::file(rel.clone(), &file.metadata()?))
         }
         BlobLocation::Member { .. } => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -591,25 +651,34 @@ pub fn split_prefix(spec: &str) -> (Option<SourceKind>, &str) {
 pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
     let meta = std::fs::metadata(path).map_err(|e| SourceError::new(path.display(), e))?;
     if meta.is_dir() {
-        if path.join("oci-layout").is_file() || path.join("index.json").is_file() {
+        let dir = StoreDir::open(path, "store").map_err(|e| SourceError::new(path.display(), e))?;
+        let is = |rel: &str, want_dir: bool| {
+            dir.metadata(rel)
+                .ok()
+                .flatten()
+                .is_some_and(|m| if want_dir { m.is_dir() } else { m.is_file() })
+        };
+        if is("oci-layout", false) || is("index.json", false) {
             return Ok(SourceKind::Oci);
         }
         if ["vfs-images", "overlay-images", "btrfs-images", "zfs-images"]
             .iter()
-            .any(|d| path.join(d).join("images.json").is_file())
-            || path.join("storage.lock").exists()
+            .any(|d| is(&format!("{d}/images.json"), false))
+            || dir.metadata("storage.lock").ok().flatten().is_some()
         {
             return Ok(SourceKind::ContainersStorage);
         }
-        if path.join("image").is_dir()
-            && (path.join("containers").is_dir()
-                || path.join("image").read_dir().is_ok_and(|mut d| {
-                    d.any(|e| e.is_ok_and(|e| e.path().join("imagedb").is_dir()))
-                }))
+        if is("image", true)
+            && (is("containers", true)
+                || dir
+                    .entries("image", 1024)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(name, d)| *d && is(&format!("image/{name}/imagedb"), true)))
         {
             return Ok(SourceKind::DockerRoot);
         }
-        if path.join("io.containerd.metadata.v1.bolt").is_dir() {
+        if is("io.containerd.metadata.v1.bolt", true) {
             return Ok(SourceKind::Containerd);
         }
         return Err(SourceError::new(

@@ -11,10 +11,9 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 use super::oci_index::{self, IndexEdit};
-use super::store_file::{self, FileLock};
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError, read_whole,
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta, WriteError, read_whole,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -438,7 +437,8 @@ pub fn repository_from_file_name(path: &Path) -> String {
 pub struct OciLayout {
     root: PathBuf,
     canonical_root: PathBuf,
-    contained: store_file::Containment,
+    /// Every file of the layout is reached through this (see `store_file::StoreDir`).
+    dir: StoreDir,
     meta: StoreMeta,
 }
 
@@ -447,47 +447,43 @@ impl OciLayout {
         let canonical_root = root
             .canonicalize()
             .map_err(|e| SourceError::new(root.display(), e))?;
-        let index = root.join("index.json");
-        let meta = std::fs::metadata(&index)
-            .map_err(|e| SourceError::new(index.display(), format!("not an OCI layout: {e}")))?;
-        let contained = store_file::Containment::new(root, "layout")
-            .map_err(|e| SourceError::new(root.display(), e))?;
+        let dir =
+            StoreDir::open(root, "layout").map_err(|e| SourceError::new(root.display(), e))?;
+        let meta = dir
+            .open_own("index.json", false)
+            .and_then(|f| f.metadata())
+            .map_err(|e| {
+                SourceError::new(dir.display("index.json"), format!("not an OCI layout: {e}"))
+            })?;
         Ok(OciLayout {
             root: root.to_path_buf(),
             canonical_root,
-            contained,
+            dir,
             meta: StoreMeta::of(&meta),
         })
     }
 
-    /// The path and metadata of a layout file, refusing any that leads outside the
-    /// layout (a symlinked blob, or a blobs/ directory that points elsewhere).
-    fn contained(&self, rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, String> {
-        self.contained.file(rel)
-    }
-}
-
-impl OciLayout {
     /// One index.json edit: under the layout's exclusive lock, read, edit, replace
     /// atomically; then (for a delete) remove the blobs no remaining entry uses. A
     /// crash before the rename leaves the old index, after it at worst unreferenced
     /// blobs, which every reader ignores.
     fn edit(&self, edit: IndexEdit<'_>) -> Result<(), WriteError> {
-        let _lock = FileLock::exclusive(&self.root)
+        let _lock = self
+            .dir
+            .lock(true)
             .map_err(|e| WriteError::io(format!("{}: lock", self.root.display()), e))?;
-        store_file::remove_stale_temps(&self.root.join("index.json"));
+        self.dir.remove_stale_temps("index.json");
         let edited = oci_index::apply(self, &edit)?;
         let garbage = oci_index::unshared_blobs(self, &edited.index, &edited.removed);
-        let index = self.root.join("index.json");
-        store_file::replace_file(&index, &edited.index)
-            .map_err(|e| WriteError::io(format!("{}: write", index.display()), e))?;
+        self.dir
+            .replace("index.json", &edited.index)
+            .map_err(|e| WriteError::io("write", e))?;
         for digest in garbage {
             if let Some(rel) = blob_rel_path(&digest) {
-                let path = self.root.join(rel);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => debug!(blob = %path.display(), "removed: no image uses it"),
+                match self.dir.remove_file(&rel) {
+                    Ok(()) => debug!(blob = %self.dir.display(&rel), "removed: no image uses it"),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => warn!(blob = %path.display(), "not removed: {e}"),
+                    Err(e) => warn!("blob not removed: {e}"),
                 }
             }
         }
@@ -497,39 +493,29 @@ impl OciLayout {
 
 impl LayoutBlobs for OciLayout {
     fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String> {
-        let (path, meta) = self
-            .contained(rel)?
-            .ok_or_else(|| format!("{}: missing", self.display(rel)))?;
-        let loc = BlobLocation::File {
-            path,
-            size: meta.len(),
-        };
-        self.read_location(&loc, limit)
+        self.dir.read_own(rel, limit).map_err(|e| e.to_string())
     }
 
     fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
         let Some(rel) = blob_rel_path(digest) else {
             return Err(format!("malformed digest {digest:?}"));
         };
-        let Some((path, meta)) = self.contained(&rel)? else {
+        let Some(meta) = self.dir.metadata(&rel).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         if !meta.is_file() {
-            return Err(format!("{}: not a regular file", path.display()));
+            return Err(format!("{}: not a regular file", self.dir.display(&rel)));
         }
-        Ok(Some(BlobLocation::File {
-            path,
-            size: meta.len(),
-        }))
+        Ok(Some(BlobLocation::file(rel, &meta)))
     }
 
     fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, String> {
         read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
-            .map_err(|e| format!("{}: {e}", location_display(loc)))
+            .map_err(|e| format!("{}: {e}", location_display(&self.dir, loc)))
     }
 
     fn display(&self, rel: &str) -> String {
-        self.root.join(rel).display().to_string()
+        self.dir.display(rel)
     }
 
     fn bare_tag_repository(&self) -> String {
@@ -537,9 +523,9 @@ impl LayoutBlobs for OciLayout {
     }
 }
 
-fn location_display(loc: &BlobLocation) -> String {
+fn location_display(dir: &StoreDir, loc: &BlobLocation) -> String {
     match loc {
-        BlobLocation::File { path, .. } => path.display().to_string(),
+        BlobLocation::File { rel, .. } => dir.display(rel),
         BlobLocation::Member { offset, .. } => format!("member at offset {offset}"),
     }
 }
@@ -556,8 +542,7 @@ impl Source for OciLayout {
     fn scan(&self) -> Result<Inventory, SourceError> {
         // flock on the layout directory: other imagefs mounts writing the same
         // layout hold it exclusively while they replace index.json.
-        let _lock = FileLock::shared(&self.root);
-        self.contained.forget();
+        let _lock = self.dir.lock(false);
         scan_layout(self).map_err(|e| SourceError::new(self.root.display(), e))
     }
 
@@ -578,12 +563,16 @@ impl Source for OciLayout {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(blob, offset, buf)
+        super::read_file_blob(&self.dir, blob, offset, buf)
+    }
+
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        super::repin_file_blob(&self.dir, blob)
     }
 
     /// index.json is the layout's root of trust: every change rewrites it.
     fn change_token(&self) -> io::Result<ChangeToken> {
-        ChangeToken::of_file(&self.root.join("index.json"))
+        ChangeToken::of_file(&self.dir, "index.json")
     }
 
     fn meta(&self) -> StoreMeta {
@@ -594,11 +583,9 @@ impl Source for OciLayout {
     /// renamed, or a directory swapped for a link, moves one of them. (A blob
     /// rewritten in place moves none; a config read is checked against its digest.)
     fn content_key(&self) -> Option<String> {
-        Some(ChangeToken::identities([
-            self.root.join("index.json"),
-            self.root.clone(),
-            self.root.join("blobs"),
-            self.root.join("blobs/sha256"),
-        ]))
+        Some(ChangeToken::identities(
+            &self.dir,
+            ["index.json", ".", "blobs", "blobs/sha256"],
+        ))
     }
 }

@@ -108,6 +108,10 @@ impl Source for OciArchive {
         self.store.rebind(blob)
     }
 
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        self.store.repin(blob)
+    }
+
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         self.edit(IndexEdit::Tag { id, tag })
     }

@@ -1,12 +1,14 @@
-//! How imagefs touches a store's own files: advisory locks (flock, which podman's
+//! How imagefs touches a store's files: [`StoreDir`], the one containment layer every
+//! store path goes through (resolved beneath the store's root at the moment of use,
+//! non-regular files refused without blocking), advisory locks (flock, which podman's
 //! archive writers, skopeo and other imagefs mounts see) and atomic replacement
 //! (write a temporary file, fsync, rename, fsync the directory), so that a crash at
 //! any point leaves the old file or the new one.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A held flock; released when dropped (explicitly: a duplicated descriptor would
@@ -33,16 +35,6 @@ impl FileLock {
                 return Err(e);
             }
         }
-    }
-
-    /// Readers: waits for any writer.
-    pub fn shared(path: &Path) -> io::Result<FileLock> {
-        FileLock::take(File::open(path)?, libc::LOCK_SH)
-    }
-
-    /// Writers: one at a time, and no reader in the middle.
-    pub fn exclusive(path: &Path) -> io::Result<FileLock> {
-        FileLock::take(File::open(path)?, libc::LOCK_EX)
     }
 
     /// The same lock on an already open file (a duplicate descriptor shares the
@@ -81,45 +73,479 @@ pub fn crash_point(step: &str) {
     }
 }
 
-/// The temporary name a new version of `path` is written under, beside it (the rename
-/// must stay within one filesystem).
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.imagefs-{}.tmp", std::process::id()))
+/// The one containment layer: every store file imagefs opens, creates, renames or
+/// removes is reached through a `StoreDir`, a handle on the store's root directory,
+/// with the path resolved beneath it by the kernel at the moment of use (openat2 with
+/// RESOLVE_BENEATH, through cap-std, which falls back to its own component walk with
+/// the same rules where the kernel lacks openat2). A path that leads out of the
+/// store, by `..`, an absolute symbolic link, or a link whose target leaves, is
+/// refused wherever it appears, also when a directory is swapped for a link after the
+/// scan. Links that stay inside are followed (a layout may link one blob to another).
+///
+/// Files are opened non-blocking and must be regular files: a FIFO, a device, a
+/// socket or a directory where a file is expected is refused at once, never waited
+/// on. The store's own metadata files (locks, index.json, images.json,
+/// repositories.json, an archive) are opened without following a final symbolic link
+/// at all ([`StoreDir::open_own`]).
+pub struct StoreDir {
+    dir: cap_std::fs::Dir,
+    /// The root as the user named it, for messages.
+    shown: PathBuf,
+    /// What the root is ("layout", "store", "archive's directory"), for messages.
+    what: &'static str,
 }
 
-/// Removes temporaries of `path` that a crashed writer left. Call only under the
-/// store's exclusive lock: then no writer is using one.
-pub fn remove_stale_temps(path: &Path) {
-    for file in stale_temps(path) {
-        match std::fs::remove_file(&file) {
-            Ok(()) => {
-                tracing::info!(file = %file.display(), "removed a temporary file a crashed write left")
+impl std::fmt::Debug for StoreDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreDir({})", self.shown.display())
+    }
+}
+
+/// One identity of a file: device, inode, size, mtime and ctime. Any write moves the
+/// ctime, which no writer can set back, so an equal identity is the same bytes.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    pub fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    pub fn of_file(f: &File) -> io::Result<FileId> {
+        Ok(FileId::of(&f.metadata()?))
+    }
+}
+
+/// Refuses what is not a regular file, naming it.
+fn regular(file: File, shown: impl FnOnce() -> String) -> io::Result<File> {
+    let m = file.metadata()?;
+    if m.is_file() {
+        return Ok(file);
+    }
+    let ft = m.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}: is {what}, not a regular file: refused", shown()),
+    ))
+}
+
+impl StoreDir {
+    /// The store's root, as the user named it (links in the user's own path are
+    /// followed once, here).
+    pub fn open(root: &Path, what: &'static str) -> io::Result<StoreDir> {
+        let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
+        Ok(StoreDir {
+            dir,
+            shown: root.to_path_buf(),
+            what,
+        })
+    }
+
+    /// A directory beneath this one, as its own root.
+    pub fn open_dir(&self, rel: &str, what: &'static str) -> io::Result<StoreDir> {
+        let dir = self.dir.open_dir(rel).map_err(|e| self.error(rel, e))?;
+        Ok(StoreDir {
+            dir,
+            shown: self.shown.join(rel),
+            what,
+        })
+    }
+
+    pub fn try_clone(&self) -> io::Result<StoreDir> {
+        Ok(StoreDir {
+            dir: self.dir.try_clone()?,
+            shown: self.shown.clone(),
+            what: self.what,
+        })
+    }
+
+    /// The root, for messages.
+    pub fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    /// A path beneath the root, for messages.
+    pub fn display(&self, rel: &str) -> String {
+        if rel.is_empty() || rel == "." {
+            return self.shown.display().to_string();
+        }
+        self.shown.join(rel).display().to_string()
+    }
+
+    /// Names the file in an error; an escape is said as such.
+    fn error(&self, rel: &str, e: io::Error) -> io::Error {
+        let escape = e.kind() == io::ErrorKind::PermissionDenied
+            && e.to_string().contains("outside of the filesystem");
+        if escape {
+            return io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: leads outside the {} (a symbolic link or '..'): refused",
+                    self.display(rel),
+                    self.what
+                ),
+            );
+        }
+        io::Error::new(e.kind(), format!("{}: {e}", self.display(rel)))
+    }
+
+    fn open_with(&self, rel: &str, options: &cap_std::fs::OpenOptions) -> io::Result<File> {
+        self.dir
+            .open_with(rel, options)
+            .map(cap_std::fs::File::into_std)
+            .map_err(|e| self.error(rel, e))
+    }
+
+    /// A regular file beneath the root, for reading; links inside are followed.
+    pub fn open_read(&self, rel: &str) -> io::Result<File> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true).custom_flags(libc::O_NONBLOCK);
+        regular(self.open_with(rel, &o)?, || self.display(rel))
+    }
+
+    /// [`StoreDir::open_read`], or `None` when there is no such file.
+    pub fn open_read_if_exists(&self, rel: &str) -> io::Result<Option<File>> {
+        match self.open_read(rel) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One of the store's own files (a lock, an index, an archive): never a link, never
+    /// anything but a regular file; for writing too when `write`.
+    pub fn open_own(&self, rel: &str, write: bool) -> io::Result<File> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+        let file = self
+            .dir
+            .open_with(rel, &o)
+            .map(cap_std::fs::File::into_std)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{}: is a symbolic link: refused", self.display(rel)),
+                    )
+                } else {
+                    self.error(rel, e)
+                }
+            })?;
+        regular(file, || self.display(rel))
+    }
+
+    /// Reads a whole file of at most `limit` bytes (a larger one is refused unread).
+    pub fn read(&self, rel: &str, limit: u64) -> io::Result<Vec<u8>> {
+        read_limited(&self.open_read(rel)?, limit).map_err(|e| self.error(rel, e))
+    }
+
+    /// [`StoreDir::read`] of one of the store's own files ([`StoreDir::open_own`]).
+    pub fn read_own(&self, rel: &str, limit: u64) -> io::Result<Vec<u8>> {
+        read_limited(&self.open_own(rel, false)?, limit).map_err(|e| self.error(rel, e))
+    }
+
+    /// Metadata of what `rel` names, links inside followed; `None` when missing.
+    pub fn metadata(&self, rel: &str) -> io::Result<Option<std::fs::Metadata>> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true).custom_flags(libc::O_PATH);
+        match self.open_with(rel, &o) {
+            Ok(f) => f.metadata().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Metadata of `rel` itself (a link is not followed); `None` when missing.
+    pub fn symlink_metadata(&self, rel: &str) -> io::Result<Option<std::fs::Metadata>> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW);
+        match self.open_with(rel, &o) {
+            Ok(f) => f.metadata().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The identity of what `rel` names (see [`FileId`]); an empty string when missing.
+    pub fn identity(&self, rel: &str) -> String {
+        match self.metadata(rel) {
+            Ok(Some(m)) => crate::source::ChangeToken::identity_of(&m),
+            _ => String::new(),
+        }
+    }
+
+    /// The names in a directory beneath the root (`""` or `.` for the root), with
+    /// whether each is a directory (links not followed). At most `limit` names.
+    pub fn entries(&self, rel: &str, limit: usize) -> io::Result<Vec<(String, bool)>> {
+        let dir = if rel.is_empty() || rel == "." {
+            self.dir.try_clone()
+        } else {
+            self.dir.open_dir(rel)
+        }
+        .map_err(|e| self.error(rel, e))?;
+        let mut out = Vec::new();
+        for entry in dir.entries().map_err(|e| self.error(rel, e))? {
+            let entry = entry.map_err(|e| self.error(rel, e))?;
+            if out.len() >= limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: more than {limit} entries: not read", self.display(rel)),
+                ));
             }
-            Err(err) => {
-                tracing::warn!(file = %file.display(), "cannot remove a stale temporary file: {err}")
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            out.push((entry.file_name().to_string_lossy().into_owned(), is_dir));
+        }
+        Ok(out)
+    }
+
+    /// An advisory lock (flock) on the root directory itself: a layout's writers hold
+    /// it exclusively, its readers shared.
+    pub fn lock(&self, exclusive: bool) -> io::Result<FileLock> {
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true);
+        let f = self.open_with(".", &o)?;
+        FileLock::take(
+            f,
+            if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            },
+        )
+    }
+
+    /// Creates a new file (never an existing name, never through a link) with `mode`,
+    /// for writing.
+    pub fn create_new(&self, rel: &str, mode: u32) -> io::Result<File> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW);
+        self.open_with(rel, &o)
+    }
+
+    /// Renames beneath the root (both names resolved beneath it; a final link is
+    /// renamed, never followed), and makes the rename durable.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.dir
+            .rename(from, &self.dir, to)
+            .map_err(|e| self.error(to, e))?;
+        self.sync_parent(to)
+    }
+
+    /// Removes a file beneath the root (a final link is removed, never followed).
+    pub fn remove_file(&self, rel: &str) -> io::Result<()> {
+        self.dir.remove_file(rel).map_err(|e| self.error(rel, e))
+    }
+
+    fn sync_parent(&self, rel: &str) -> io::Result<()> {
+        let parent = match rel.rsplit_once('/') {
+            Some((p, _)) if !p.is_empty() => p,
+            _ => ".",
+        };
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true);
+        self.open_with(parent, &o)?.sync_all()
+    }
+
+    /// The temporary name a new version of `rel` is written under, beside it (the
+    /// rename must stay within one filesystem).
+    pub fn temp_name(rel: &str) -> String {
+        let (dir, name) = match rel.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), rel),
+        };
+        format!("{dir}.{name}.imagefs-{}.tmp", std::process::id())
+    }
+
+    /// Replaces `rel` with `bytes` atomically (temp file, fsync, rename, directory
+    /// fsync), keeping its permission bits. `rel` must be a regular file or missing:
+    /// a link in its place is refused.
+    pub fn replace(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
+        let mode = match self.symlink_metadata(rel)? {
+            Some(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: is a symbolic link: not replaced", self.display(rel)),
+                ));
+            }
+            Some(m) => m.permissions().mode() & 0o7777,
+            None => 0o644,
+        };
+        let tmp = StoreDir::temp_name(rel);
+        let result = (|| {
+            let mut f = self.create_new(&tmp, mode)?;
+            f.write_all(bytes)?;
+            crash_point("temporary file written, not synced");
+            f.sync_all()?;
+            drop(f);
+            crash_point("temporary file synced, not renamed");
+            self.rename(&tmp, rel)?;
+            crash_point("renamed");
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = self.dir.remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Temporaries of `rel` that a crashed writer left (see [`StoreDir::temp_name`]).
+    fn stale_temps(&self, rel: &str) -> Vec<String> {
+        let (dir, name) = match rel.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", rel),
+        };
+        let prefix = format!(".{name}.imagefs-");
+        self.entries(dir, MAX_DIR_ENTRIES)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, is_dir)| !is_dir && n.starts_with(&prefix) && n.ends_with(".tmp"))
+            .map(|(n, _)| {
+                if dir.is_empty() {
+                    n
+                } else {
+                    format!("{dir}/{n}")
+                }
+            })
+            .collect()
+    }
+
+    pub fn has_stale_temps(&self, rel: &str) -> bool {
+        !self.stale_temps(rel).is_empty()
+    }
+
+    /// Removes temporaries of `rel` that a crashed writer left. Call only under the
+    /// store's exclusive lock: then no writer is using one.
+    pub fn remove_stale_temps(&self, rel: &str) {
+        for tmp in self.stale_temps(rel) {
+            match self.remove_file(&tmp) {
+                Ok(()) => {
+                    tracing::info!(file = %self.display(&tmp), "removed a temporary file a crashed write left")
+                }
+                Err(err) => {
+                    tracing::warn!("cannot remove a stale temporary file: {err}")
+                }
             }
         }
     }
 }
 
-pub fn has_stale_temps(path: &Path) -> bool {
-    !stale_temps(path).is_empty()
+/// The directory imagefs keeps its own files in (kept catalogs, tar indexes,
+/// compressed-archive indexes), made if missing (mode 0700), as a [`StoreDir`], if it
+/// can be trusted as ssh's StrictModes trusts ~/.ssh: owned by the user imagefs runs
+/// as and writable by no one else, and every directory above it owned by that user
+/// or root and writable by no one else (or sticky, as /tmp is). Under `sudo -E`, a
+/// cache directory in the invoking user's home is therefore not root's: a catalog
+/// that user forged there would otherwise decide what root's mount serves.
+pub fn trusted_dir(path: &Path) -> Result<StoreDir, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        return Err(format!("{}: {e}", path.display()));
+    }
+    let me = effective_uid();
+    let dir = StoreDir::open(path, "cache directory").map_err(|e| e.to_string())?;
+    let m = dir
+        .metadata(".")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: missing", path.display()))?;
+    if m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: owned by uid {} with mode {:o}: kept files are trusted only in a directory of uid {me} that no one else can write",
+            path.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    let canonical = path.canonicalize().map_err(|e| e.to_string())?;
+    for above in canonical.ancestors().skip(1) {
+        let m = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
+        let sticky = m.mode() & 0o1000 != 0;
+        if (m.uid() != me && m.uid() != 0) || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{}: {} above it is owned by uid {} with mode {:o}: not trusted for kept files",
+                path.display(),
+                above.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(dir)
 }
 
-fn stale_temps(path: &Path) -> Vec<std::path::PathBuf> {
-    let Some(name) = path.file_name() else {
-        return Vec::new();
-    };
-    let prefix = format!(".{}.imagefs-", name.to_string_lossy());
-    entries_with_prefix(parent_dir(path), &prefix)
-        .into_iter()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .map(|e| e.path())
-        .collect()
+/// Whether a kept file (opened, so its identity is the one read) may be trusted:
+/// owned by the user imagefs runs as, or by `also` (the owner of the store it
+/// describes, who could change that store anyway), and writable by no one else.
+pub fn trusted_file(file: &File, also: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().map_err(|e| e.to_string())?;
+    let me = effective_uid();
+    if (m.uid() != me && Some(m.uid()) != also) || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "owned by uid {} with mode {:o}: not trusted (only uid {me}'s files, writable by no one else, are)",
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Directories imagefs lists (a layout's blobs, Docker's imagedb) hold at most this
+/// many names; a larger one is refused rather than read into memory.
+pub const MAX_DIR_ENTRIES: usize = 4_000_000;
+
+/// Reads all of an open regular file, refusing one larger than `limit` unread.
+pub fn read_limited(file: &File, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    crate::source::read_whole(len, limit, |off, buf| file.read_at(buf, off))
 }
 
 /// The directory a path is in (`.` for a bare file name).
@@ -130,173 +556,9 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// The entries of `dir` whose names start with `prefix` (none if it cannot be read).
-pub fn entries_with_prefix(dir: &Path, prefix: &str) -> Vec<std::fs::DirEntry> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .collect()
-}
-
-/// Replaces `path` with `bytes` atomically, keeping its permission bits.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temp_path(path);
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        crash_point("temporary file written, not synced");
-        f.sync_all()?;
-        drop(f);
-        crash_point("temporary file synced, not renamed");
-        commit_rename(&tmp, path)?;
-        crash_point("renamed");
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Renames a fully written and synced temporary file over `path`, and makes the
-/// rename durable.
-pub fn commit_rename(tmp: &Path, path: &Path) -> io::Result<()> {
-    std::fs::rename(tmp, path)?;
-    sync_dir(parent_dir(path))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    let d = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)?;
-    d.sync_all()
-}
-
-/// Files below a store's root, checked to stay inside it without resolving every
-/// path from `/` (realpath costs a readlink per component: most of a 10,000-blob
-/// scan). Each directory on the way is resolved once and remembered; a file costs one
-/// lstat; only a symbolic link costs a full resolution, and is refused when it leads
-/// outside. The memory is dropped at each scan ([`Containment::forget`]), so a
-/// directory swapped for a link is seen at the next one.
-pub struct Containment {
-    root: PathBuf,
-    /// What the root is, for messages ("layout", "store").
-    what: &'static str,
-    dirs: parking_lot::Mutex<std::collections::HashMap<PathBuf, PathBuf>>,
-}
-
-impl Containment {
-    /// `root` must exist: it is resolved here.
-    pub fn new(root: &Path, what: &'static str) -> std::io::Result<Containment> {
-        Ok(Containment {
-            root: root.canonicalize()?,
-            what,
-            dirs: Default::default(),
-        })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn forget(&self) {
-        self.dirs.lock().clear();
-    }
-
-    /// The resolved path and metadata (links followed) of `rel` below the root;
-    /// `None` when it does not exist. `rel` is plain components: an empty, `.` or
-    /// `..` component is refused.
-    pub fn file(&self, rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, String> {
-        let parts: Vec<&str> = rel.split('/').collect();
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == "..")
-        {
-            return Err(format!("{rel:?}: not a plain path below the store"));
-        }
-        let Some((name, dirs)) = parts.split_last() else {
-            return Ok(None);
-        };
-        let mut dir = self.root.clone();
-        let mut key = PathBuf::new();
-        for part in dirs {
-            key.push(part);
-            let known = self.dirs.lock().get(&key).cloned();
-            dir = match known {
-                Some(d) => d,
-                None => match self.resolve(&dir.join(part))? {
-                    Some((d, m)) if m.is_dir() => {
-                        self.dirs.lock().insert(key.clone(), d.clone());
-                        d
-                    }
-                    Some(_) => return Ok(None),
-                    None => return Ok(None),
-                },
-            };
-        }
-        self.resolve(&dir.join(name))
-    }
-
-    /// `path` (whose directory is inside the root) resolved: one lstat unless it is
-    /// a link.
-    fn resolve(&self, path: &Path) -> Result<Option<(PathBuf, std::fs::Metadata)>, String> {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
-        if !meta.file_type().is_symlink() {
-            return Ok(Some((path.to_path_buf(), meta)));
-        }
-        let target = match path.canonicalize() {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
-        if !target.starts_with(&self.root) {
-            return Err(format!(
-                "{}: leads outside the {} (to {}): not read",
-                path.display(),
-                self.what,
-                target.display()
-            ));
-        }
-        let meta = std::fs::metadata(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-        Ok(Some((target, meta)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replace_keeps_mode_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("index.json");
-        std::fs::write(&p, b"old").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        replace_file(&p, b"new").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"new");
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let _a = FileLock::shared(&p).unwrap();
-        let _b = FileLock::shared(&p).unwrap();
-    }
 
     #[test]
     fn links_inside_are_followed_and_links_outside_refused() {
@@ -308,24 +570,86 @@ mod tests {
         std::fs::write(blobs.join("aa"), b"blob").unwrap();
         std::os::unix::fs::symlink("aa", blobs.join("bb")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), blobs.join("cc")).unwrap();
+        std::os::unix::fs::symlink("../../../secret", blobs.join("dd")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("blobs/evil")).unwrap();
-        let c = Containment::new(root.path(), "store").unwrap();
-        let (p, m) = c.file("blobs/sha256/aa").unwrap().unwrap();
-        assert_eq!((m.len(), p.starts_with(c.root())), (4, true));
-        let (p, _) = c.file("blobs/sha256/bb").unwrap().unwrap();
-        assert!(p.ends_with("blobs/sha256/aa"));
-        assert!(c.file("blobs/sha256/cc").unwrap_err().contains("outside"));
-        assert!(c.file("blobs/evil/secret").unwrap_err().contains("outside"));
-        assert!(c.file("blobs/sha256/missing").unwrap().is_none());
-        assert!(c.file("blobs/../x").is_err());
-        // the cached directory is forgotten: a swap for a link is seen
-        std::fs::remove_dir_all(root.path().join("blobs/sha256")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.path().join("blobs/sha256")).unwrap();
-        c.forget();
+        let d = StoreDir::open(root.path(), "layout").unwrap();
+        assert_eq!(d.read("blobs/sha256/aa", 100).unwrap(), b"blob");
+        assert_eq!(d.read("blobs/sha256/bb", 100).unwrap(), b"blob");
+        for rel in [
+            "blobs/sha256/cc",
+            "blobs/sha256/dd",
+            "blobs/evil/secret",
+            "blobs/../../secret",
+        ] {
+            let e = d.open_read(rel).unwrap_err().to_string();
+            assert!(e.contains("leads outside the layout"), "{rel}: {e}");
+        }
         assert!(
-            c.file("blobs/sha256/secret")
-                .unwrap_err()
-                .contains("outside")
+            d.open_read_if_exists("blobs/sha256/missing")
+                .unwrap()
+                .is_none()
         );
+        assert!(d.metadata("blobs/sha256/missing").unwrap().is_none());
+        // a directory swapped for a link after the first use is refused at the next
+        std::fs::remove_dir_all(&blobs).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &blobs).unwrap();
+        let e = d.open_read("blobs/sha256/secret").unwrap_err().to_string();
+        assert!(e.contains("leads outside"), "{e}");
+        assert!(d.remove_file("blobs/sha256/secret").is_err());
+        assert!(outside.path().join("secret").exists());
+    }
+
+    #[test]
+    fn fifos_devices_and_links_are_refused_without_blocking() {
+        let root = tempfile::tempdir().unwrap();
+        let fifo = root.path().join("images.json");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::fs::write(root.path().join("real"), b"x").unwrap();
+        std::os::unix::fs::symlink("real", root.path().join("images.lock")).unwrap();
+        let d = StoreDir::open(root.path(), "store").unwrap();
+        let e = d.open_read("images.json").unwrap_err().to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        let e = d.open_own("images.json", true).unwrap_err().to_string();
+        assert!(e.contains("FIFO") || e.contains("No such device"), "{e}");
+        // the store's own files are never links, even to a file inside
+        let e = d.open_own("images.lock", true).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        let e = d.replace("images.lock", b"new").unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(root.path().join("real")).unwrap(), b"x");
+        let e = d.open_read(".").unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn replace_keeps_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.json");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let d = StoreDir::open(dir.path(), "layout").unwrap();
+        d.replace("index.json", b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let _a = d.lock(false).unwrap();
+        let _b = d.lock(false).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_are_found_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.json"), b"x").unwrap();
+        std::fs::write(dir.path().join(".index.json.imagefs-1.tmp"), b"half").unwrap();
+        let d = StoreDir::open(dir.path(), "layout").unwrap();
+        assert!(d.has_stale_temps("index.json"));
+        d.remove_stale_temps("index.json");
+        assert!(!d.has_stale_temps("index.json"));
+        assert!(dir.path().join("index.json").exists());
     }
 }

@@ -16,15 +16,15 @@
 //! a new archive beside the old one, member data copied with copy_file_range (cheap on
 //! filesystems that share extents), fsync, rename, fsync of the directory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 
 use tracing::info;
 
-use super::store_file::{self, crash_point};
+use super::archive::ArchiveFile;
+use super::store_file::{StoreDir, crash_point};
 use crate::tar_index::{MemberKind, TarIndex, TarMember};
 
 /// The name of a spare slot. Readers look members up by name, so they pass over it;
@@ -211,20 +211,16 @@ fn append_spare(file: &File, end: u64, size: u64) -> io::Result<(TarMember, u64)
 /// (raw, extension headers and all), then `add` as new members, then the end of
 /// archive. Spare slots are dropped. Atomic: temp file, fsync, rename, dir fsync.
 pub fn rewrite(
-    path: &Path,
+    at: &ArchiveFile,
     old: &File,
     index: &TarIndex,
     keep: impl Fn(&str) -> bool,
     add: &[(&str, &[u8])],
 ) -> io::Result<WriteStats> {
-    let tmp = store_file::temp_path(path);
+    let tmp = StoreDir::temp_name(&at.name);
     let mode = old.metadata()?.permissions().mode() & 0o7777;
     let result = (|| {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut out = at.dir.create_new(&tmp, mode)?;
         let mut pos = 0u64;
         for (name, member) in index.entries() {
             if name == SPARE_NAME || add.iter().any(|(n, _)| n == name) || !keep(name) {
@@ -256,7 +252,7 @@ pub fn rewrite(
         let written = out.metadata()?.len();
         drop(out);
         crash_point("rewrite: synced, not renamed");
-        store_file::commit_rename(&tmp, path)?;
+        at.dir.rename(&tmp, &at.name)?;
         crash_point("rewrite: renamed");
         Ok(WriteStats {
             bytes_written: written,
@@ -264,10 +260,10 @@ pub fn rewrite(
         })
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = at.dir.remove_file(&tmp);
     }
     if let Ok(s) = &result {
-        info!(archive = %path.display(), bytes = s.bytes_written, "archive rewritten in full");
+        info!(archive = %at.shown.display(), bytes = s.bytes_written, "archive rewritten in full");
     }
     result
 }
@@ -328,6 +324,8 @@ fn copy_by_hand(from: &File, to: &File, from_off: u64, to_off: u64, len: u64) ->
 mod tests {
     use super::*;
     use crate::tar_index::tests::tar_bytes;
+    use std::fs::OpenOptions;
+    use std::path::Path;
 
     fn index_of(path: &Path) -> TarIndex {
         reindex(&File::open(path).unwrap()).unwrap()
@@ -461,7 +459,7 @@ mod tests {
         .unwrap();
         let f = File::open(&p).unwrap();
         let s = rewrite(
-            &p,
+            &ArchiveFile::locate(&p).unwrap(),
             &f,
             &index_of(&p),
             |n| n != "drop",
