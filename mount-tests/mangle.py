@@ -11,6 +11,9 @@ usage: mangle.py CASE IN.tar OUT.tar [ARG]
   corrupt-manifest         manifest.json cut in the middle of its JSON
   big-config MIB           one image whose config is MIB MiB of valid JSON
   big-layer GIB            the archive with a GIB GiB layer member first (sparse on disk)
+  layout-big-config MIB    (IN is an OCI layout directory, changed in place; OUT is
+                           ignored) one more image, localhost/big:1, whose config is
+                           MIB MiB of valid JSON; prints its ID
 """
 import hashlib
 import io
@@ -57,6 +60,28 @@ def main():
             add(dst, hexd + ".json", config)
             add(dst, "manifest.json", manifest)
         print("sha256:" + hexd)
+        return
+    if case == "layout-big-config":
+        mib = int(arg)
+        pad = "x" * (mib << 20)
+        config = json.dumps({"created": "2024-01-01T00:00:00Z", "architecture": "amd64",
+                             "os": "linux", "config": {"Labels": {"pad": pad}},
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        chex = hashlib.sha256(config).hexdigest()
+        manifest = json.dumps({"schemaVersion": 2,
+                               "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": "sha256:" + chex, "size": len(config)},
+                               "layers": []}).encode()
+        mhex = hashlib.sha256(manifest).hexdigest()
+        for hexd, data in ((chex, config), (mhex, manifest)):
+            open(f"{src_path}/blobs/sha256/{hexd}", "wb").write(data)
+        index = json.load(open(f"{src_path}/index.json"))
+        index["manifests"].append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                   "digest": "sha256:" + mhex, "size": len(manifest),
+                                   "annotations": {"org.opencontainers.image.ref.name": "localhost/big:1"}})
+        json.dump(index, open(f"{src_path}/index.json", "w"))
+        print("sha256:" + chex)
         return
     if case == "big-layer":
         size = int(arg) << 30

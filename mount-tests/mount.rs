@@ -2833,3 +2833,8 @@ fn benchmark_runs_on_tiny_inputs() {
     }
     assert!(work.path().join("results.md").is_file());
 }
+
+// ---------------------------------------------------------------------------------
+// trust: hostile store contents (issue 14)
+
+mod trust;

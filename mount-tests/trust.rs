@@ -1,0 +1,265 @@
+//! Trust (issue 14): a root daemon over stores that others can write. Each test swaps
+//! a store file, after the mount too, for what a hostile writer of the store would put
+//! there (a link out of the store, a FIFO, other bytes), and checks that nothing
+//! outside the store is read, written or deleted, and that nothing blocks. These
+//! inputs are built by hand from the real fixtures: no tool makes them.
+
+use super::*;
+
+fn mkfifo(path: &Path) {
+    ok(&format!("mkfifo '{}'", path.display()));
+}
+
+/// A file outside every store, root's alone, that no mount may show or change.
+fn secret(dir: &Path) -> PathBuf {
+    let p = dir.join("secret");
+    std::fs::write(&p, "TOPSECRET root-only bytes\n".repeat(4000)).unwrap();
+    ok(&format!("chmod 600 '{}'", p.display()));
+    p
+}
+
+/// Runs imagefs to completion (it must not hang: 20 s at most) and returns its exit
+/// status and stderr.
+fn imagefs_outcome(args: &[&str], mountpoint: &Path) -> (i32, String) {
+    let mut cmd = vec![
+        "timeout".to_string(),
+        "20".into(),
+        BIN.into(),
+        "-o".into(),
+        "nokeep".into(),
+    ];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    cmd.push(mountpoint.display().to_string());
+    prerequisites();
+    let o = Command::new(&cmd[0]).args(&cmd[1..]).output().unwrap();
+    if is_mounted(mountpoint) {
+        let _ = sh(&format!("umount '{}'", mountpoint.display()));
+    }
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_config_swapped_for_a_link_or_other_bytes_is_never_served() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret(dir.path());
+    let lw = copy_fixture(f, "layout", dir.path());
+    // a config over 1 MiB: read by range, never whole, so it is the pin that guards it
+    let big = mangle("layout-big-config", &lw, Path::new("-"), Some("2"));
+    let small = skopeo_id(&format!("oci:{lw}:localhost/whoami/api:1.0"));
+    // no config bytes kept in imagefs's memory: every read goes to the store
+    let m = Mount::new(&["-o", "cache_size=0", &lw]);
+    // from imagefs, not from the page cache the kernel kept of the verified bytes
+    let read = |id: &str| {
+        ok("echo 1 > /proc/sys/vm/drop_caches");
+        sh(&format!("cat {}", m.p(&format!("by-id/{id}"))))
+    };
+    let sum = |id: &str| {
+        let o = ok(&format!("sha256sum < {}", m.p(&format!("by-id/{id}"))));
+        format!("sha256:{}", o.split_whitespace().next().unwrap())
+    };
+    assert_eq!(sum(&big), big);
+    assert_eq!(sum(&small), small);
+    let blob = |id: &str| PathBuf::from(format!("{lw}/blobs/sha256/{}", &id[7..]));
+    let aside = dir.path().join("aside");
+    for id in [&big, &small] {
+        std::fs::copy(blob(id), &aside).unwrap();
+        // an absolute link, a relative one climbing out, and other bytes in place
+        let relative = format!(
+            "../../{}",
+            pathdiff(&secret, blob(id).parent().unwrap().parent().unwrap())
+        );
+        for target in [secret.display().to_string(), relative] {
+            std::fs::remove_file(blob(id)).unwrap();
+            std::os::unix::fs::symlink(&target, blob(id)).unwrap();
+            let o = read(id);
+            assert!(
+                !o.status.success(),
+                "{id} served through a link to {target}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&o.stdout).contains("TOPSECRET"),
+                "{id}: the secret was served"
+            );
+        }
+        std::fs::remove_file(blob(id)).unwrap();
+        let mut other = std::fs::read(&aside).unwrap();
+        let last = other.len() - 2;
+        other[last] ^= 0x20;
+        std::fs::write(blob(id), &other).unwrap();
+        assert!(!read(id).status.success(), "{id}: other bytes were served");
+        // the same bytes back, as another file: verified again, and served
+        std::fs::copy(&aside, blob(id)).unwrap();
+        assert_eq!(sum(id), *id);
+    }
+    assert!(m.log().contains("leads outside the layout"), "{}", m.log());
+}
+
+/// The relative path from `base` to `path` (both absolute).
+fn pathdiff(path: &Path, base: &Path) -> String {
+    let p: Vec<_> = path.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = vec!["..".to_string(); b.len() - common];
+    out.extend(
+        p[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    out.join("/")
+}
+
+#[test]
+fn blobs_swapped_for_a_link_to_another_layout_are_never_deleted_through_it() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = copy_fixture(f, "layout", dir.path());
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = copy_fixture(f, "layout", &other_dir);
+    let count = |d: &str| {
+        std::fs::read_dir(format!("{d}/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = count(&other);
+    let m = Mount::new(&[&mounted]);
+    // web untagged: the README's cron line would delete it, and its blobs
+    ok(&format!("rm {}", m.p("by-tag/localhost/whoami/web:latest")));
+    std::fs::rename(
+        format!("{mounted}/blobs"),
+        dir.path().join("blobs-moved-away"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("{other}/blobs"), format!("{mounted}/blobs")).unwrap();
+    let _ = sh(&format!("find {} -links 1 -delete", m.p("by-id")));
+    assert_eq!(
+        count(&other),
+        before,
+        "blobs of the other layout were deleted"
+    );
+    for tag in [
+        "localhost/whoami/web:latest",
+        "localhost/whoami/api:1.0",
+        "stable",
+    ] {
+        ok(&format!(
+            "skopeo inspect --raw oci:{other}:{tag} >/dev/null"
+        ));
+    }
+}
+
+#[test]
+fn a_lock_file_linked_out_of_the_store_is_never_written() {
+    let f = fixtures();
+    let cs = CsStore::new(f);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    let original = "root's own file: not a lock\n".repeat(8);
+    std::fs::write(&victim, &original).unwrap();
+    let lock = format!("{}/vfs-images/images.lock", cs.root());
+    // linked before the mount: the store is refused, with the reason
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let mp = dir.path().join("mnt");
+    let (code, err) = imagefs_outcome(&[&cs.root()], &mp);
+    assert_ne!(code, 0);
+    assert!(err.contains("images.lock: is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), original);
+    // linked after the mount: the lock imagefs holds is the store's own file; a write
+    // through the mount never follows the new link
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(&lock, b"").unwrap();
+    let m = Mount::new(&[&cs.root()]);
+    std::fs::rename(&lock, dir.path().join("lock-moved-away")).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let _ = sh(&format!(
+        "ln {} {}",
+        m.p("by-tag/localhost/whoami/api:1.0"),
+        m.p("by-tag/localhost/whoami/api:linked")
+    ));
+    let images_json = format!("{}/vfs-images/images.json", cs.root());
+    std::fs::remove_file(&images_json).unwrap();
+    std::os::unix::fs::symlink(&victim, &images_json).unwrap();
+    let _ = sh(&format!(
+        "ln {} {}",
+        m.p("by-tag/localhost/whoami/api:1.0"),
+        m.p("by-tag/localhost/whoami/api:linked2")
+    ));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), original);
+}
+
+#[test]
+fn fifos_in_place_of_store_files_are_refused_without_blocking() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    // an archive that is a FIFO, named with each prefix and with none
+    let fifo = dir.path().join("pipe.tar");
+    mkfifo(&fifo);
+    let fifo_s = fifo.display().to_string();
+    for spec in [
+        format!("docker-archive:{fifo_s}"),
+        format!("oci-archive:{fifo_s}"),
+        fifo_s.clone(),
+    ] {
+        let started = Instant::now();
+        let (code, err) = imagefs_outcome(&[&spec], &mp);
+        assert!(code != 0 && code != 124, "{spec}: exit {code}: {err}");
+        assert!(
+            err.contains("FIFO") || err.contains("regular file"),
+            "{spec}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{spec}: blocked"
+        );
+    }
+    // a layout whose index.json is a FIFO
+    let lw = copy_fixture(f, "layout", dir.path());
+    std::fs::remove_file(format!("{lw}/index.json")).unwrap();
+    mkfifo(Path::new(&format!("{lw}/index.json")));
+    let (code, err) = imagefs_outcome(&[&lw], &mp);
+    assert!(code != 0 && code != 124, "layout: exit {code}: {err}");
+    assert!(err.contains("is a FIFO"), "layout: {err}");
+    // containers-storage whose images.json is a FIFO
+    let cs = CsStore::new(f);
+    let images_json = format!("{}/vfs-images/images.json", cs.root());
+    std::fs::remove_file(&images_json).unwrap();
+    mkfifo(Path::new(&images_json));
+    let (code, err) = imagefs_outcome(&[&cs.root()], &mp);
+    assert!(
+        code != 0 && code != 124,
+        "containers-storage: exit {code}: {err}"
+    );
+    assert!(err.contains("is a FIFO"), "containers-storage: {err}");
+}
+
+#[test]
+fn an_archive_swapped_for_a_fifo_under_the_mount_blocks_nothing() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = copy_fixture(f, "sample.tar", dir.path());
+    let m = Mount::new(&[&archive]);
+    let ids = ok(&format!("ls {}", m.p("by-id")));
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    std::fs::rename(&fifo, &archive).unwrap();
+    // the watcher looks (250 ms), and must not wait on the FIFO holding the lock
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let o = sh(&format!(
+        "timeout 10 ln {} {}",
+        m.p("by-tag/localhost/whoami/api:1.0"),
+        m.p("by-tag/localhost/whoami/api:fifo")
+    ));
+    assert_ne!(o.status.code(), Some(124), "ln blocked");
+    assert!(!o.status.success(), "a write to a FIFO succeeded");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // what was shown stays readable, and the mount answers
+    assert_eq!(ok(&format!("timeout 10 ls {}", m.p("by-id"))), ids);
+    assert!(m.log().contains("FIFO"), "{}", m.log());
+}
