@@ -63,7 +63,7 @@ pub struct Catalog {
 }
 
 /// The fields of a config that the tree shows.
-#[derive(Deserialize, Default)]
+#[derive(Clone, Deserialize, Default)]
 struct ConfigSummary {
     #[serde(default)]
     created: Option<String>,
@@ -147,6 +147,33 @@ fn check_config(
     ))
 }
 
+/// What reading one config gave: its ID, summary, JSON problem and where it was read
+/// (located again if its file changed since the scan), or why it could not be read.
+type CheckedRead = Result<(String, ConfigSummary, Option<String>, BlobLocation), String>;
+
+/// Reads and hashes one config. A file that changed between the scan finding it and
+/// this read is located again, once, and read from there.
+fn read_config(
+    store: usize,
+    source: &dyn Source,
+    loc: &BlobLocation,
+    cache: &ConfigCache,
+) -> CheckedRead {
+    let mut loc = loc.clone();
+    let mut checked = check_config(store, source, &loc, cache);
+    if let Err(e) = &checked
+        && crate::source::BlobChanged::is(e)
+        && let Ok(fresh) = source.repin(&loc)
+    {
+        loc = fresh;
+        checked = check_config(store, source, &loc, cache);
+    }
+    match checked {
+        Ok((c, problem)) => Ok((c.id, c.summary.unwrap_or_default(), problem, loc)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses an RFC 3339 time as configs write it (`2024-01-02T03:04:05.123456789Z`).
 pub fn parse_created(s: &str) -> Option<SystemTime> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
@@ -171,8 +198,9 @@ impl Catalog {
         };
         let mut images: BTreeMap<String, Image> = BTreeMap::new();
         let mut dangling: Vec<DanglingTag> = Vec::new();
+        let mut memo = HashMap::new();
         for record in inv.images {
-            match cat.verify(store, source, &record, cache) {
+            match cat.verify(store, source, &record, cache, &mut memo) {
                 Some((id, summary, loc)) => merge(&mut images, id, summary, loc, record),
                 None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
                     tag: t.clone(),
@@ -222,6 +250,7 @@ impl Catalog {
         source: &dyn Source,
         record: &ImageRecord,
         cache: &ConfigCache,
+        memo: &mut HashMap<BlobLocation, CheckedRead>,
     ) -> Option<(String, ConfigSummary, BlobLocation)> {
         let loc = match &record.config {
             Some(loc) => loc,
@@ -235,18 +264,15 @@ impl Catalog {
                 return None;
             }
         };
-        // A file that changed between the scan finding it and this read is located
-        // again, once, and read from there.
-        let mut loc = loc.clone();
-        let mut checked = check_config(store, source, &loc, cache);
-        if let Err(e) = &checked
-            && crate::source::BlobChanged::is(e)
-            && let Ok(fresh) = source.repin(&loc)
-        {
-            loc = fresh;
-            checked = check_config(store, source, &loc, cache);
+        // Each distinct blob is read and hashed once per build: a store may name one
+        // config from many records (100,000 entries of one 1 MiB config took more
+        // than 30 s when each hashed it again).
+        let first = !memo.contains_key(loc);
+        if first {
+            let checked = read_config(store, source, loc, cache);
+            memo.insert(loc.clone(), checked);
         }
-        let (checked, parse_problem) = match checked {
+        let (id, summary, parse_problem, loc) = match memo.get(loc)? {
             Ok(c) => c,
             Err(e) => {
                 self.problems.push(format!(
@@ -256,20 +282,20 @@ impl Catalog {
                 return None;
             }
         };
-        if !record.claimed_id.is_empty() && checked.id != record.claimed_id {
+        if !record.claimed_id.is_empty() && *id != record.claimed_id {
             self.problems.push(format!(
-                "{}: content hashes to {}, not to {} it is stored as: not shown as that image, its tags are dangling",
-                record.config_name, checked.id, record.claimed_id
+                "{}: content hashes to {id}, not to {} it is stored as: not shown as that image, its tags are dangling",
+                record.config_name, record.claimed_id
             ));
             return None;
         }
-        if let Some(p) = parse_problem {
+        if let Some(p) = parse_problem.as_ref().filter(|_| first) {
             self.problems.push(format!(
                 "{}: config is not valid JSON ({p}): shown, without its dates and platform",
                 record.config_name
             ));
         }
-        Some((checked.id, checked.summary.unwrap_or_default(), loc))
+        Some((id.clone(), summary.clone(), loc.clone()))
     }
 
     /// Logs every problem, once, naming the store.

@@ -217,7 +217,12 @@ impl TarIndex {
     /// read are the headers' own, wherever they lie (a buffered walk reads a buffer's
     /// worth at each header: 64 KiB per member on an archive of big layers).
     pub fn build_file(file: &std::fs::File, len: u64) -> TarIndex {
-        TarIndex::walk(HeaderReader { file, pos: 0 }, len, None)
+        TarIndex::walk(
+            HeaderReader { file, pos: 0 },
+            len,
+            None,
+            DEFAULT_MAX_MEMBERS,
+        )
     }
 
     /// [`TarIndex::build`], handing small members' data to `capture` on the way.
@@ -231,78 +236,154 @@ impl TarIndex {
             inner: io::BufReader::with_capacity(64 * 1024, reader),
             pos,
         };
-        TarIndex::walk(reader, len, capture)
+        TarIndex::walk(reader, len, capture, DEFAULT_MAX_MEMBERS)
     }
 
-    fn walk<R: Read + Seek>(reader: R, len: u64, mut capture: Option<Capture<'_>>) -> TarIndex {
+    /// The walk itself: headers read one by one (512 bytes, plus a GNU long name or a
+    /// PAX extension, each at most [`MAX_EXTENSION`] bytes), member data skipped by
+    /// seeking. Written here rather than taken from the `tar` crate, whose reader
+    /// reads any extension whole into memory (a 1 GiB PAX header took 1.5-3 GiB) and
+    /// has no bound on members: imagefs's memory must grow with what it shows, not
+    /// with what a header claims. At most `max_members` entries are indexed.
+    fn walk<R: Read + Seek>(
+        mut reader: R,
+        len: u64,
+        mut capture: Option<Capture<'_>>,
+        max_members: usize,
+    ) -> TarIndex {
         let mut index = TarIndex::default();
-        let mut archive = tar::Archive::new(reader);
-        let entries = match archive.entries_with_seek() {
-            Ok(e) => e,
-            Err(e) => {
-                index.problems.push(format!("not a readable tar: {e}"));
-                return index;
-            }
-        };
-        let mut next_start = 0u64;
-        for entry in entries {
-            let mut entry = match entry {
-                Ok(e) => e,
+        let mut pos = reader.stream_position().unwrap_or(0);
+        let mut entry_start = pos;
+        let mut ext = Extensions::default();
+        let mut block = [0u8; BLOCK as usize];
+        loop {
+            let damaged = |index: &mut TarIndex, why: &str| {
+                index.problems.push(format!(
+                    "tar is damaged after {} members ({why}); members after that point are not shown",
+                    index.entries.len()
+                ));
+            };
+            match read_full(&mut reader, &mut block) {
+                Ok(0) => break,
+                Ok(n) if n < block.len() => {
+                    if index.entries.is_empty() && n == 0 {
+                        break;
+                    }
+                    damaged(&mut index, "a header is cut short");
+                    break;
+                }
+                Ok(_) => {}
                 Err(e) => {
-                    index.problems.push(format!(
-                        "tar is damaged after {} members ({e}); members after that point are not shown",
-                        index.entries.len()
-                    ));
+                    damaged(&mut index, &e.to_string());
+                    break;
+                }
+            }
+            if block.iter().all(|&b| b == 0) {
+                break; // the end-of-archive blocks
+            }
+            let mut header = match RawHeader::parse(&block) {
+                Ok(h) => h,
+                Err(why) => {
+                    if index.entries.is_empty() && entry_start == 0 {
+                        index.problems.push(format!("not a readable tar: {why}"));
+                    } else {
+                        damaged(&mut index, &why);
+                    }
                     break;
                 }
             };
-            let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let offset = entry.raw_file_position();
-            let size = entry.size();
-            let header_offset = entry.raw_header_position();
-            let entry_start = next_start;
-            next_start = offset + size.div_ceil(512) * 512;
-            let pax_path = entry
-                .pax_extensions()
-                .ok()
-                .flatten()
-                .is_some_and(|mut exts| exts.any(|x| x.is_ok_and(|x| x.key() == Ok("path"))));
-            let header = entry.header();
-            let renamable = !pax_path
-                && header_offset == entry_start
-                && header.path_bytes().as_ref() == raw_name.as_bytes();
-            let mtime = header.mtime().unwrap_or(0);
-            let Some(name) = normalize_member_name(&raw_name) else {
-                index.problems.push(format!(
-                    "member {raw_name:?} has an unsafe name (absolute, '..' or NUL): ignored"
-                ));
-                continue;
-            };
-            let kind = match header.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => MemberKind::File,
-                tar::EntryType::Directory => MemberKind::Dir,
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    if header.entry_type() == tar::EntryType::Symlink {
-                        MemberKind::Symlink(target)
-                    } else {
-                        MemberKind::Hardlink(target)
+            let header_offset = pos;
+            pos += BLOCK;
+            let mut data_offset = pos;
+            // Old GNU sparse members carry extra sparse-map blocks before their data.
+            if header.typeflag == b'S' && block[482] != 0 {
+                let mut more = true;
+                while more {
+                    match read_full(&mut reader, &mut block) {
+                        Ok(n) if n == block.len() => {}
+                        _ => {
+                            damaged(&mut index, "a sparse map is cut short");
+                            return index;
+                        }
+                    }
+                    pos += BLOCK;
+                    data_offset = pos;
+                    more = block[504] != 0;
+                }
+            }
+            if matches!(header.typeflag, b'L' | b'K' | b'x' | b'g' | b'X') {
+                if header.size > MAX_EXTENSION {
+                    index.problems.push(format!(
+                        "an extension header (type {:?}) of {} bytes at offset {header_offset}, more than the {MAX_EXTENSION} allowed: members from there on are not shown",
+                        header.typeflag as char, header.size
+                    ));
+                    break;
+                }
+                let mut data = vec![0u8; header.size as usize];
+                match read_full(&mut reader, &mut data) {
+                    Ok(n) if n == data.len() => {}
+                    _ => {
+                        damaged(&mut index, "an extension header is cut short");
+                        break;
                     }
                 }
+                let padded = header.size.div_ceil(BLOCK) * BLOCK;
+                if let Err(e) = skip(&mut reader, padded - header.size) {
+                    damaged(&mut index, &e.to_string());
+                    break;
+                }
+                pos += padded;
+                match header.typeflag {
+                    b'L' => ext.path = Some(until_nul(&data).to_vec()),
+                    b'K' => ext.link = Some(until_nul(&data).to_vec()),
+                    b'x' | b'X' => {
+                        if let Err(why) = ext.pax(&data) {
+                            index.problems.push(format!(
+                                "a PAX header at offset {header_offset} is malformed ({why}): ignored"
+                            ));
+                        }
+                    }
+                    _ => {} // global PAX records: nothing imagefs uses
+                }
+                continue;
+            }
+            if index.entries.len() >= max_members {
+                index.problems.push(format!(
+                    "more than {max_members} members: the rest are not shown (see -o max_members)"
+                ));
+                break;
+            }
+            let size = ext.size.take().unwrap_or(header.size);
+            let from_header = std::mem::take(&mut header.name);
+            let renamable = ext.path.is_none() && header_offset == entry_start;
+            let raw_name = match ext.path.take() {
+                Some(p) => String::from_utf8_lossy(&p).into_owned(),
+                None => String::from_utf8_lossy(&from_header).into_owned(),
+            };
+            let link = ext.link.take().unwrap_or(std::mem::take(&mut header.link));
+            let mtime = ext.mtime.take().unwrap_or(header.mtime);
+            let kind = match header.typeflag {
+                b'0' | 0 | b'7' => MemberKind::File,
+                b'5' => MemberKind::Dir,
+                b'2' => MemberKind::Symlink(String::from_utf8_lossy(&link).into_owned()),
+                b'1' => MemberKind::Hardlink(String::from_utf8_lossy(&link).into_owned()),
                 _ => MemberKind::Other,
             };
-            if kind == MemberKind::File && offset.checked_add(size).is_none_or(|end| end > len) {
+            let next = data_offset.checked_add(size.div_ceil(BLOCK) * BLOCK);
+            let Some(next) = next else {
+                damaged(&mut index, "a member size overflows");
+                break;
+            };
+            if kind == MemberKind::File && data_offset.checked_add(size).is_none_or(|end| end > len)
+            {
                 index.problems.push(format!(
-                    "member {name:?} is truncated: it needs bytes {offset}..{} but the archive ends at {len}",
-                    offset.saturating_add(size)
+                    "member {raw_name:?} is truncated: it needs bytes {data_offset}..{} but the archive ends at {len}",
+                    data_offset.saturating_add(size)
                 ));
                 break;
             }
             let member = TarMember {
-                offset,
+                offset: data_offset,
                 size,
                 kind,
                 entry_start,
@@ -310,18 +391,47 @@ impl TarIndex {
                 mtime,
                 renamable,
             };
+            let mut consumed = 0u64;
             if let Some(c) = capture.as_mut()
                 && member.kind == MemberKind::File
                 && size <= c.max_size
             {
-                let mut data = Vec::with_capacity(size as usize);
-                // A short read means a truncated stream: the walk reports it next.
-                if entry.read_to_end(&mut data).is_ok() && data.len() as u64 == size {
-                    (c.take)(&member, &data);
+                let mut data = vec![0u8; size as usize];
+                match read_full(&mut reader, &mut data) {
+                    // A short read means a truncated stream: the walk reports it next.
+                    Ok(n) => {
+                        consumed = n as u64;
+                        if n == data.len() {
+                            (c.take)(&member, &data);
+                        }
+                    }
+                    Err(e) => {
+                        damaged(&mut index, &e.to_string());
+                        break;
+                    }
                 }
             }
-            index.push(name, member);
-            index.end_of_entries = next_start;
+            if let Err(e) = skip(&mut reader, next - data_offset - consumed) {
+                if kind_is_file(&member) {
+                    index
+                        .problems
+                        .push(format!("member {raw_name:?} is truncated: {e}"));
+                } else {
+                    damaged(&mut index, &e.to_string());
+                }
+                break;
+            }
+            pos = next;
+            entry_start = next;
+            match normalize_member_name(&raw_name) {
+                Some(name) => {
+                    index.push(name, member);
+                    index.end_of_entries = next;
+                }
+                None => index.problems.push(format!(
+                    "member {raw_name:?} has an unsafe name (absolute, '..' or NUL): ignored"
+                )),
+            }
         }
         index
     }
@@ -374,6 +484,179 @@ impl TarIndex {
         }
         None
     }
+}
+
+const BLOCK: u64 = 512;
+
+/// A GNU long name or link, or a PAX extended header, is at most this big: real ones
+/// hold a path of a few hundred bytes.
+pub const MAX_EXTENSION: u64 = 1 << 20;
+
+/// Members indexed in one archive unless `-o max_members` says otherwise: a
+/// `docker save` of 10,000 images has about 40,000.
+pub const DEFAULT_MAX_MEMBERS: usize = 500_000;
+
+fn kind_is_file(m: &TarMember) -> bool {
+    m.kind == MemberKind::File
+}
+
+/// Reads until `buf` is full or the stream ends; the count read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn skip<R: Seek>(r: &mut R, n: u64) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = i64::try_from(n).map_err(|_| io::Error::other("a member too large to skip"))?;
+    r.seek(io::SeekFrom::Current(n)).map(|_| ())
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    match b.iter().position(|&c| c == 0) {
+        Some(i) => &b[..i],
+        None => b,
+    }
+}
+
+/// What GNU long-name/long-link and PAX headers said about the next member.
+#[derive(Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+    mtime: Option<u64>,
+}
+
+impl Extensions {
+    /// PAX records: `LEN key=value\n`, LEN counting the whole record.
+    fn pax(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            let space = data
+                .iter()
+                .position(|&c| c == b' ')
+                .ok_or("a record without a length")?;
+            let len: usize = std::str::from_utf8(&data[..space])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("a record length that is not a number")?;
+            if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+                return Err("a record length that does not fit".into());
+            }
+            let record = &data[space + 1..len - 1];
+            data = &data[len..];
+            let Some(eq) = record.iter().position(|&c| c == b'=') else {
+                return Err("a record without '='".into());
+            };
+            let (key, value) = (&record[..eq], &record[eq + 1..]);
+            let number = || {
+                let text = String::from_utf8_lossy(value);
+                let whole = text.split('.').next().unwrap_or("");
+                whole.parse::<u64>().ok()
+            };
+            match key {
+                b"path" => self.path = Some(value.to_vec()),
+                b"linkpath" => self.link = Some(value.to_vec()),
+                b"size" => self.size = Some(number().ok_or("a size that is not a number")?),
+                b"mtime" => self.mtime = number(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fields of one 512-byte header imagefs reads.
+struct RawHeader {
+    typeflag: u8,
+    size: u64,
+    mtime: u64,
+    /// The name the header itself holds: POSIX ustar headers join the prefix field.
+    name: Vec<u8>,
+    link: Vec<u8>,
+}
+
+impl RawHeader {
+    fn parse(block: &[u8; 512]) -> Result<RawHeader, String> {
+        let stored = numeric(&block[148..156]).ok_or("a checksum that is not a number")?;
+        let unsigned: u64 = block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(b)
+                }
+            })
+            .sum();
+        let signed: i64 = block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    i64::from(b as i8)
+                }
+            })
+            .sum();
+        if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
+            return Err("a header checksum does not match".into());
+        }
+        let name = until_nul(&block[0..100]);
+        let posix = &block[257..263] == b"ustar\0";
+        let prefix = until_nul(&block[345..500]);
+        let name = if posix && !prefix.is_empty() {
+            let mut out = prefix.to_vec();
+            out.push(b'/');
+            out.extend_from_slice(name);
+            out
+        } else {
+            name.to_vec()
+        };
+        Ok(RawHeader {
+            typeflag: block[156],
+            size: numeric(&block[124..136]).ok_or("a size that is not a number")?,
+            mtime: numeric(&block[136..148]).unwrap_or(0),
+            name,
+            link: until_nul(&block[157..257]).to_vec(),
+        })
+    }
+}
+
+/// A numeric header field: octal digits (space or NUL padded), or GNU's base-256 for
+/// values too big for octal.
+fn numeric(field: &[u8]) -> Option<u64> {
+    if let Some(&first) = field.first()
+        && first & 0x80 != 0
+    {
+        if first == 0xff {
+            return None; // negative
+        }
+        let mut v: u64 = u64::from(first & 0x7f);
+        for &b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(v);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let digits = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let digits = digits.split(['\0', ' ']).next()?;
+    u64::from_str_radix(digits, 8).ok()
 }
 
 /// `./a//b/` → `a/b`. `None` for names that are absolute, contain `..`, NUL, or are
@@ -500,6 +783,125 @@ pub(crate) mod tests {
         let idx = index(&[0xffu8; 4096]);
         assert!(idx.is_empty());
         assert!(!idx.problems.is_empty());
+    }
+
+    /// One raw header block, checksummed (GNU format unless `ustar`).
+    fn header(name: &[u8], typeflag: u8, size: u64, ustar_prefix: Option<&[u8]>) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        let size_field = format!("{size:011o}");
+        if size_field.len() <= 11 {
+            h[124..135].copy_from_slice(size_field.as_bytes());
+        } else {
+            h[124] = 0x80;
+            h[128..136].copy_from_slice(&size.to_be_bytes());
+        }
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = typeflag;
+        match ustar_prefix {
+            Some(prefix) => {
+                h[257..263].copy_from_slice(b"ustar\0");
+                h[263..265].copy_from_slice(b"00");
+                h[345..345 + prefix.len()].copy_from_slice(prefix);
+            }
+            None => h[257..265].copy_from_slice(b"ustar  \0"),
+        }
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h
+    }
+
+    fn padded(data: &[u8]) -> Vec<u8> {
+        let mut v = data.to_vec();
+        v.resize(data.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    #[test]
+    fn long_names_pax_paths_and_ustar_prefixes_are_read() {
+        let long = format!("{}/config.json", "d".repeat(150));
+        let mut bytes = header(b"././@LongLink", b'L', long.len() as u64 + 1, None);
+        bytes.extend(padded(format!("{long}\0").as_bytes()));
+        bytes.extend(header(b"trunc", b'0', 2, None));
+        bytes.extend(padded(b"{}"));
+        let record = format!("path={}\n", "p/".repeat(80) + "x.json");
+        let record = format!("{} {record}", record.len() + 4);
+        bytes.extend(header(
+            b"PaxHeaders/x",
+            b'x',
+            record.len() as u64,
+            Some(b""),
+        ));
+        bytes.extend(padded(record.as_bytes()));
+        bytes.extend(header(b"ignored", b'0', 3, Some(b"")));
+        bytes.extend(padded(b"[1]"));
+        bytes.extend(header(b"name.json", b'0', 1, Some(b"pre/fix")));
+        bytes.extend(padded(b"1"));
+        bytes.extend(vec![0u8; 1024]);
+        let idx = index(&bytes);
+        assert!(idx.problems.is_empty(), "{:?}", idx.problems);
+        let m = idx.get(&long).unwrap();
+        assert_eq!(&bytes[m.offset as usize..][..2], b"{}");
+        assert!(!m.renamable, "a long name is not in the header");
+        let pax = "p/".repeat(80) + "x.json";
+        assert_eq!(idx.get(&pax).unwrap().size, 3);
+        assert!(idx.get("ignored").is_none());
+        let m = idx.get("pre/fix/name.json").unwrap();
+        assert!(m.renamable);
+        assert_eq!(idx.len(), 3);
+    }
+
+    #[test]
+    fn a_huge_extension_header_is_refused_unread() {
+        // a 1 GiB PAX header (and a GNU long name) with no bytes behind it: refused on
+        // its size, never allocated
+        for flag in [b'x', b'L'] {
+            let mut bytes = header(b"first.json", b'0', 2, None);
+            bytes.extend(padded(b"{}"));
+            bytes.extend(header(b"PaxHeaders/big", flag, 1 << 30, None));
+            let idx = index(&bytes);
+            assert!(idx.get("first.json").is_some());
+            assert!(
+                idx.problems
+                    .iter()
+                    .any(|p| p.contains("more than the 1048576 allowed")),
+                "{:?}",
+                idx.problems
+            );
+        }
+    }
+
+    #[test]
+    fn members_beyond_the_limit_are_not_indexed() {
+        let names: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        let bytes = tar_bytes(&files, &[]);
+        let idx = TarIndex::walk(Cursor::new(&bytes), bytes.len() as u64, None, 5);
+        assert_eq!(idx.len(), 5);
+        assert!(
+            idx.problems
+                .iter()
+                .any(|p| p.contains("more than 5 members"))
+        );
+    }
+
+    #[test]
+    fn sizes_in_base_256_and_bad_checksums() {
+        assert_eq!(numeric(b"00000001750\0"), Some(1000));
+        assert_eq!(numeric(b"   1750 \0"), Some(1000));
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[4..].copy_from_slice(&(9u64 << 30).to_be_bytes());
+        assert_eq!(numeric(&big), Some(9 << 30));
+        assert_eq!(numeric(&[0xff; 12]), None);
+        let mut bytes = header(b"a.json", b'0', 2, None);
+        bytes[0] = b'b'; // the checksum no longer matches
+        bytes.extend(padded(b"{}"));
+        let idx = index(&bytes);
+        assert!(idx.is_empty());
+        assert!(idx.problems[0].contains("checksum"), "{:?}", idx.problems);
     }
 
     #[test]

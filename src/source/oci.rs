@@ -2,7 +2,7 @@
 //! with `oci-archive:` and Docker 25+ archives (index.json → manifest or nested index →
 //! config descriptor).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,9 @@ pub const INDEX_LIMIT: u64 = 64 << 20;
 pub const MANIFEST_LIMIT: u64 = 4 << 20;
 /// Nested indexes deeper than this are treated as a loop.
 const MAX_INDEX_DEPTH: usize = 4;
+/// index.json lists at most this many entries (250,000 tags fit in far fewer bytes
+/// than [`INDEX_LIMIT`]; the limit bounds what a small file can make imagefs hold).
+pub const MAX_INDEX_ENTRIES: usize = 1_000_000;
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -130,16 +133,35 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, String> {
     };
     let mut inv = Inventory::default();
     let host = host_platform();
+    // One walk per distinct descriptor: an index may name one manifest many times
+    // (20,000 entries of one 4 MiB manifest took two minutes when each read and
+    // hashed it again).
+    let mut resolved: HashMap<(&str, &str), Option<ImageRecord>> = HashMap::new();
+    if entries.len() > MAX_INDEX_ENTRIES {
+        return Err(format!(
+            "{index_name}: {} entries, more than the {MAX_INDEX_ENTRIES} allowed",
+            entries.len()
+        ));
+    }
     for (i, desc) in entries.iter().enumerate() {
         let what = format!("{index_name} entry {i}");
         let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
-        let mut walk = Walk {
-            layout,
-            host: &host,
-            problems: &mut inv.problems,
-            visited: HashSet::new(),
+        let key = (desc.digest.as_str(), desc.media_type.as_str());
+        let record = match resolved.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let mut walk = Walk {
+                    layout,
+                    host: &host,
+                    problems: &mut inv.problems,
+                    visited: HashSet::new(),
+                };
+                let r = walk.resolve(desc, &what, 0);
+                resolved.insert(key, r.clone());
+                r
+            }
         };
-        let Some(mut record) = walk.resolve(desc, &what, 0) else {
+        let Some(mut record) = record else {
             if !tags.is_empty() {
                 // The tag names something we cannot follow: show it as dangling,
                 // pointing at the digest it names.

@@ -6,7 +6,9 @@
 //! An image's last entry is never dropped by an untag: its name annotations go and the
 //! descriptor stays, so the image stays in by-id as untagged until it is deleted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
 
 use serde_json::Value;
 
@@ -59,8 +61,15 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, W
             }
         })
         .collect();
+    // One resolution per distinct digest: an index may name one manifest many times.
+    let mut resolved: HashMap<String, Option<String>> = HashMap::new();
+    for e in &entries {
+        if !resolved.contains_key(&e.desc.digest) {
+            resolved.insert(e.desc.digest.clone(), resolve_descriptor(layout, &e.desc));
+        }
+    }
     let resolves_to =
-        |e: &Entry, id: &str| resolve_descriptor(layout, &e.desc).as_deref() == Some(id);
+        |e: &Entry, id: &str| resolved.get(&e.desc.digest).and_then(|r| r.as_deref()) == Some(id);
     let mut remove: Vec<bool> = vec![false; entries.len()];
     let mut removed = Vec::new();
     match edit {
@@ -201,36 +210,52 @@ fn drop_name(manifests: &mut [Value], entries: &[Entry], remove: &mut [bool], ta
     }
 }
 
-/// Every digest reachable from `desc` (itself, nested manifests, configs, layers).
-pub fn reachable(layout: &dyn LayoutBlobs, desc: &Descriptor, out: &mut HashSet<String>) {
-    if !crate::reference::is_digest(&desc.digest) || !out.insert(desc.digest.clone()) {
-        return;
-    }
-    let Ok(Some(loc)) = layout.blob(&desc.digest) else {
-        return;
-    };
-    if loc.size() > MANIFEST_LIMIT {
-        return; // a layer: nothing below it
-    }
-    let Ok(bytes) = layout.read_location(&loc, MANIFEST_LIMIT) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-        return;
-    };
-    let children = ["config"].iter().filter_map(|k| v.get(*k).cloned()).chain(
-        ["layers", "manifests", "blobs"].iter().flat_map(|k| {
-            v.get(*k)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        }),
-    );
-    for child in children {
-        if let Ok(d) = serde_json::from_value::<Descriptor>(child) {
-            reachable(layout, &d, out);
+/// At most this many blobs are followed from the descriptors of one edit: a real
+/// layout's images reach a few dozen each.
+pub const MAX_REACHABLE: usize = 1_000_000;
+
+/// Every digest reachable from `desc` (itself, nested manifests, configs, layers),
+/// walked with a work list, not recursion: an index chain of any depth costs memory
+/// in proportion to the blobs it names, never stack. Returns false when the walk was
+/// cut at [`MAX_REACHABLE`] blobs (the caller must then not treat what it did not see
+/// as unused).
+pub fn reachable(layout: &dyn LayoutBlobs, desc: &Descriptor, out: &mut HashSet<String>) -> bool {
+    let mut work = vec![desc.clone()];
+    while let Some(desc) = work.pop() {
+        if !crate::reference::is_digest(&desc.digest) || out.contains(&desc.digest) {
+            continue;
+        }
+        if out.len() >= MAX_REACHABLE {
+            return false;
+        }
+        out.insert(desc.digest.clone());
+        let Ok(Some(loc)) = layout.blob(&desc.digest) else {
+            continue;
+        };
+        if loc.size() > MANIFEST_LIMIT {
+            continue; // a layer: nothing below it
+        }
+        let Ok(bytes) = layout.read_location(&loc, MANIFEST_LIMIT) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        let children = ["config"].iter().filter_map(|k| v.get(*k)).chain(
+            ["layers", "manifests", "blobs"]
+                .iter()
+                .filter_map(|k| v.get(*k).and_then(Value::as_array))
+                .flatten(),
+        );
+        for child in children {
+            if let Ok(d) = Descriptor::deserialize(child)
+                && !out.contains(&d.digest)
+            {
+                work.push(d);
+            }
         }
     }
+    true
 }
 
 /// The blobs only the removed descriptors used: what a delete may remove.
@@ -244,16 +269,24 @@ pub fn unshared_blobs(
         reachable(layout, d, &mut gone);
     }
     let mut kept = HashSet::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(new_index) {
-        for m in v
-            .get("manifests")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+    let Ok(v) = serde_json::from_slice::<Value>(new_index) else {
+        return Vec::new();
+    };
+    for m in v
+        .get("manifests")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        // what the walk did not see may be in use: remove nothing
+        if let Ok(d) = Descriptor::deserialize(m)
+            && !reachable(layout, &d, &mut kept)
         {
-            if let Ok(d) = serde_json::from_value::<Descriptor>(m.clone()) {
-                reachable(layout, &d, &mut kept);
-            }
+            tracing::warn!(
+                "{}: more than {MAX_REACHABLE} blobs reachable: no blob removed",
+                layout.display("index.json")
+            );
+            return Vec::new();
         }
     }
     let mut out: Vec<String> = gone
