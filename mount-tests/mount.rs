@@ -498,7 +498,7 @@ fn compressed_archives_mount_like_the_plain_one() {
 // OCI
 
 /// The config digest skopeo resolves for `transport:ref` (host platform for indexes).
-fn skopeo_id(image: &str) -> String {
+pub(crate) fn skopeo_id(image: &str) -> String {
     let cfg = ok(&format!(
         "skopeo inspect --raw --config {image} | sha256sum"
     ));
@@ -1169,7 +1169,7 @@ fn copy_fixture(f: &Fixtures, name: &str, dir: &Path) -> String {
     dst.display().to_string()
 }
 
-fn skopeo_fails(image: &str) -> bool {
+pub(crate) fn skopeo_fails(image: &str) -> bool {
     !sh(&format!("skopeo inspect --raw {image}"))
         .status
         .success()

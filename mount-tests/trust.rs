@@ -263,3 +263,220 @@ fn an_archive_swapped_for_a_fifo_under_the_mount_blocks_nothing() {
     assert_eq!(ok(&format!("timeout 10 ls {}", m.p("by-id"))), ids);
     assert!(m.log().contains("FIFO"), "{}", m.log());
 }
+
+// ---------------------------------------------------------------------------------
+// bounded memory and CPU on hostile input (section 4)
+
+/// Runs `mount-tests/hostile.py CASE OUT [ARG]`; its stdout.
+fn hostile(case: &str, out: &Path, arg: Option<&str>) -> String {
+    prerequisites();
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!("{SCRIPTS}/hostile.py")).arg(case).arg(out);
+    if let Some(a) = arg {
+        cmd.arg(a);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "hostile.py {case}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The daemon's peak resident memory so far, in MiB.
+fn peak_rss_mib(m: &Mount) -> u64 {
+    let pid = m.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Mounts `args`, timing the mount; the mount, how long it took.
+fn timed_mount(args: &[&str]) -> (Mount, Duration) {
+    let started = Instant::now();
+    let m = Mount::new(args);
+    (m, started.elapsed())
+}
+
+#[test]
+fn huge_extension_headers_are_refused_on_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, arg) in [
+        ("pax-huge", "1"),
+        ("longname-huge", "1"),
+        ("pax-huge-gz", "32"),
+    ] {
+        let out = dir.path().join(format!("{case}.tar"));
+        hostile(case, &out, Some(arg));
+        let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+        assert!(
+            took < Duration::from_secs(20),
+            "{case}: mount took {took:?}"
+        );
+        // what precedes the header is shown; the header is named with its limit
+        assert!(m.mp().join("by-tag/localhost/first:1").exists(), "{case}");
+        assert!(
+            m.log().contains("more than the 1048576 allowed"),
+            "{case}: {}",
+            m.log()
+        );
+        let rss = peak_rss_mib(&m);
+        assert!(rss < 64, "{case}: peak RSS {rss} MiB");
+    }
+    // nothing big was kept beside the compressed one (its walk had a problem)
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains("imagefs-index") {
+            panic!("an index was kept for a damaged archive: {name}");
+        }
+    }
+}
+
+#[test]
+fn members_beyond_the_limit_are_not_indexed_or_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("many.tar.gz");
+    // 600,000 empty members: past the default 500,000
+    hostile("many-members-gz", &out, Some("600000"));
+    let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+    assert!(took < Duration::from_secs(60), "mount took {took:?}");
+    assert!(m.mp().join("by-tag/localhost/first:1").exists());
+    assert!(m.log().contains("more than 500000 members"), "{}", m.log());
+    let rss = peak_rss_mib(&m);
+    assert!(rss < 160, "peak RSS {rss} MiB");
+    drop(m);
+    // and a store owner's own bound
+    let (m, _) = timed_mount(&["-o", "max_members=1000", out.to_str().unwrap()]);
+    assert!(m.log().contains("more than 1000 members"), "{}", m.log());
+    let rss = peak_rss_mib(&m);
+    assert!(rss < 64, "peak RSS {rss} MiB with max_members=1000");
+}
+
+#[test]
+fn a_manifest_of_a_million_entries_is_cut_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("million.tar");
+    hostile("manifest-million", &out, Some("1000000"));
+    let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+    assert!(took < Duration::from_secs(30), "mount took {took:?}");
+    assert!(m.mp().join("by-tag/localhost/first:1").exists());
+    assert!(
+        m.log()
+            .contains("1000000 image records, more than the 250000 allowed"),
+        "{}",
+        m.log()
+    );
+    // about the manifest's own 19 MiB, and not 20 times that
+    let rss = peak_rss_mib(&m);
+    assert!(rss < 96, "peak RSS {rss} MiB");
+}
+
+#[test]
+fn one_config_named_by_many_entries_is_hashed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("many.tar");
+    let id = hostile("config-many-entries", &out, Some("100000"));
+    let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+    assert!(took < Duration::from_secs(20), "mount took {took:?}");
+    let links = ok(&format!("stat -c %h {}", m.p(&format!("by-id/{id}"))));
+    assert_eq!(links.trim(), "100001");
+}
+
+#[test]
+fn one_manifest_named_by_many_entries_is_resolved_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("layout");
+    let id = hostile("layout-many-entries", &out, Some("20000"));
+    let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+    assert!(took < Duration::from_secs(20), "mount took {took:?}");
+    let links = ok(&format!("stat -c %h {}", m.p(&format!("by-id/{id}"))));
+    assert_eq!(links.trim(), "20001");
+}
+
+#[test]
+fn a_config_over_the_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("huge-config.tar");
+    // a 100 GiB config (a hole on disk)
+    hostile("big-sparse-config", &out, Some("100"));
+    let (m, took) = timed_mount(&[out.to_str().unwrap()]);
+    assert!(took < Duration::from_secs(10), "mount took {took:?}");
+    let dangling = ok(&format!("find {} -xtype l", m.p("by-tag")));
+    assert!(dangling.contains("localhost/huge:1"), "{dangling}");
+    assert!(m.log().contains("max_config_size"), "{}", m.log());
+}
+
+#[test]
+fn store_files_that_are_devices_are_refused() {
+    let f = fixtures();
+    // containers-storage: a manifest big-data file and layers.json as /dev/zero
+    let cs = CsStore::new(f);
+    let images = format!("{}/vfs-images", cs.root());
+    let manifest = ok(&format!("ls {images}/*/manifest | head -1"));
+    let dev = |p: &str| {
+        std::fs::remove_file(p).unwrap();
+        ok(&format!("mknod '{p}' c 1 5"));
+    };
+    dev(manifest.trim());
+    dev(&format!("{}/vfs-layers/layers.json", cs.root()));
+    let m = Mount::new(&[&cs.root()]);
+    assert!(m.mp().join("by-tag/localhost/whoami/api:1.0").exists());
+    assert!(m.log().contains("is a device"), "{}", m.log());
+    let rss = peak_rss_mib(&m);
+    assert!(rss < 64, "peak RSS {rss} MiB");
+    drop(m);
+    // a Docker root whose layer size file is /dev/zero
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("docker");
+    hostile("docker-root-devices", &root, None);
+    let m = Mount::new(&[&format!("docker-root:{}", root.display())]);
+    assert!(m.mp().join("by-tag/localhost/dev:1").exists());
+    let rss = peak_rss_mib(&m);
+    assert!(rss < 64, "peak RSS {rss} MiB");
+}
+
+#[test]
+fn a_meta_db_whose_pages_repeat_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("containerd");
+    hostile("meta-shared", &root, Some("10"));
+    let started = Instant::now();
+    let (code, err) = imagefs_outcome(
+        &[&format!("containerd:{}#default", root.display())],
+        &dir.path().join("mnt"),
+    );
+    assert!(code != 0 && code != 124, "exit {code}: {err}");
+    assert!(err.contains("twice"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------
+// no panic, no abort (section 5)
+
+#[test]
+fn a_deep_index_chain_never_overflows_the_stack_on_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let lw = dir.path().join("layout");
+    let a = hostile("index-chain", &lw, Some("100000"));
+    let lw = lw.display().to_string();
+    let m = Mount::new(&[&lw]);
+    // every write walks the index (what a delete may remove): all of it, iteratively
+    ok(&format!(
+        "ln {} {}",
+        m.p(&format!("by-id/{a}")),
+        m.p("by-tag/localhost/a:2")
+    ));
+    ok(&format!("rm {}", m.p("by-tag/localhost/b:1")));
+    let _ = sh(&format!("find {} -links 1 -delete", m.p("by-id")));
+    // the daemon is alive, and what it wrote is what skopeo reads
+    assert!(m.mp().join("by-tag/localhost/a:2").exists());
+    assert_eq!(skopeo_id(&format!("oci:{lw}:localhost/a:2")), a);
+    assert!(skopeo_fails(&format!("oci:{lw}:localhost/b:1")));
+}

@@ -28,6 +28,10 @@ const BRANCH: u16 = 0x01;
 const LEAF: u16 = 0x02;
 const BUCKET_FLAG: u32 = 0x01;
 const MAX_DEPTH: usize = 64;
+/// Pages one read transaction may read: a busy node's 100 MiB meta.db has 25,000. A
+/// file whose pages repeat under each other (a branch naming one child many times,
+/// at every level) would otherwise cost a walk exponential in its depth.
+pub const MAX_PAGES: usize = 1 << 20;
 const MAX_PAGE_SIZE: u32 = 1 << 20;
 const ATTEMPTS: usize = 20;
 
@@ -151,6 +155,8 @@ pub struct Tx<'a> {
     db: &'a BoltFile,
     pub meta: Meta,
     len: u64,
+    /// Pages read so far, against [`MAX_PAGES`].
+    pages_read: std::cell::Cell<usize>,
 }
 
 impl BoltFile {
@@ -225,6 +231,7 @@ impl BoltFile {
                 db: self,
                 meta,
                 len,
+                pages_read: std::cell::Cell::new(0),
             };
             let result = f(&tx);
             let after = self.meta()?;
@@ -246,6 +253,13 @@ impl Tx<'_> {
     /// A whole page (overflow included), checked against its id and the file.
     fn page(&self, id: u64) -> Result<Vec<u8>, BoltError> {
         let damaged = |why| BoltError::Damaged { page: id, why };
+        let read = self.pages_read.get() + 1;
+        if read > MAX_PAGES {
+            return Err(damaged(
+                "more pages read than the file can hold trees of (pages repeat under each other?)",
+            ));
+        }
+        self.pages_read.set(read);
         if id < 2 || id >= self.meta.pgid {
             return Err(damaged("page id out of range"));
         }
@@ -279,17 +293,31 @@ impl Tx<'_> {
     pub fn items(&self, bucket: &Bucket) -> Result<Vec<(Vec<u8>, Item)>, BoltError> {
         let mut out = Vec::new();
         match bucket {
-            Bucket::Page(id) => self.walk(*id, 0, &mut out)?,
+            Bucket::Page(id) => self.walk(*id, 0, &mut Default::default(), &mut out)?,
             Bucket::Inline(page) => leaf_items(page, 0, &mut out)?,
         }
         Ok(out)
     }
 
-    fn walk(&self, id: u64, depth: usize, out: &mut Vec<(Vec<u8>, Item)>) -> Result<(), BoltError> {
+    /// Walks one bucket's tree; a page met twice in it is damage (each page of a
+    /// real tree has one parent).
+    fn walk(
+        &self,
+        id: u64,
+        depth: usize,
+        seen: &mut std::collections::HashSet<u64>,
+        out: &mut Vec<(Vec<u8>, Item)>,
+    ) -> Result<(), BoltError> {
         if depth > MAX_DEPTH {
             return Err(BoltError::Damaged {
                 page: id,
                 why: "tree deeper than any real one (a loop?)",
+            });
+        }
+        if !seen.insert(id) {
+            return Err(BoltError::Damaged {
+                page: id,
+                why: "a page appears twice in one tree",
             });
         }
         let page = self.page(id)?;
@@ -297,7 +325,7 @@ impl Tx<'_> {
             Some(LEAF) => leaf_items(&page, id, out),
             Some(BRANCH) => {
                 for (_, child) in branch_children(&page, id)? {
-                    self.walk(child, depth + 1, out)?;
+                    self.walk(child, depth + 1, seen, out)?;
                 }
                 Ok(())
             }
@@ -534,6 +562,56 @@ mod tests {
             BoltFile::open(&p4).unwrap().meta(),
             Err(BoltError::NoValidMeta)
         ));
+    }
+
+    /// A branch page of `count` elements, every one naming `child`.
+    fn branch_page(id: u64, page_size: usize, child: u64, count: usize) -> Vec<u8> {
+        let mut p = vec![0u8; page_size];
+        p[0..8].copy_from_slice(&id.to_le_bytes());
+        p[8..10].copy_from_slice(&BRANCH.to_le_bytes());
+        p[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+        for i in 0..count {
+            let e = PAGE_HEADER + i * ELEMENT;
+            // an empty key at the element itself
+            p[e..e + 4].copy_from_slice(&0u32.to_le_bytes());
+            p[e + 4..e + 8].copy_from_slice(&0u32.to_le_bytes());
+            p[e + 8..e + 16].copy_from_slice(&child.to_le_bytes());
+        }
+        p
+    }
+
+    /// Ten levels of branch pages, each naming the next level 200 times: a walk
+    /// that follows every name reads 200^10 pages. It must stop, at once.
+    #[test]
+    fn pages_shared_under_each_other_end_the_walk_at_once() {
+        let ps = 4096usize;
+        let levels = 10u64;
+        let mut pages = vec![
+            meta_page(ps as u32, 2, 2 + levels + 1, 4),
+            meta_page(ps as u32, 2, 2 + levels + 1, 3),
+        ];
+        for l in 0..levels {
+            pages.push(branch_page(2 + l, ps, 3 + l, 200));
+        }
+        pages.push(leaf_page(2 + levels, ps, &[(b"k", b"v", false)]));
+        let (_d, path) = db(pages);
+        let f = BoltFile::open(&path).unwrap();
+        let started = std::time::Instant::now();
+        let err = f.read(|tx| tx.items(&tx.root())).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // every tree of one read counts against the same page budget
+        let tx_pages = f
+            .read(|tx| {
+                for _ in 0..=MAX_PAGES {
+                    if let Err(e) = tx.items(&Bucket::Page(2 + levels)) {
+                        return Ok(e.to_string());
+                    }
+                }
+                Ok(String::new())
+            })
+            .unwrap();
+        assert!(tx_pages.contains("more pages read"), "{tx_pages}");
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Catalog {
         source: &dyn Source,
         inv: Inventory,
         cache: &ConfigCache,
+        limits: &crate::limits::Limits,
     ) -> Catalog {
         let mut cat = Catalog {
             problems: inv.problems,
@@ -200,13 +201,16 @@ impl Catalog {
         let mut dangling: Vec<DanglingTag> = Vec::new();
         let mut memo = HashMap::new();
         for record in inv.images {
-            match cat.verify(store, source, &record, cache, &mut memo) {
+            match cat.verify(store, source, &record, cache, limits, &mut memo) {
                 Some((id, summary, loc)) => merge(&mut images, id, summary, loc, record),
                 None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
                     tag: t.clone(),
                     target: record.claimed_id.clone(),
                 })),
             }
+        }
+        for image in images.values_mut() {
+            finish(image);
         }
         // One tag names one image: the first record that claims it wins.
         let mut owner: HashMap<TagRef, String> = HashMap::new();
@@ -250,6 +254,7 @@ impl Catalog {
         source: &dyn Source,
         record: &ImageRecord,
         cache: &ConfigCache,
+        limits: &crate::limits::Limits,
         memo: &mut HashMap<BlobLocation, CheckedRead>,
     ) -> Option<(String, ConfigSummary, BlobLocation)> {
         let loc = match &record.config {
@@ -269,7 +274,15 @@ impl Catalog {
         // than 30 s when each hashed it again).
         let first = !memo.contains_key(loc);
         if first {
-            let checked = read_config(store, source, loc, cache);
+            let checked = if loc.size() > limits.max_config_size {
+                Err(format!(
+                    "{} bytes, more than the {} a config may have (-o max_config_size raises it)",
+                    loc.size(),
+                    limits.max_config_size
+                ))
+            } else {
+                read_config(store, source, loc, cache)
+            };
             memo.insert(loc.clone(), checked);
         }
         let (id, summary, parse_problem, loc) = match memo.get(loc)? {
@@ -332,32 +345,40 @@ fn merge(
         other_platforms: vec![],
         extra_xattrs: vec![],
     });
-    extend_unique(&mut image.tags, record.tags);
-    extend_unique(&mut image.manifest_digests, record.manifest_digests);
-    extend_unique(&mut image.digest_refs, record.digest_refs);
-    extend_unique(&mut image.other_platforms, record.other_platforms);
+    // Gathered here, made unique once in `finish`: deduplicating at each record made
+    // an image named by 100,000 records cost 100,000² comparisons.
+    image.tags.extend(record.tags);
+    image.manifest_digests.extend(record.manifest_digests);
+    image.digest_refs.extend(record.digest_refs);
+    image.other_platforms.extend(record.other_platforms);
     // one attribute per name: values from several records are joined
     for (name, value) in record.extra_xattrs {
         match image.extra_xattrs.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => {
-                for part in value.split(',') {
-                    if !v.split(',').any(|p| p == part) {
-                        v.push(',');
-                        v.push_str(part);
-                    }
-                }
+                v.push(',');
+                v.push_str(&value);
             }
             None => image.extra_xattrs.push((name, value)),
         }
     }
-    image.tags.sort();
 }
 
-/// Appends what `v` does not hold yet, keeping first-seen order.
-fn extend_unique<T: PartialEq>(v: &mut Vec<T>, items: Vec<T>) {
-    for x in items {
-        if !v.contains(&x) {
-            v.push(x);
-        }
+/// Makes what `merge` gathered unique: tags sorted, the rest in first-seen order.
+fn finish(image: &mut Image) {
+    image.tags.sort();
+    image.tags.dedup();
+    unique_first_seen(&mut image.manifest_digests);
+    unique_first_seen(&mut image.digest_refs);
+    unique_first_seen(&mut image.other_platforms);
+    for (_, value) in &mut image.extra_xattrs {
+        let mut parts: Vec<String> = value.split(',').map(str::to_string).collect();
+        unique_first_seen(&mut parts);
+        *value = parts.join(",");
     }
+}
+
+/// Keeps the first of each value, in order.
+fn unique_first_seen<T: Eq + std::hash::Hash + Clone>(v: &mut Vec<T>) {
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    v.retain(|x| seen.insert(x.clone()));
 }

@@ -89,6 +89,8 @@ pub struct MountOptions {
     pub docker_host: Option<String>,
     /// containerd's socket (containerd sources).
     pub containerd_address: Option<String>,
+    /// `max_members=`, `max_images=`, `max_index_size=`, `max_config_size=`.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for MountOptions {
@@ -105,6 +107,7 @@ impl Default for MountOptions {
             nokeep: false,
             docker_host: None,
             containerd_address: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -157,6 +160,10 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("docker_host", Some(v)) => out.docker_host = Some(v.to_string()),
             ("containerd_address", Some(v)) => out.containerd_address = Some(v.to_string()),
+            ("max_members", Some(v)) => out.limits.max_members = parse_count(key, v)?,
+            ("max_images", Some(v)) => out.limits.max_images = parse_count(key, v)?,
+            ("max_index_size", Some(v)) => out.limits.max_index_size = parse_size(v)?,
+            ("max_config_size", Some(v)) => out.limits.max_config_size = parse_size(v)?,
             ("subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
@@ -164,6 +171,15 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
         }
     }
     Ok(out)
+}
+
+/// A positive count, for a limit.
+fn parse_count(key: &str, v: &str) -> Result<usize, String> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("bad {key}={v:?}: use a positive whole number"))
 }
 
 /// `64M`, `1G`, `4096`, `512k`.
@@ -320,6 +336,17 @@ mod tests {
         assert!(parse_options(&s(&["cache_size=12Q"])).is_err());
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        let o = parse_options(&s(&["max_members=9,max_images=7,max_config_size=2G"])).unwrap();
+        assert_eq!(
+            (
+                o.limits.max_members,
+                o.limits.max_images,
+                o.limits.max_config_size
+            ),
+            (9, 7, 2 << 30)
+        );
+        assert!(parse_options(&s(&["max_images=0"])).is_err());
+        assert!(parse_options(&s(&["max_images=lots"])).is_err());
     }
 
     #[test]

@@ -67,12 +67,13 @@ impl KeptCatalogs {
             .map(|d| d.join("imagefs"))
     }
 
-    /// The key a kept catalog must carry to stand for `source` now; `None` when its
-    /// catalog is not kept.
-    pub fn key_of(source: &dyn Source) -> Option<String> {
+    /// The key a kept catalog must carry to stand for `source` now, read under
+    /// `limits` (a catalog cut short by a lower limit is not one for a higher);
+    /// `None` when its catalog is not kept.
+    pub fn key_of(source: &dyn Source, limits: &crate::limits::Limits) -> Option<String> {
         let content = source.content_key()?;
         Some(format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{limits:?}\n{}",
             env!("CARGO_PKG_VERSION"),
             source.describe(),
             content
@@ -463,7 +464,7 @@ mod tests {
         let walk = || {
             let f = std::fs::File::open(&tar_path).unwrap();
             let meta = f.metadata().unwrap();
-            (TarIndex::build_file(&f, meta.len()), meta)
+            (TarIndex::build_file(&f, meta.len(), 1 << 20), meta)
         };
         let kept_dir = dir.path().join("kept");
         // a small archive is not kept: walking it is as cheap

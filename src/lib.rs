@@ -13,6 +13,7 @@ pub mod config_cache;
 pub mod fs;
 pub mod fuse;
 pub mod kept_catalog;
+pub mod limits;
 pub mod reference;
 pub mod source;
 pub mod tar_index;

@@ -149,6 +149,7 @@ fn read_and_serve(
     let source_options = source::SourceOptions {
         docker_host: options.docker_host.clone(),
         containerd_address: options.containerd_address.clone(),
+        limits: options.limits,
     };
     let stores = if positional.is_empty() {
         discover_stores(&source_options)?
@@ -162,6 +163,7 @@ fn read_and_serve(
             read_only: options.read_only,
             kept: kept.map(KeptCatalogs::new),
             rescan: options.rescan,
+            limits: options.limits,
         },
     )
     .map_err(|e| e.to_string())?;

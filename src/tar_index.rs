@@ -138,7 +138,12 @@ impl Seek for HeaderReader<'_> {
 impl TarIndex {
     /// Walks the headers of `reader`, whose total length is `len`.
     pub fn build<R: Read + Seek>(reader: R, len: u64) -> TarIndex {
-        TarIndex::build_capturing(reader, len, None)
+        TarIndex::build_capturing(
+            reader,
+            len,
+            None,
+            crate::limits::Limits::default().max_members,
+        )
     }
 
     /// An index from entries stored earlier (a persisted index), in archive order.
@@ -216,13 +221,9 @@ impl TarIndex {
     /// per header and nothing read ahead: member data is never read, so the bytes
     /// read are the headers' own, wherever they lie (a buffered walk reads a buffer's
     /// worth at each header: 64 KiB per member on an archive of big layers).
-    pub fn build_file(file: &std::fs::File, len: u64) -> TarIndex {
-        TarIndex::walk(
-            HeaderReader { file, pos: 0 },
-            len,
-            None,
-            DEFAULT_MAX_MEMBERS,
-        )
+    /// At most `max_members` members are indexed.
+    pub fn build_file(file: &std::fs::File, len: u64, max_members: usize) -> TarIndex {
+        TarIndex::walk(HeaderReader { file, pos: 0 }, len, None, max_members)
     }
 
     /// [`TarIndex::build`], handing small members' data to `capture` on the way.
@@ -230,13 +231,14 @@ impl TarIndex {
         mut reader: R,
         len: u64,
         capture: Option<Capture<'_>>,
+        max_members: usize,
     ) -> TarIndex {
         let pos = reader.stream_position().unwrap_or(0);
         let reader = SkimReader {
             inner: io::BufReader::with_capacity(64 * 1024, reader),
             pos,
         };
-        TarIndex::walk(reader, len, capture, DEFAULT_MAX_MEMBERS)
+        TarIndex::walk(reader, len, capture, max_members)
     }
 
     /// The walk itself: headers read one by one (512 bytes, plus a GNU long name or a
@@ -491,10 +493,6 @@ const BLOCK: u64 = 512;
 /// A GNU long name or link, or a PAX extended header, is at most this big: real ones
 /// hold a path of a few hundred bytes.
 pub const MAX_EXTENSION: u64 = 1 << 20;
-
-/// Members indexed in one archive unless `-o max_members` says otherwise: a
-/// `docker save` of 10,000 images has about 40,000.
-pub const DEFAULT_MAX_MEMBERS: usize = 500_000;
 
 fn kind_is_file(m: &TarMember) -> bool {
     m.kind == MemberKind::File

@@ -126,6 +126,8 @@ pub struct FsOptions {
     /// `-o rescan`: scan every store even when a kept catalog is valid (and keep the
     /// fresh one).
     pub rescan: bool,
+    /// How much a store may make imagefs read and hash.
+    pub limits: crate::limits::Limits,
 }
 
 struct State {
@@ -179,6 +181,8 @@ pub struct ImageFs {
     repinned: Mutex<
         std::collections::HashMap<crate::config_cache::CacheKey, crate::source::BlobLocation>,
     >,
+    /// Per store: the change token a reload failed at (not tried again until it moves).
+    failed_tokens: Mutex<Vec<Option<ChangeToken>>>,
 }
 
 /// Shown in `user.imagefs.stats`: how many READ, GETXATTR and OPEN requests reached
@@ -227,7 +231,7 @@ impl ImageFs {
             let key = options
                 .kept
                 .as_ref()
-                .and_then(|_| KeptCatalogs::key_of(source));
+                .and_then(|_| KeptCatalogs::key_of(source, &options.limits));
             let started = std::time::Instant::now();
             let kept = match (&options.kept, &key) {
                 (Some(kept), Some(key)) if !options.rescan => kept.load(source, key),
@@ -248,7 +252,7 @@ impl ImageFs {
                 None => {
                     let inv = source.scan()?;
                     let scanned = started.elapsed();
-                    let catalog = Arc::new(Catalog::build(i, source, inv, &cache));
+                    let catalog = Arc::new(Catalog::build(i, source, inv, &cache, &options.limits));
                     catalog.log_problems(&source.describe());
                     info!(
                         store = %source.describe(),
@@ -282,6 +286,7 @@ impl ImageFs {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "tree built"
         );
+        let n_stores = stores.len();
         Ok(ImageFs {
             write_locks: stores.iter().map(|_| Mutex::new(())).collect(),
             stores,
@@ -293,6 +298,7 @@ impl ImageFs {
             queued: Mutex::new(Vec::new()),
             queued_wake: parking_lot::Condvar::new(),
             repinned: Mutex::new(Default::default()),
+            failed_tokens: Mutex::new(vec![None; n_stores]),
         })
     }
 
@@ -717,11 +723,17 @@ impl ImageFs {
             .options
             .kept
             .as_ref()
-            .and_then(|_| KeptCatalogs::key_of(source));
+            .and_then(|_| KeptCatalogs::key_of(source, &self.options.limits));
         let inv = source.scan()?;
         self.cache.forget_store(store);
         self.repinned.lock().retain(|(s, _), _| *s != store);
-        let catalog = Arc::new(Catalog::build(store, source, inv, &self.cache));
+        let catalog = Arc::new(Catalog::build(
+            store,
+            source,
+            inv,
+            &self.cache,
+            &self.options.limits,
+        ));
         catalog.log_problems(&source.describe());
         // Queued, not written here: a reload may run inside a write request. The key
         // was taken before the scan, as at mount.
@@ -746,10 +758,20 @@ impl ImageFs {
             if now.is_none() || self.state.read().tokens[i] == now {
                 continue;
             }
+            // a store that cannot be read is said so once per change, not every tick
+            if self.failed_tokens.lock()[i] == now {
+                continue;
+            }
             info!(store = %store.source.describe(), "changed outside the mount: reloading");
             match self.reload(i) {
-                Ok(old) => out.extend(self.invalidations(&old)),
-                Err(e) => warn!("{e}: keeping the tree as it was"),
+                Ok(old) => {
+                    self.failed_tokens.lock()[i] = None;
+                    out.extend(self.invalidations(&old))
+                }
+                Err(e) => {
+                    warn!("{e}: keeping the tree as it was until the store changes again");
+                    self.failed_tokens.lock()[i] = now;
+                }
             }
         }
         out

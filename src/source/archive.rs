@@ -21,6 +21,7 @@ use super::{
     BlobChanged, BlobLocation, ChangeToken, FileId, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, pread_clamped,
 };
+use crate::limits::Limits;
 use crate::tar_index::{MemberKind, TarIndex};
 
 pub use super::compressed::Compression;
@@ -41,10 +42,11 @@ pub struct ArchiveFile {
     pub name: String,
     /// The path as the user gave it, for messages.
     pub shown: PathBuf,
+    pub limits: Limits,
 }
 
 impl ArchiveFile {
-    pub fn locate(path: &Path) -> Result<ArchiveFile, SourceError> {
+    pub fn locate(path: &Path, limits: Limits) -> Result<ArchiveFile, SourceError> {
         let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
         let canonical = path.canonicalize().map_err(|e| fail(&e))?;
         let (Some(parent), Some(name)) = (canonical.parent(), canonical.file_name()) else {
@@ -59,6 +61,7 @@ impl ArchiveFile {
             dir,
             name,
             shown: path.to_path_buf(),
+            limits,
         })
     }
 
@@ -91,8 +94,8 @@ pub struct TarArchive {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl TarArchive {
-    pub fn open(path: &Path) -> Result<TarArchive, SourceError> {
-        TarArchive::open_at(Arc::new(ArchiveFile::locate(path)?))
+    pub fn open(path: &Path, limits: Limits) -> Result<TarArchive, SourceError> {
+        TarArchive::open_at(Arc::new(ArchiveFile::locate(path, limits)?))
     }
 
     pub fn open_at(at: Arc<ArchiveFile>) -> Result<TarArchive, SourceError> {
@@ -122,7 +125,7 @@ impl TarArchive {
                 let index = match crate::kept_catalog::load_tar_index(path, &meta) {
                     Some(kept) => kept,
                     None => {
-                        let index = TarIndex::build_file(&file, meta.len());
+                        let index = TarIndex::build_file(&file, meta.len(), at.limits.max_members);
                         crate::kept_catalog::keep_tar_index(path, &meta, &index);
                         index
                     }
@@ -172,6 +175,10 @@ impl TarArchive {
 
     pub fn meta(&self) -> StoreMeta {
         self.meta
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.at.limits
     }
 
     /// `archive.tar:member`, for messages.
@@ -483,8 +490,8 @@ pub fn kind_of(archive: &TarArchive) -> Result<SourceKind, SourceError> {
 }
 
 /// Opens an archive whose kind was not given, indexing it once.
-pub fn open_detected(path: &Path) -> Result<Box<dyn Source>, SourceError> {
-    let archive = TarArchive::open(path)?;
+pub fn open_detected(path: &Path, limits: Limits) -> Result<Box<dyn Source>, SourceError> {
+    let archive = TarArchive::open(path, limits)?;
     match kind_of(&archive)? {
         SourceKind::DockerArchive => Ok(Box::new(
             super::docker_archive::DockerArchive::from_archive(archive),
@@ -497,5 +504,5 @@ pub fn open_detected(path: &Path) -> Result<Box<dyn Source>, SourceError> {
 
 /// For `detect`: the kind of the archive at `path`.
 pub fn detect_archive_kind(path: &Path) -> Result<SourceKind, SourceError> {
-    kind_of(&TarArchive::open(path)?)
+    kind_of(&TarArchive::open(path, Limits::default())?)
 }

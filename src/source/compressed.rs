@@ -95,13 +95,15 @@ impl Identity {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct Header<'a> {
     archive: Identity,
     compression: Compression,
     /// Length of the uncompressed tar stream.
     tar_len: u64,
     end_of_entries: u64,
-    entries: Vec<(String, TarMember)>,
+    /// Borrowed from the index when written (a copy of 500,000 entries and its JSON
+    /// were most of a big indexing's memory), owned when read.
+    entries: std::borrow::Cow<'a, [(String, TarMember)]>,
     problems: Vec<String>,
     /// (member data offset in the tar, where its bytes are in this file's data region).
     inline: Vec<(u64, u64)>,
@@ -140,14 +142,21 @@ impl CompressedTar {
             match load(&place, &identity, compression) {
                 Ok(Some((store, header))) => {
                     debug!(archive = %path.display(), index = %place.display(), "using the persisted index");
-                    return CompressedTar::from_header(
+                    let index = TarIndex::from_parts(
+                        header.entries.into_owned(),
+                        header.end_of_entries,
+                        header.problems,
+                    );
+                    return CompressedTar::new(
                         path,
                         file,
                         compression,
                         store,
-                        header,
+                        header.inline,
+                        header.tar_len,
                         Some(PathBuf::from(place.display())),
-                    );
+                    )
+                    .map(|tar| (tar, index));
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -155,42 +164,43 @@ impl CompressedTar {
                 }
             }
         }
-        let (store, header) = build(at, file, compression, identity, meta.size())?;
-        let persisted = if header.problems.is_empty() {
-            persist(at, &store)
+        let built = build(at, file, compression, identity, meta.size())?;
+        let persisted = if built.index.problems.is_empty() {
+            persist(at, &built.store)
         } else {
             None
         };
-        CompressedTar::from_header(
+        let tar = CompressedTar::new(
             path,
             file,
             compression,
-            store.into_file().map_err(|e| e.to_string())?,
-            header,
+            built.store.into_file().map_err(|e| e.to_string())?,
+            built.inline,
+            built.tar_len,
             persisted,
-        )
+        )?;
+        Ok((tar, built.index))
     }
 
-    fn from_header(
+    fn new(
         path: &Path,
         file: &File,
         compression: Compression,
         store: File,
-        header: Header,
+        inline: Vec<(u64, u64)>,
+        tar_len: u64,
         index_path: Option<PathBuf>,
-    ) -> Result<(CompressedTar, TarIndex), String> {
-        let tar = CompressedTar {
+    ) -> Result<CompressedTar, String> {
+        Ok(CompressedTar {
             path: path.to_path_buf(),
             source: file.try_clone().map_err(|e| e.to_string())?,
             compression,
             store,
-            inline: header.inline.into_iter().collect(),
+            inline: inline.into_iter().collect(),
             cursor: Mutex::new(None),
-            tar_len: header.tar_len,
+            tar_len,
             index_path,
-        };
-        let index = TarIndex::from_parts(header.entries, header.end_of_entries, header.problems);
-        Ok((tar, index))
+        })
     }
 
     /// The archive file as opened.
@@ -312,7 +322,7 @@ fn load(
     place: &IndexPlace,
     identity: &Identity,
     compression: Compression,
-) -> Result<Option<(File, Header)>, String> {
+) -> Result<Option<(File, Header<'static>)>, String> {
     let file = match place.dir.open_own(&place.name, false) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -373,6 +383,25 @@ fn load(
         return Err("a kept member lies outside the data region".into());
     }
     Ok(Some((file, header)))
+}
+
+/// Writes through to `out`, hashing and counting what passes.
+struct HashingCounter<'a, W: Write> {
+    out: &'a mut W,
+    hasher: &'a mut Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingCounter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 struct HashWriter<'a>(&'a mut Sha256);
@@ -524,7 +553,7 @@ fn build(
     compression: Compression,
     identity: Identity,
     compressed_len: u64,
-) -> Result<(IndexFile, Header), String> {
+) -> Result<Built, String> {
     let path = at.shown.as_path();
     info!(archive = %path.display(), ?compression, "indexing the compressed archive (once: the index is kept)");
     let store = IndexFile::create(at).map_err(|e| format!("cannot create an index file: {e}"))?;
@@ -562,6 +591,7 @@ fn build(
             max_size: INLINE_MAX,
             take: &mut take,
         }),
+        at.limits.max_members,
     );
     // To the end: the length, and the checksum the format carries at its end.
     let mut problems = Vec::new();
@@ -576,32 +606,55 @@ fn build(
     if let Some(e) = write_error {
         return Err(format!("cannot write the index: {e}"));
     }
-    problems.extend(index.problems.iter().cloned());
+    problems.append(&mut index.problems);
+    index.problems = problems;
     let header = Header {
         archive: identity,
         compression,
         tar_len,
         end_of_entries: index.end_of_entries,
-        entries: index.entries().to_vec(),
-        problems,
+        entries: std::borrow::Cow::Borrowed(index.entries()),
+        problems: index.problems.clone(),
         inline,
     };
-    let json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // Written as it is serialized (hashed and counted on the way): the JSON of a big
+    // index is not held in memory whole.
+    let mut json = HashingCounter {
+        out: &mut out,
+        hasher: &mut hasher,
+        len: 0,
+    };
+    serde_json::to_writer(&mut json, &header)
+        .map_err(|e| format!("cannot write the index: {e}"))?;
+    let json_len = json.len;
+    let inline = header.inline;
     let mut trailer = Vec::with_capacity(TRAILER_LEN as usize);
     trailer.extend_from_slice(MAGIC);
     trailer.extend_from_slice(&VERSION.to_le_bytes());
     trailer.extend_from_slice(&0u32.to_le_bytes());
     trailer.extend_from_slice(&data_len.to_le_bytes());
-    trailer.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    hasher.update(&json);
+    trailer.extend_from_slice(&json_len.to_le_bytes());
     hasher.update(&trailer);
     trailer.extend_from_slice(&hasher.finalize());
-    out.write_all(&json)
-        .and_then(|()| out.write_all(&trailer))
+    out.write_all(&trailer)
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write the index: {e}"))?;
     drop(out);
-    Ok((store, header))
+    Ok(Built {
+        store,
+        index,
+        inline,
+        tar_len,
+    })
+}
+
+/// What one decompression pass made: the index file, the tar index, where the kept
+/// members are in it, and the tar stream's length.
+struct Built {
+    store: IndexFile,
+    index: TarIndex,
+    inline: Vec<(u64, u64)>,
+    tar_len: u64,
 }
 
 /// A decompressed stream made seekable forwards, which is all the tar walk asks:
@@ -795,7 +848,7 @@ mod tests {
         std::fs::write(&path, gzip(&tar)).unwrap();
         let file = File::open(&path).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &file,
             Compression::Gzip,
         )
@@ -841,7 +894,7 @@ mod tests {
             .set_modified(mtime)
             .unwrap();
         let (ct2, index2) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -870,7 +923,7 @@ mod tests {
             .set_modified(two_hours_ago)
             .unwrap();
         CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -882,7 +935,7 @@ mod tests {
         bytes[1] ^= 0xff;
         std::fs::write(&idx, &bytes).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -892,7 +945,7 @@ mod tests {
         let tar2 = tar_bytes(&[("manifest.json", b"[2]")], &[]);
         std::fs::write(&path, gzip(&tar2)).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -914,7 +967,7 @@ mod tests {
         std::fs::create_dir(&blocker).unwrap();
         unsafe { std::env::set_var("XDG_CACHE_HOME", cache.path()) };
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Zstd,
         )
@@ -923,7 +976,7 @@ mod tests {
         let kept = ct.index_path.clone().unwrap();
         assert!(kept.starts_with(cache.path()), "{kept:?}");
         let (ct2, _) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Zstd,
         )
@@ -939,7 +992,7 @@ mod tests {
         let gz = gzip(&tar);
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -954,7 +1007,7 @@ mod tests {
         bad.extend_from_slice(&[0xffu8; 4000]);
         std::fs::write(&path, &bad).unwrap();
         let (_, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path).unwrap(),
+            &ArchiveFile::locate(&path, Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )

@@ -20,6 +20,7 @@ use super::{
     StoreMeta, WriteError, read_whole,
 };
 use crate::bbolt::{BoltFile, Item};
+use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
 pub struct Containerd {
@@ -31,6 +32,7 @@ pub struct Containerd {
     meta: StoreMeta,
     /// containerd's API socket: writes go only there.
     address: PathBuf,
+    limits: Limits,
 }
 
 /// The socket a root's containerd listens on, unless `-o containerd_address=` says.
@@ -89,6 +91,7 @@ impl Containerd {
         root: &Path,
         namespace: &str,
         address: Option<&str>,
+        limits: Limits,
     ) -> Result<Containerd, SourceError> {
         let (dir, db) = open_db(root)?;
         let meta = dir
@@ -104,6 +107,7 @@ impl Containerd {
             address: address
                 .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
                 .unwrap_or_else(|| default_address(root)),
+            limits,
         })
     }
 
@@ -286,6 +290,10 @@ impl LayoutBlobs for Containerd {
     fn bare_tag_repository(&self) -> String {
         "localhost/image".into()
     }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
 }
 
 impl Source for Containerd {
@@ -303,7 +311,13 @@ impl Source for Containerd {
 
     fn scan(&self) -> Result<Inventory, SourceError> {
         let mut inv = Inventory::default();
-        for (name, desc) in self.records()? {
+        let mut records = self.records()?;
+        if records.len() > self.limits.max_images {
+            inv.problems
+                .push(self.limits.too_many_images(&self.describe(), records.len()));
+            records.truncate(self.limits.max_images);
+        }
+        for (name, desc) in records {
             let what = format!("{} image {name}", self.describe());
             let (mut record, problems) = oci::resolve_record(self, &desc, &what);
             inv.problems.extend(problems);

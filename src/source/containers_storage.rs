@@ -27,19 +27,22 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::json_limits::{self, Limited};
 use super::store_file::MAX_DIR_ENTRIES;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, WriteError,
 };
+use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
-const IMAGES_JSON_LIMIT: u64 = 256 << 20;
-const LAYERS_JSON_LIMIT: u64 = 256 << 20;
 const MANIFEST_LIMIT: u64 = 4 << 20;
+/// layers.json may list this many layers per image the store may hold.
+const LAYERS_PER_IMAGE: usize = 16;
 
 pub struct ContainersStorage {
     root: PathBuf,
+    limits: Limits,
     /// The graph root: every file of the store is reached through it.
     dir: StoreDir,
     /// `<driver>-images`, beneath the root.
@@ -108,7 +111,7 @@ fn is_store_id(id: &str) -> bool {
 }
 
 impl ContainersStorage {
-    pub fn open(root: &Path) -> Result<ContainersStorage, SourceError> {
+    pub fn open(root: &Path, limits: Limits) -> Result<ContainersStorage, SourceError> {
         let fail = |m: String| SourceError::new(root.display(), m);
         let dir = StoreDir::open(root, "store").map_err(|e| fail(e.to_string()))?;
         let mut found: Vec<(std::time::SystemTime, String)> = dir
@@ -144,6 +147,7 @@ impl ContainersStorage {
             .map_err(|e| fail(e.to_string()))?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),
+            limits,
             dir,
             images_dir,
             driver,
@@ -165,13 +169,14 @@ impl ContainersStorage {
         format!("{}-layers/layers.json", self.driver)
     }
 
-    fn read_images(&self) -> Result<Vec<Value>, String> {
+    /// images.json's records, at most `max_images` of them.
+    fn read_images(&self) -> Result<Limited<Value>, String> {
         let rel = self.images_json();
         let bytes = self
             .dir
-            .read_own(&rel, IMAGES_JSON_LIMIT)
+            .read_own(&rel, self.limits.max_index_size)
             .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes)
+        json_limits::list(&bytes, self.limits.max_images)
             .map_err(|e| format!("{}: not valid: {e}", self.dir.display(&rel)))
     }
 
@@ -275,7 +280,10 @@ impl ContainersStorage {
 
     /// layer id → (parent, size), from `<driver>-layers/layers.json`.
     fn layer_sizes(&self) -> HashMap<String, (Option<String>, u64)> {
-        let bytes = match self.dir.read_own(&self.layers_json(), LAYERS_JSON_LIMIT) {
+        let bytes = match self
+            .dir
+            .read_own(&self.layers_json(), self.limits.max_index_size)
+        {
             Ok(b) => b,
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -284,10 +292,18 @@ impl ContainersStorage {
                 return HashMap::new();
             }
         };
-        let Ok(layers) = serde_json::from_slice::<Vec<Value>>(&bytes) else {
+        let max = self.limits.max_images.saturating_mul(LAYERS_PER_IMAGE);
+        let Ok(layers) = json_limits::list::<Value>(&bytes, max) else {
             return HashMap::new();
         };
+        if layers.truncated() {
+            warn!(
+                "{}: more than {max} layers: some image sizes are not shown",
+                self.dir.display(&self.layers_json())
+            );
+        }
         layers
+            .kept
             .iter()
             .filter_map(|l| {
                 let id = l.get("id")?.as_str()?.to_string();
@@ -317,7 +333,16 @@ impl ContainersStorage {
                 e,
             )
         })?;
-        let mut images = self.read_images().map_err(WriteError::NotSupported)?;
+        let listed = self.read_images().map_err(WriteError::NotSupported)?;
+        // every record is written back: a store over the bound is not written
+        if listed.truncated() {
+            return Err(WriteError::NotSupported(format!(
+                "{}: not written",
+                self.limits
+                    .too_many_images(&self.dir.display(&rel), listed.total)
+            )));
+        }
+        let mut images = listed.kept;
         let id_of = |image: &Value| self.config_digest(image);
         edit(&mut images, &id_of)?;
         let bytes = serde_json::to_vec(&images)
@@ -420,8 +445,15 @@ impl Source for ContainersStorage {
             self.read_images()
                 .map_err(|e| SourceError::new(self.root.display(), e))?
         };
-        let layers = self.layer_sizes();
         let mut inv = Inventory::default();
+        if images.truncated() {
+            inv.problems.push(
+                self.limits
+                    .too_many_images(&self.dir.display(&self.images_json()), images.total),
+            );
+        }
+        let images = images.kept;
+        let layers = self.layer_sizes();
         // manifest digest → image, for manifest lists, whose instances are images of
         // the same store
         let mut by_manifest: HashMap<String, usize> = HashMap::new();

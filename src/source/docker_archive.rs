@@ -17,6 +17,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::archive::{ArchiveStore, TarArchive, WritePlan};
+use super::json_limits;
 use super::oci;
 use super::oci_archive::plan_index_edit;
 use super::oci_index::IndexEdit;
@@ -24,10 +25,8 @@ use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
     WriteError,
 };
+use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
-
-/// manifest.json lists every image of the archive; thousands fit in a few MiB.
-const MANIFEST_JSON_LIMIT: u64 = 64 << 20;
 
 #[derive(Deserialize, Debug)]
 struct ManifestEntry {
@@ -44,8 +43,8 @@ pub struct DockerArchive {
 }
 
 impl DockerArchive {
-    pub fn open(path: &Path) -> Result<DockerArchive, SourceError> {
-        Ok(DockerArchive::from_archive(TarArchive::open(path)?))
+    pub fn open(path: &Path, limits: Limits) -> Result<DockerArchive, SourceError> {
+        Ok(DockerArchive::from_archive(TarArchive::open(path, limits)?))
     }
 
     pub fn from_archive(archive: TarArchive) -> DockerArchive {
@@ -85,20 +84,37 @@ impl Source for DockerArchive {
         let a = self.store.refresh()?;
         let a = a.as_ref();
         let fail = |msg: String| SourceError::new(a.path().display(), msg);
+        let limits = a.limits();
         let bytes = a
-            .read_member("manifest.json", MANIFEST_JSON_LIMIT)
+            .read_member("manifest.json", limits.max_index_size)
             .map_err(fail)?;
-        let entries: Vec<ManifestEntry> = serde_json::from_slice(&bytes).map_err(|e| {
-            fail(format!(
-                "manifest.json is not a valid docker-save manifest: {e}"
-            ))
-        })?;
+        let listed =
+            json_limits::list::<ManifestEntry>(&bytes, limits.max_images).map_err(|e| {
+                fail(format!(
+                    "manifest.json is not a valid docker-save manifest: {e}"
+                ))
+            })?;
         let mut inv = Inventory {
             problems: a.index.problems.clone(),
             ..Default::default()
         };
+        if listed.truncated() {
+            inv.problems
+                .push(limits.too_many_images(&a.member_display("manifest.json"), listed.total));
+        }
+        let entries = listed.kept;
+        // Entries naming one config are one record: a manifest.json repeating a
+        // config a million times holds one record, not a million.
+        let mut by_config: HashMap<&str, usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let what = a.member_display(&format!("manifest.json entry {i}"));
+            if let Some(&at) = by_config.get(entry.config.as_str()) {
+                for name in entry.repo_tags.iter().flatten() {
+                    inv.images[at].add_name(name, &what, &mut inv.problems);
+                }
+                continue;
+            }
+            by_config.insert(&entry.config, inv.images.len());
             let config_name = a.member_display(&entry.config);
             let config = a.location(&entry.config);
             if config.is_none() {
@@ -214,18 +230,27 @@ pub enum Edit<'a> {
 /// Plans an edit: new manifest.json (and `repositories`, and for Docker 25+ the OCI
 /// index.json, kept in step), and for a delete the members no other image uses.
 fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+    let limits = a.limits();
     let bytes = a
-        .read_member("manifest.json", MANIFEST_JSON_LIMIT)
+        .read_member("manifest.json", limits.max_index_size)
         .map_err(WriteError::NotSupported)?;
-    let mut entries: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
+    let listed = json_limits::list::<Value>(&bytes, limits.max_images).map_err(|e| {
         WriteError::NotSupported(format!(
             "{}: manifest.json is not valid: {e}",
             a.path().display()
         ))
     })?;
+    // a write rewrites every entry: one over the bound is not written
+    if listed.truncated() {
+        return Err(WriteError::NotSupported(format!(
+            "{}: not written",
+            limits.too_many_images(&a.member_display("manifest.json"), listed.total)
+        )));
+    }
+    let mut entries = listed.kept;
     let ids: Vec<String> = entries.iter().map(|e| entry_id(a, e)).collect();
     let mut repositories: Option<serde_json::Map<String, Value>> = a
-        .read_member("repositories", MANIFEST_JSON_LIMIT)
+        .read_member("repositories", limits.max_index_size)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut drop = HashSet::new();

@@ -23,9 +23,9 @@ use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, WriteError,
 };
+use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
-const REPOSITORIES_LIMIT: u64 = 64 << 20;
 /// A config read for its layer list (sizes); the catalog hashes configs of any size.
 const CONFIG_PARSE_LIMIT: u64 = 16 << 20;
 /// layerdb's `size` files hold one decimal number.
@@ -34,6 +34,7 @@ const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 pub struct DockerRoot {
     root: PathBuf,
+    limits: Limits,
     /// The data root: every file of the store is reached through it.
     dir: StoreDir,
     /// `image/<driver>` directories beneath the root, the first one written when
@@ -60,7 +61,11 @@ pub fn familiar_name(tag: &TagRef) -> String {
 }
 
 impl DockerRoot {
-    pub fn open(root: &Path, docker_host: Option<&str>) -> Result<DockerRoot, SourceError> {
+    pub fn open(
+        root: &Path,
+        docker_host: Option<&str>,
+        limits: Limits,
+    ) -> Result<DockerRoot, SourceError> {
         let dir =
             StoreDir::open(root, "data root").map_err(|e| SourceError::new(root.display(), e))?;
         let is_dir = |rel: &str| dir.metadata(rel).ok().flatten().is_some_and(|m| m.is_dir());
@@ -105,6 +110,7 @@ impl DockerRoot {
             .map_err(|e| SourceError::new(dir.display(&drivers[0]), e))?;
         Ok(DockerRoot {
             root: root.to_path_buf(),
+            limits,
             dir,
             drivers,
             socket,
@@ -114,7 +120,7 @@ impl DockerRoot {
 
     fn read_repositories(&self, driver: &str) -> Result<Value, String> {
         let rel = format!("{driver}/repositories.json");
-        let bytes = match self.dir.read_own(&rel, REPOSITORIES_LIMIT) {
+        let bytes = match self.dir.read_own(&rel, self.limits.max_index_size) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(serde_json::json!({"Repositories": {}}));
@@ -402,7 +408,13 @@ impl Source for DockerRoot {
         if records.is_empty() {
             warn!(store = %self.root.display(), "no images (with the containerd image store, Docker keeps them in containerd's moby namespace)");
         }
-        inv.images = records.into_values().collect();
+        if records.len() > self.limits.max_images {
+            inv.problems.push(
+                self.limits
+                    .too_many_images(&self.root.display().to_string(), records.len()),
+            );
+        }
+        inv.images = records.into_values().take(self.limits.max_images).collect();
         Ok(inv)
     }
 

@@ -14,6 +14,7 @@ mod containerd_api;
 pub mod containers_storage;
 pub mod docker_archive;
 pub mod docker_root;
+pub mod json_limits;
 pub mod oci;
 pub mod oci_archive;
 pub mod oci_index;
@@ -171,11 +172,8 @@ impl ImageRecord {
     /// (an ID, or a malformed name) nothing as a tag, with a problem for the latter.
     pub fn add_name(&mut self, name: &str, what: &str, problems: &mut Vec<String>) {
         match crate::reference::parse(name) {
-            Ok(crate::reference::Parsed::Tag(t)) => {
-                if !self.tags.contains(&t) {
-                    self.tags.push(t)
-                }
-            }
+            // duplicates are dropped by the catalog, once
+            Ok(crate::reference::Parsed::Tag(t)) => self.tags.push(t),
             Ok(crate::reference::Parsed::Digest { name, digest }) => {
                 self.digest_refs.push(format!("{name}@{digest}"))
             }
@@ -541,6 +539,8 @@ pub struct SourceOptions {
     pub docker_host: Option<String>,
     /// `-o containerd_address=/path`: containerd's socket.
     pub containerd_address: Option<String>,
+    /// How much a store may make imagefs read and hold.
+    pub limits: crate::limits::Limits,
 }
 
 /// Opens a source from a command-line spec with default options.
@@ -582,6 +582,7 @@ pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, Sour
                     root,
                     &n,
                     options.containerd_address.as_deref(),
+                    options.limits,
                 )?);
                 Ok(((!single).then_some(n), s))
             })
@@ -598,15 +599,18 @@ pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>,
     let kind = match kind {
         Some(k) => k,
         // an archive is indexed once, and its kind read from the index
-        None if path.is_file() => return archive::open_detected(&path),
+        None if path.is_file() => return archive::open_detected(&path, options.limits),
         None => detect(&path)?,
     };
+    let limits = options.limits;
     match kind {
-        SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(&path)?)),
-        SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path)?)),
-        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path)?)),
+        SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(
+            &path, limits,
+        )?)),
+        SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path, limits)?)),
+        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path, limits)?)),
         SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
-            &path,
+            &path, limits,
         )?)),
         SourceKind::Containerd => {
             let text = path.to_string_lossy().into_owned();
@@ -618,11 +622,13 @@ pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>,
                 Path::new(root),
                 ns,
                 options.containerd_address.as_deref(),
+                limits,
             )?))
         }
         SourceKind::DockerRoot => Ok(Box::new(docker_root::DockerRoot::open(
             &path,
             options.docker_host.as_deref(),
+            limits,
         )?)),
         other => Err(SourceError::new(
             path.display(),

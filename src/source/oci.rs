@@ -10,22 +10,20 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
+use super::json_limits;
 use super::oci_index::{self, IndexEdit};
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, WriteError, read_whole,
 };
+use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
-/// index.json may list many thousands of images; manifests and nested indexes are
-/// small (registries refuse more than 4 MiB).
-pub const INDEX_LIMIT: u64 = 64 << 20;
+/// Manifests and nested indexes are small (registries refuse more than 4 MiB);
+/// index.json's bounds are the mount's [`Limits`].
 pub const MANIFEST_LIMIT: u64 = 4 << 20;
 /// Nested indexes deeper than this are treated as a loop.
 const MAX_INDEX_DEPTH: usize = 4;
-/// index.json lists at most this many entries (250,000 tags fit in far fewer bytes
-/// than [`INDEX_LIMIT`]; the limit bounds what a small file can make imagefs hold).
-pub const MAX_INDEX_ENTRIES: usize = 1_000_000;
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -111,6 +109,8 @@ pub trait LayoutBlobs {
     fn display(&self, rel: &str) -> String;
     /// The repository a bare-tag `ref.name` belongs to.
     fn bare_tag_repository(&self) -> String;
+    /// The mount's bounds on what the layout may make imagefs read and hold.
+    fn limits(&self) -> Limits;
 }
 
 pub fn blob_rel_path(digest: &str) -> Option<String> {
@@ -125,24 +125,22 @@ pub fn blob_rel_path(digest: &str) -> Option<String> {
 /// read or parsed; every problem below it is reported and the rest still shown.
 pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, String> {
     let index_name = layout.display("index.json");
-    let bytes = layout.read_file("index.json", INDEX_LIMIT)?;
-    let index: ManifestOrIndex = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{index_name}: not a valid OCI index: {e}"))?;
-    let Some(entries) = index.manifests else {
-        return Err(format!("{index_name}: no \"manifests\" list"));
-    };
+    let limits = layout.limits();
+    let bytes = layout.read_file("index.json", limits.max_index_size)?;
+    let listed = json_limits::field_list::<Descriptor>(&bytes, "manifests", limits.max_images)
+        .map_err(|e| format!("{index_name}: not a valid OCI index: {e}"))?
+        .ok_or_else(|| format!("{index_name}: no \"manifests\" list"))?;
     let mut inv = Inventory::default();
+    if listed.truncated() {
+        inv.problems
+            .push(limits.too_many_images(&index_name, listed.total));
+    }
+    let entries = listed.kept;
     let host = host_platform();
     // One walk per distinct descriptor: an index may name one manifest many times
     // (20,000 entries of one 4 MiB manifest took two minutes when each read and
     // hashed it again).
     let mut resolved: HashMap<(&str, &str), Option<ImageRecord>> = HashMap::new();
-    if entries.len() > MAX_INDEX_ENTRIES {
-        return Err(format!(
-            "{index_name}: {} entries, more than the {MAX_INDEX_ENTRIES} allowed",
-            entries.len()
-        ));
-    }
     for (i, desc) in entries.iter().enumerate() {
         let what = format!("{index_name} entry {i}");
         let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
@@ -458,6 +456,7 @@ pub fn repository_from_file_name(path: &Path) -> String {
 /// An OCI image layout directory.
 pub struct OciLayout {
     root: PathBuf,
+    limits: Limits,
     canonical_root: PathBuf,
     /// Every file of the layout is reached through this (see `store_file::StoreDir`).
     dir: StoreDir,
@@ -465,7 +464,7 @@ pub struct OciLayout {
 }
 
 impl OciLayout {
-    pub fn open(root: &Path) -> Result<OciLayout, SourceError> {
+    pub fn open(root: &Path, limits: Limits) -> Result<OciLayout, SourceError> {
         let canonical_root = root
             .canonicalize()
             .map_err(|e| SourceError::new(root.display(), e))?;
@@ -479,6 +478,7 @@ impl OciLayout {
             })?;
         Ok(OciLayout {
             root: root.to_path_buf(),
+            limits,
             canonical_root,
             dir,
             meta: StoreMeta::of(&meta),
@@ -542,6 +542,10 @@ impl LayoutBlobs for OciLayout {
 
     fn bare_tag_repository(&self) -> String {
         repository_from_file_name(&self.canonical_root)
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
     }
 }
 

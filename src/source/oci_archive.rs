@@ -10,6 +10,7 @@ use super::oci_index::{self, IndexEdit};
 use super::{
     BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, StoreMeta, WriteError,
 };
+use crate::limits::Limits;
 use crate::reference::TagRef;
 
 pub struct OciArchive {
@@ -17,8 +18,8 @@ pub struct OciArchive {
 }
 
 impl OciArchive {
-    pub fn open(path: &Path) -> Result<OciArchive, SourceError> {
-        Ok(OciArchive::from_archive(TarArchive::open(path)?))
+    pub fn open(path: &Path, limits: Limits) -> Result<OciArchive, SourceError> {
+        Ok(OciArchive::from_archive(TarArchive::open(path, limits)?))
     }
 
     pub fn from_archive(archive: TarArchive) -> OciArchive {
@@ -68,6 +69,10 @@ impl LayoutBlobs for TarArchive {
 
     fn bare_tag_repository(&self) -> String {
         oci::repository_from_file_name(self.path())
+    }
+
+    fn limits(&self) -> Limits {
+        TarArchive::limits(self)
     }
 }
 

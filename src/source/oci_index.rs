@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::WriteError;
 use super::oci::{
-    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, INDEX_LIMIT, LayoutBlobs,
-    MANIFEST_LIMIT, blob_rel_path, references_of, resolve_descriptor,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, LayoutBlobs, MANIFEST_LIMIT,
+    blob_rel_path, references_of, resolve_descriptor,
 };
 use crate::reference::TagRef;
 
@@ -39,9 +39,23 @@ struct Entry {
 
 pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, WriteError> {
     let name = layout.display("index.json");
+    let limits = layout.limits();
     let bytes = layout
-        .read_file("index.json", INDEX_LIMIT)
+        .read_file("index.json", limits.max_index_size)
         .map_err(WriteError::NotSupported)?;
+    // Counted before the whole index is held as a JSON tree: a write must see every
+    // entry (it rewrites them all), so an index over the bound is not written.
+    let counted =
+        super::json_limits::field_list::<serde::de::IgnoredAny>(&bytes, "manifests", 0)
+            .map_err(|e| WriteError::NotSupported(format!("{name}: not a valid OCI index: {e}")))?;
+    if let Some(c) = counted
+        && c.total > limits.max_images
+    {
+        return Err(WriteError::NotSupported(format!(
+            "{}: not written",
+            limits.too_many_images(&name, c.total)
+        )));
+    }
     let mut index: Value = serde_json::from_slice(&bytes)
         .map_err(|e| WriteError::NotSupported(format!("{name}: not a valid OCI index: {e}")))?;
     let Some(manifests) = index.get_mut("manifests").and_then(Value::as_array_mut) else {

@@ -119,8 +119,8 @@ pub fn replace_in_place(
         file.sync_data()?;
         crash_point("switch synced");
         stats.bytes_written += (1 + stale.len() as u64) * BLOCK;
-        // the next update sees this one
-        index = reindex(file)?;
+        // the next update sees this one (a write adds a member at most)
+        index = reindex(file, index.len() + 2)?;
     }
     Ok(Some(stats))
 }
@@ -155,9 +155,9 @@ pub fn finish_interrupted(file: &File, index: &TarIndex) -> io::Result<Vec<Strin
     Ok(repaired)
 }
 
-fn reindex(file: &File) -> io::Result<TarIndex> {
+fn reindex(file: &File, max_members: usize) -> io::Result<TarIndex> {
     let len = file.metadata()?.len();
-    Ok(TarIndex::build_file(file, len))
+    Ok(TarIndex::build_file(file, len, max_members))
 }
 
 /// Rewrites one header's name (and mtime), keeping everything else.
@@ -328,7 +328,7 @@ mod tests {
     use std::path::Path;
 
     fn index_of(path: &Path) -> TarIndex {
-        reindex(&File::open(path).unwrap()).unwrap()
+        reindex(&File::open(path).unwrap(), 1000).unwrap()
     }
 
     fn member(path: &Path, name: &str) -> Vec<u8> {
@@ -459,7 +459,7 @@ mod tests {
         .unwrap();
         let f = File::open(&p).unwrap();
         let s = rewrite(
-            &ArchiveFile::locate(&p).unwrap(),
+            &ArchiveFile::locate(&p, Default::default()).unwrap(),
             &f,
             &index_of(&p),
             |n| n != "drop",

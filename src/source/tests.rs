@@ -203,7 +203,7 @@ fn a_blob_symlinked_out_of_the_layout_is_not_read() {
     let cfg = digest(CONFIG);
     std::os::unix::fs::symlink(&outside, root.join("blobs/sha256").join(hex_of(&cfg))).unwrap();
     write(&root, "index.json", b"{\"manifests\": []}");
-    let layout = oci::OciLayout::open(&root).unwrap();
+    let layout = oci::OciLayout::open(&root, Default::default()).unwrap();
     use oci::LayoutBlobs;
     let err = layout.blob(&cfg).unwrap_err();
     assert!(err.contains("outside the layout"), "{err}");
