@@ -271,7 +271,7 @@ impl Drop for Mount {
 
 /// (tag path under by-tag → image ID), from the mount: regular files by their inode's
 /// by-id name.
-fn tags_of(m: &Mount, root: &str) -> BTreeMap<String, String> {
+pub(crate) fn tags_of(m: &Mount, root: &str) -> BTreeMap<String, String> {
     let ids: BTreeMap<String, String> = ok(&format!(
         "cd {} && find . -type f -printf '%i %P\\n'",
         m.p(&format!("{root}by-id"))
@@ -290,7 +290,7 @@ fn tags_of(m: &Mount, root: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-fn podman_json(cmd: &str) -> serde_json::Value {
+pub(crate) fn podman_json(cmd: &str) -> serde_json::Value {
     serde_json::from_str(&ok(cmd)).unwrap()
 }
 
@@ -2000,7 +2000,7 @@ impl Drop for SmallTmpfs {
 // containers-storage
 
 /// A private copy of the fixtures' podman/buildah store, and a podman on it.
-struct CsStore {
+pub(crate) struct CsStore {
     dir: tempfile::TempDir,
 }
 

@@ -52,6 +52,12 @@ pub struct ContainersStorage {
     lock_file: File,
     /// In-process: one lock holder at a time on `lock_file`.
     lock_guard: Mutex<()>,
+    /// Each image's names (by the store's image id) as imagefs last read or wrote
+    /// them, to see what the next change did (see `stale_drops`).
+    names_seen: Mutex<HashMap<String, Vec<String>>>,
+    /// The names imagefs gave images during this mount (name → the store's image id),
+    /// while they still have them.
+    ours: Mutex<HashMap<String, String>>,
     meta: StoreMeta,
 }
 
@@ -153,6 +159,8 @@ impl ContainersStorage {
             driver,
             lock_file,
             lock_guard: Mutex::new(()),
+            names_seen: Mutex::default(),
+            ours: Mutex::default(),
             meta: StoreMeta::of(&meta),
         })
     }
@@ -343,8 +351,16 @@ impl ContainersStorage {
             )));
         }
         let mut images = listed.kept;
+        // names a stale write dropped since imagefs last looked go back first, in
+        // this same write: once it is written, the drop could no longer be seen
+        let dropped = self.stale_drops(&images);
+        restore_names(&mut images, &dropped);
         let id_of = |image: &Value| self.config_digest(image);
         edit(&mut images, &id_of)?;
+        for (id, name) in &dropped {
+            warn!(store = %self.root.display(), image = %id, "a write from a stale copy of the names (podman 4.3 and older tag that way) dropped {name}, which imagefs had added: added back");
+        }
+        *self.names_seen.lock() = names_by_id(&images);
         let bytes = serde_json::to_vec(&images)
             .map_err(|e| WriteError::NotSupported(format!("cannot serialise images.json: {e}")))?;
         self.dir
@@ -360,6 +376,43 @@ impl ContainersStorage {
             )
         })?;
         Ok(())
+    }
+
+    /// Names imagefs gave that a write by another program dropped from a stale copy:
+    /// podman up to 4.3 tags by reading the image's names before it takes the lock
+    /// and writing back that list plus its new name (containers/common's libimage
+    /// `SetNames(append(i.Names(), name))`; later versions call `AddNames` under the
+    /// lock), so a name another writer added in between is lost. Its mark: one change
+    /// that both adds a name to an image and drops another, which no single
+    /// containers/storage operation does. A drop without an addition (an untag) is
+    /// never undone.
+    fn stale_drops(&self, images: &[Value]) -> Vec<(String, String)> {
+        let seen = self.names_seen.lock();
+        let ours = self.ours.lock();
+        if ours.is_empty() || seen.is_empty() {
+            return Vec::new();
+        }
+        let anywhere: std::collections::HashSet<String> = images.iter().flat_map(names).collect();
+        let mut out = Vec::new();
+        for image in images {
+            let Some(id) = image.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(old) = seen.get(id) else { continue };
+            let now = names(image);
+            if !now.iter().any(|n| !old.contains(n)) {
+                continue;
+            }
+            for name in old {
+                if !now.contains(name)
+                    && !anywhere.contains(name)
+                    && ours.get(name).is_some_and(|owner| owner == id)
+                {
+                    out.push((id.to_string(), name.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Writes a new last-write token, as containers/storage's RecordWrite does:
@@ -382,6 +435,32 @@ impl ContainersStorage {
         self.lock_file.write_all_at(&token, 0)?;
         self.lock_file.sync_data()
     }
+}
+
+/// Adds back (id, name) pairs to the images of those store ids, unless the name is on
+/// an image already.
+fn restore_names(images: &mut [Value], dropped: &[(String, String)]) {
+    for (id, name) in dropped {
+        if images.iter().any(|i| names(i).contains(name)) {
+            continue;
+        }
+        if let Some(image) = images
+            .iter_mut()
+            .find(|i| i.get("id").and_then(Value::as_str) == Some(id.as_str()))
+        {
+            let mut new = names(image);
+            new.push(name.clone());
+            set_names(image, new);
+        }
+    }
+}
+
+/// Each image's names, by the store's image id.
+fn names_by_id(images: &[Value]) -> HashMap<String, Vec<String>> {
+    images
+        .iter()
+        .filter_map(|i| Some((i.get("id")?.as_str()?.to_string(), names(i))))
+        .collect()
 }
 
 fn names(image: &Value) -> Vec<String> {
@@ -438,13 +517,22 @@ impl Source for ContainersStorage {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
-        let images = {
+        let read = || {
             let _in_process = self.lock_guard.lock();
             let _lock = StoreLock::take(&self.lock_file, false)
                 .map_err(|e| SourceError::new(self.dir.display(&self.images_lock()), e))?;
             self.read_images()
-                .map_err(|e| SourceError::new(self.root.display(), e))?
+                .map_err(|e| SourceError::new(self.root.display(), e))
         };
+        let mut images = read()?;
+        if !self.stale_drops(&images.kept).is_empty() {
+            // a write of nothing: it gives the dropped names back (see edit_names)
+            if let Err(e) = self.edit_names(|_, _| Ok(())) {
+                warn!(store = %self.root.display(), "names a stale write dropped could not be added back: {e}");
+            }
+            images = read()?;
+        }
+        *self.names_seen.lock() = names_by_id(&images.kept);
         let mut inv = Inventory::default();
         if images.truncated() {
             inv.problems.push(
@@ -603,11 +691,16 @@ impl Source for ContainersStorage {
 
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         let name = tag.to_string();
+        let mut tagged = None;
         self.edit_names(|images, id_of| {
             let target = images
                 .iter()
                 .position(|i| id_of(i).as_deref() == Some(id))
                 .ok_or_else(|| WriteError::NotFound(format!("no image {id}")))?;
+            tagged = images[target]
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             for (i, image) in images.iter_mut().enumerate() {
                 if i != target {
                     let kept: Vec<String> = names(image)
@@ -626,10 +719,15 @@ impl Source for ContainersStorage {
             set_names(image, new);
             add_to_history(image, &name);
             Ok(())
-        })
+        })?;
+        if let Some(store_id) = tagged {
+            self.ours.lock().insert(name, store_id);
+        }
+        Ok(())
     }
 
     fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+        self.ours.lock().retain(|n, _| !is_tag(n, tag));
         self.edit_names(|images, _| {
             let mut found = false;
             for image in images.iter_mut() {
@@ -651,11 +749,16 @@ impl Source for ContainersStorage {
 
     fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
         let name = to.to_string();
+        let mut moved_to = None;
         self.edit_names(|images, _| {
             let owner = images
                 .iter()
                 .position(|i| names(i).iter().any(|n| is_tag(n, from)))
                 .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
+            moved_to = images[owner]
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             for image in images.iter_mut() {
                 let kept: Vec<String> = names(image)
                     .into_iter()
@@ -669,7 +772,13 @@ impl Source for ContainersStorage {
             set_names(image, new);
             add_to_history(image, &name);
             Ok(())
-        })
+        })?;
+        let mut ours = self.ours.lock();
+        ours.retain(|n, _| !is_tag(n, from));
+        if let Some(store_id) = moved_to {
+            ours.insert(name, store_id);
+        }
+        Ok(())
     }
 
     fn delete_image(&self, id: &str) -> Result<(), WriteError> {
