@@ -538,3 +538,73 @@ fn podman_tags_and_links_on_one_image_lose_no_name() {
         });
     }
 }
+
+/// The README's cron line on a live node: an untagged image a container uses is never
+/// deleted (EBUSY, the container named in the log), as `docker rmi` refuses.
+#[test]
+fn images_in_use_by_containers_are_never_deleted() {
+    let f = fixtures();
+    // Docker: dockerd's own conflict answer
+    let d = Dockerd::start(tempfile::tempdir().unwrap());
+    let docker = d.docker();
+    ok(&format!("{docker} load -q -i '{}'", f.path("sample.tar")));
+    let web_v1 = f.id("WEB_V1");
+    ok(&format!(
+        "{docker} create --name user-of-v1 --entrypoint /app/version {web_v1} >/dev/null"
+    ));
+    let m = Mount::new(&[
+        "-o",
+        &format!("docker_host={}", d.host()),
+        &format!("docker-root:{}", d.root()),
+    ]);
+    let o = sh(&format!("find {} -links 1 -delete", m.p("by-id")));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Device or resource busy"),
+        "{o:?}"
+    );
+    assert!(
+        d.images().1.contains(web_v1),
+        "dockerd deleted an image in use"
+    );
+    assert!(m.log().contains("being used by"), "{}", m.log());
+    drop(m);
+    drop(d);
+
+    // containerd: a container made from web:latest, whose tag then goes
+    let mut c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    ok(&format!(
+        "{k8s} containers create --snapshotter native localhost/whoami/web:latest user-of-web >/dev/null"
+    ));
+    let address = format!("containerd_address={}/sock", c.dir.path().display());
+    let m = Mount::new(&["-o", &address, &format!("containerd:{}#k8s.io", c.root())]);
+    let web = f.id("WEB_V2");
+    ok(&format!("rm {}", m.p("by-tag/localhost/whoami/web:latest")));
+    let o = sh(&format!("rm {}", m.p(&format!("by-id/{web}"))));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Device or resource busy"),
+        "{o:?}"
+    );
+    assert!(
+        m.log().contains("used by container user-of-web"),
+        "{}",
+        m.log()
+    );
+    assert!(
+        lines(&ok(&format!("{k8s} images ls -q"))).contains(web),
+        "the image's records were deleted"
+    );
+    // with the container gone, the same delete goes through
+    ok(&format!("{k8s} containers rm user-of-web"));
+    ok(&format!("rm {}", m.p(&format!("by-id/{web}"))));
+    assert!(!lines(&ok(&format!("{k8s} images ls -q"))).contains(web));
+    let _ = c.child.take().map(|mut ch| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(ch.id() as i32, libc::SIGTERM) };
+        ch.wait()
+    });
+}

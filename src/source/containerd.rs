@@ -214,6 +214,69 @@ impl Containerd {
         &self.namespace
     }
 
+    /// A container of the namespace that uses image `id`: one whose image name is one
+    /// of the image's records (`names`), or whose snapshot's parent is the image's top
+    /// layer (a name moved since the container was made no longer says which image it
+    /// was).
+    fn container_using(&self, id: &str, names: &[String]) -> Result<Option<String>, WriteError> {
+        let top = self.top_chain_id(id);
+        let db_err = |e: crate::bbolt::BoltError| {
+            WriteError::io(self.dir.display(META_DB), io::Error::other(e.to_string()))
+        };
+        self.db
+            .read(|tx| {
+                let text = |b: Option<Vec<u8>>| b.map(|v| String::from_utf8_lossy(&v).into_owned());
+                let Some(v1) = tx.bucket(&tx.root(), b"v1")? else {
+                    return Ok(None);
+                };
+                let Some(ns) = tx.bucket(&v1, self.namespace.as_bytes())? else {
+                    return Ok(None);
+                };
+                let Some(containers) = tx.bucket(&ns, b"containers")? else {
+                    return Ok(None);
+                };
+                let snapshots = tx.bucket(&ns, b"snapshots")?;
+                for (cid, item) in tx.items(&containers)? {
+                    let Item::Bucket(c) = item else { continue };
+                    let cid = String::from_utf8_lossy(&cid).into_owned();
+                    if let Some(image) = text(tx.get(&c, b"image")?)
+                        && (names.contains(&image) || image == id)
+                    {
+                        return Ok(Some(cid));
+                    }
+                    let (Some(top), Some(snapshots)) = (&top, &snapshots) else {
+                        continue;
+                    };
+                    let (Some(key), Some(snapshotter)) = (
+                        text(tx.get(&c, b"snapshotKey")?),
+                        text(tx.get(&c, b"snapshotter")?),
+                    ) else {
+                        continue;
+                    };
+                    let Some(by_snapshotter) = tx.bucket(snapshots, snapshotter.as_bytes())? else {
+                        continue;
+                    };
+                    let Some(snapshot) = tx.bucket(&by_snapshotter, key.as_bytes())? else {
+                        continue;
+                    };
+                    if text(tx.get(&snapshot, b"parent")?).as_deref() == Some(top.as_str()) {
+                        return Ok(Some(cid));
+                    }
+                }
+                Ok(None)
+            })
+            .map_err(db_err)
+    }
+
+    /// The chain ID of the image's top layer: the parent of a container's snapshot.
+    fn top_chain_id(&self, id: &str) -> Option<String> {
+        let loc = self.blob(id).ok()??;
+        let config = self.read_location(&loc, 16 << 20).ok()?;
+        let diffs = super::diff_ids(&config);
+        let diffs: Vec<&str> = diffs.iter().map(String::as_str).collect();
+        super::chain_ids(&diffs).pop()
+    }
+
     /// (name, target descriptor) of every image record of the namespace.
     fn records(&self) -> Result<Vec<(String, Descriptor)>, SourceError> {
         let db_path = self.root.join(META_DB);
@@ -425,6 +488,12 @@ impl Source for Containerd {
         if let Some(t) = mine.iter().find(|n| is_tag_name(n)) {
             return Err(WriteError::Busy(format!(
                 "{}: {id} is still tagged {t}",
+                self.describe()
+            )));
+        }
+        if let Some(c) = self.container_using(id, &mine)? {
+            return Err(WriteError::Busy(format!(
+                "{}: {id} is used by container {c} (as `docker rmi` and `crictl rmi` refuse, it is not deleted)",
                 self.describe()
             )));
         }

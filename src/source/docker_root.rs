@@ -15,7 +15,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
 use super::store_file::MAX_DIR_ENTRIES;
@@ -134,20 +133,10 @@ impl DockerRoot {
     /// Sum of the layer sizes of a config, through layerdb's chain IDs.
     fn layers_size(&self, driver: &str, config: &str) -> Option<u64> {
         let bytes = self.dir.read(config, CONFIG_PARSE_LIMIT).ok()?;
-        let v: Value = serde_json::from_slice(&bytes).ok()?;
-        let diffs = v.pointer("/rootfs/diff_ids")?.as_array()?;
-        let mut chain = String::new();
+        let diffs = super::diff_ids(&bytes);
+        let diffs: Vec<&str> = diffs.iter().map(String::as_str).collect();
         let mut total: u64 = 0;
-        for d in diffs {
-            let d = d.as_str()?;
-            chain = if chain.is_empty() {
-                d.to_string()
-            } else {
-                format!(
-                    "sha256:{}",
-                    hex::encode(Sha256::digest(format!("{chain} {d}")))
-                )
-            };
+        for chain in super::chain_ids(&diffs) {
             let hex = hex_id(&chain)?;
             let size = self
                 .dir

@@ -398,6 +398,39 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// The chain IDs of an image's layers, from its config's `rootfs.diff_ids`: what
+/// Docker's layerdb and containerd's snapshots are keyed by. The first is the first
+/// diff ID; each next is the digest of "<previous chain ID> <diff ID>".
+pub fn chain_ids(diff_ids: &[&str]) -> Vec<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.to_string(),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}")))
+            ),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The diff IDs a config lists (`rootfs.diff_ids`); empty when it is not JSON.
+pub fn diff_ids(config: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/rootfs/diff_ids")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// `sha256:<hex>`: the ID (config) or digest (manifest) that names these bytes.
 pub fn sha256_id(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};

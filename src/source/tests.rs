@@ -249,3 +249,24 @@ fn docker_pre_25_layout_with_short_names() {
     assert_eq!(r.layers_size, Some(2048));
     assert!(r.manifest_digests.is_empty());
 }
+
+#[test]
+fn chain_ids_are_dockers_and_containerds() {
+    let (a, b) = (
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    );
+    assert_eq!(
+        super::chain_ids(&[&a, &b]),
+        [
+            a.clone(),
+            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c".to_string()
+        ]
+    );
+    assert!(super::chain_ids(&[]).is_empty());
+    assert_eq!(
+        super::diff_ids(br#"{"rootfs":{"type":"layers","diff_ids":["x","y"]}}"#),
+        ["x", "y"]
+    );
+    assert!(super::diff_ids(b"not json").is_empty());
+}
