@@ -10,6 +10,7 @@ usage: mangle.py CASE IN.tar OUT.tar [ARG]
   truncate-tail            manifest.json moved first, then the archive cut at 60%
   corrupt-manifest         manifest.json cut in the middle of its JSON
   big-config MIB           one image whose config is MIB MiB of valid JSON
+  duplicate-tag TAG        TAG given to the first two images of manifest.json
   big-layer GIB            the archive with a GIB GiB layer member first (sparse on disk)
   layout-big-config MIB    (IN is an OCI layout directory, changed in place; OUT is
                            ignored) one more image, localhost/big:1, whose config is
@@ -108,6 +109,11 @@ def main():
             data = src.extractfile("manifest.json").read()
             add(dst, "manifest.json", data)
             copy_members(src, dst, skip=("manifest.json",))
+        elif case == "duplicate-tag":
+            entries = json.loads(src.extractfile("manifest.json").read())
+            for e in entries[:2]:
+                e["RepoTags"] = (e.get("RepoTags") or []) + [arg]
+            copy_members(src, dst, replace={"manifest.json": json.dumps(entries).encode()})
         elif case == "corrupt-manifest":
             data = src.extractfile("manifest.json").read()
             copy_members(src, dst, replace={"manifest.json": data[: len(data) // 2]})

@@ -608,3 +608,45 @@ fn images_in_use_by_containers_are_never_deleted() {
         ch.wait()
     });
 }
+
+// ---------------------------------------------------------------------------------
+// smaller defects (section 6)
+
+/// A tag an archive gives two images names the last, as `docker load` leaves it.
+#[test]
+fn a_tag_given_twice_names_what_docker_load_names() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let dup = dir.path().join("dup.tar");
+    mangle(
+        "duplicate-tag",
+        &f.path("sample.tar"),
+        &dup,
+        Some("localhost/dup:1"),
+    );
+    let d = Dockerd::start(tempfile::tempdir().unwrap());
+    ok(&format!("{} load -q -i '{}'", d.docker(), dup.display()));
+    let loaded = ok(&format!(
+        "{} image inspect --format '{{{{.Id}}}}' localhost/dup:1",
+        d.docker()
+    ));
+    let m = Mount::new(&[dup.to_str().unwrap()]);
+    assert_eq!(tags_of(&m, "")["localhost/dup:1"], loaded.trim());
+    assert!(m.log().contains("shown for the last"), "{}", m.log());
+}
+
+/// The one line a failed mount prints shows control characters escaped: a name with
+/// a terminal escape in it cannot recolour or rewrite the user's terminal.
+#[test]
+fn failures_never_print_raw_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("\u{1b}[2J\u{1b}[31mpwned\u{7}.tar");
+    let (code, err) = imagefs_outcome(&[evil.to_str().unwrap()], &dir.path().join("mnt"));
+    assert_ne!(code, 0);
+    assert!(err.contains("pwned"), "{err}");
+    assert!(
+        !err.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters: {err:?}"
+    );
+    assert!(err.contains("\\u{1b}"), "{err}");
+}

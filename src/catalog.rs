@@ -147,6 +147,23 @@ fn check_config(
     ))
 }
 
+/// What a tag's last claimant resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Claim {
+    Image(String),
+    /// A record whose config is missing or does not match: its claimed ID.
+    Dangling(String),
+}
+
+impl Claim {
+    fn target(&self) -> String {
+        match self {
+            Claim::Image(id) => id.clone(),
+            Claim::Dangling(id) => format!("{id} (missing)"),
+        }
+    }
+}
+
 /// What reading one config gave: its ID, summary, JSON problem and where it was read
 /// (located again if its file changed since the scan), or why it could not be read.
 type CheckedRead = Result<(String, ConfigSummary, Option<String>, BlobLocation), String>;
@@ -200,8 +217,28 @@ impl Catalog {
         let mut images: BTreeMap<String, Image> = BTreeMap::new();
         let mut dangling: Vec<DanglingTag> = Vec::new();
         let mut memo = HashMap::new();
+        // One tag names one image: the last record that claims it, as `docker load`
+        // leaves a tag that an archive gives twice (the same rule for every store).
+        // What each tag's claimant resolved to: an image ID, or its dangling target.
+        let mut claims: HashMap<TagRef, Claim> = HashMap::new();
         for record in inv.images {
-            match cat.verify(store, source, &record, cache, limits, &mut memo) {
+            let verified = cat.verify(store, source, &record, cache, limits, &mut memo);
+            let claim = match &verified {
+                Some((id, ..)) => Claim::Image(id.clone()),
+                None => Claim::Dangling(record.claimed_id.clone()),
+            };
+            for t in &record.tags {
+                if let Some(earlier) = claims.insert(t.clone(), claim.clone())
+                    && earlier != claim
+                {
+                    cat.problems.push(format!(
+                        "tag {t} is given to {} and then to {}: shown for the last, as docker load does",
+                        earlier.target(),
+                        claim.target()
+                    ));
+                }
+            }
+            match verified {
                 Some((id, summary, loc)) => merge(&mut images, id, summary, loc, record),
                 None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
                     tag: t.clone(),
@@ -210,27 +247,20 @@ impl Catalog {
             }
         }
         for image in images.values_mut() {
+            image
+                .tags
+                .retain(|t| claims.get(t) == Some(&Claim::Image(image.id.clone())));
             finish(image);
+            for t in image.tags.iter().filter(|t| !t.file_name_fits()) {
+                cat.problems.push(format!(
+                    "tag {t} of {}: its file name is {} bytes, more than the {} a file name may have: not shown under by-tag/ (user.image.tags lists it)",
+                    image.id,
+                    t.file_name().len(),
+                    crate::reference::NAME_MAX
+                ));
+            }
         }
-        // One tag names one image: the first record that claims it wins.
-        let mut owner: HashMap<TagRef, String> = HashMap::new();
-        for image in images.values_mut() {
-            image.tags.retain(|t| match owner.get(t) {
-                Some(other) if other != &image.id => {
-                    cat.problems.push(format!(
-                        "tag {t} is claimed by {other} and by {}: shown for the first",
-                        image.id
-                    ));
-                    false
-                }
-                Some(_) => false,
-                None => {
-                    owner.insert(t.clone(), image.id.clone());
-                    true
-                }
-            });
-        }
-        dangling.retain(|d| !owner.contains_key(&d.tag));
+        dangling.retain(|d| claims.get(&d.tag) == Some(&Claim::Dangling(d.target.clone())));
         dangling.sort_by(|a, b| a.tag.cmp(&b.tag));
         dangling.dedup_by(|a, b| a.tag == b.tag);
         // A dangling target that is not a digest would make a symlink leave by-id.

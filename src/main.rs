@@ -23,10 +23,25 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("imagefs: {msg}");
+            eprintln!("imagefs: {}", printable(&msg));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A message for the terminal: control characters (an escape sequence in a member
+/// name, a newline) shown escaped, as the log lines show them, never sent raw.
+fn printable(msg: &str) -> String {
+    msg.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn init_logging(debug: bool) {

@@ -42,6 +42,9 @@ pub struct ReferenceError {
 const DEFAULT_DOMAIN: &str = "docker.io";
 const MAX_NAME_LEN: usize = 255;
 
+/// The longest file name the tree shows: Linux's NAME_MAX.
+pub const NAME_MAX: usize = 255;
+
 impl TagRef {
     /// The by-tag/ path components: domain, path components, and `name:tag` last.
     pub fn components(&self) -> Vec<String> {
@@ -54,6 +57,15 @@ impl TagRef {
     }
 
     /// The last of [`TagRef::components`]: `busybox:latest`.
+    /// Whether [`TagRef::file_name`] fits in [`NAME_MAX`]: a repository name of 255
+    /// bytes and a tag of 128 make a longer one, which no Linux file system takes, so
+    /// `cp -r` and `tar` of by-tag/ would fail on it. Such a tag is not shown under
+    /// by-tag/ (it stays in `user.image.tags`), and the catalog says so once.
+    pub fn file_name_fits(&self) -> bool {
+        let last = self.path.rsplit('/').next().unwrap_or_default();
+        last.len() + 1 + self.tag.len() <= NAME_MAX
+    }
+
     pub fn file_name(&self) -> String {
         let last = self.path.rsplit('/').next().unwrap_or_default();
         format!("{last}:{}", self.tag)

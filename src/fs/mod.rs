@@ -42,6 +42,7 @@ impl Errno {
     pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -1071,6 +1072,10 @@ fn join(items: impl Iterator<Item = String>) -> String {
 /// canonical place (so `docker.io/busybox:1` must be written
 /// `docker.io/library/busybox:1`).
 pub fn tag_at(dir: &str, name: &str) -> FsResult<TagRef> {
+    // a name no file system would take is no tag of the mount's either
+    if name.len() > crate::reference::NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
     let full = if dir.is_empty() {
         name.to_string()
     } else {

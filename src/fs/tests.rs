@@ -754,3 +754,66 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     let (_, _, scans) = open(s, true);
     assert_eq!(scans_of(&scans), 1, "rescan scans");
 }
+
+/// A tag given to two images goes to the last, as `docker load` leaves it, in every
+/// store; the loser is logged.
+#[test]
+fn a_tag_given_twice_names_the_last_image() {
+    let mut s = MemSource::new();
+    let first = s.image(WEB_V1, &["localhost/x:1", "localhost/x:only-first"]);
+    let last = s.image(API, &["localhost/x:1"]);
+    // a missing config claims a tag last: the tag dangles
+    let mut gone = missing_config();
+    gone.tags = vec![tag("localhost/x:only-first")];
+    s.records.push(gone);
+    let fs = mount(vec![("only", s)]);
+    let x1 = resolve(&fs, "by-tag/localhost/x:1").unwrap();
+    assert_eq!(x1.ino, resolve(&fs, &format!("by-id/{last}")).unwrap().ino);
+    assert_eq!(
+        resolve(&fs, &format!("by-id/{first}")).unwrap().nlink,
+        1,
+        "the first image lost both its tags"
+    );
+    let broken = resolve(&fs, "by-tag/localhost/x:only-first").unwrap();
+    assert_eq!(broken.kind, FileKind::Symlink);
+    let problems = &fs.catalog(0).unwrap().problems;
+    assert!(
+        problems.iter().any(
+            |p| p.contains("tag localhost/x:1 is given to") && p.contains("shown for the last")
+        ),
+        "{problems:?}"
+    );
+}
+
+/// A tag whose file name no file system takes (over 255 bytes) is not shown under
+/// by-tag/, is listed in user.image.tags, and cannot be made through the mount.
+#[test]
+fn tags_longer_than_a_file_name_are_listed_not_shown() {
+    let long_repo = format!("localhost/{}", "r".repeat(200));
+    let long_tag = format!("{long_repo}:{}", "t".repeat(100));
+    let mut s = MemSource::new();
+    let id = s.image(API, &[&long_tag, "localhost/x:1"]);
+    let fs = mount(vec![("only", s)]);
+    let img = resolve(&fs, &format!("by-id/{id}")).unwrap();
+    assert_eq!(img.nlink, 2, "only the tag that fits is a name");
+    assert!(
+        names(&fs, "by-tag/localhost")
+            .iter()
+            .all(|n| n.len() <= 255)
+    );
+    let tags = fs.getxattr(img.ino, OsStr::new("user.image.tags")).unwrap();
+    assert!(String::from_utf8(tags).unwrap().contains(&long_tag));
+    assert!(
+        fs.catalog(0)
+            .unwrap()
+            .problems
+            .iter()
+            .any(|p| p.contains("more than the 255 a file name may have"))
+    );
+    let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;
+    let name = format!("{}:{}", "r".repeat(200), "t".repeat(100));
+    assert_eq!(
+        fs.link(img.ino, dir, OsStr::new(&name)),
+        Err(Errno::ENAMETOOLONG)
+    );
+}

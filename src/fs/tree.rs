@@ -11,6 +11,11 @@ use std::sync::Arc;
 
 use super::inode::{InodeTable, NodeKey, ROOT_INO};
 use crate::catalog::Catalog;
+use crate::reference::TagRef;
+
+fn fits(tag: &TagRef) -> bool {
+    tag.file_name_fits()
+}
 
 #[derive(Debug, Clone)]
 pub enum NodeKind {
@@ -99,6 +104,8 @@ impl Tree {
         }
     }
 
+    /// Tags whose file name would be longer than [`NAME_MAX`] are not shown (the
+    /// catalog says so once); an image's link count counts the names shown.
     pub fn build(stores: &[StoreView<'_>], inodes: &mut InodeTable) -> Tree {
         let mut dirs: DirMap = FastMap::default();
         let mut leaves: FastMap<u64, Node> = FastMap::default();
@@ -132,14 +139,14 @@ impl Tree {
                         kind: NodeKind::Image {
                             store: s,
                             index,
-                            nlink: 1 + image.tags.len() as u32,
+                            nlink: 1 + image.tags.iter().filter(|t| fits(t)).count() as u32,
                         },
                         store: Some(s),
                         role: NodeRole::Image,
                     },
                 );
                 add_child(&mut dirs, by_id, image.id.as_str(), ino, false);
-                for tag in &image.tags {
+                for tag in image.tags.iter().filter(|t| fits(t)) {
                     // most tags share their repository's directory with others
                     let repo = (tag.domain.as_str(), tag.path.as_str());
                     let parent = match repo_dirs.get(&repo) {
@@ -154,7 +161,7 @@ impl Tree {
                     add_child(&mut dirs, parent, tag.file_name(), ino, false);
                 }
             }
-            for d in &view.catalog.dangling {
+            for d in view.catalog.dangling.iter().filter(|d| fits(&d.tag)) {
                 let comps = d.tag.components();
                 let (parent, name) = tag_parent(&mut dirs, inodes, s, by_tag, &comps);
                 let ino = inodes.ino(NodeKey::Dangling(s, comps.join("/")));
