@@ -391,31 +391,39 @@ fn docker_archive_ids_and_tags_equal_what_podman_loads() {
 }
 
 #[test]
-fn stat_shows_created_time_true_size_and_read_only_modes() {
+fn stat_shows_created_time_true_size_and_the_stores_modes() {
     let f = fixtures();
-    let m = Mount::new(&[&f.path("sample.tar")]);
-    let web = m.p("by-tag/localhost/whoami/web:latest");
-    let config: serde_json::Value = serde_json::from_str(&ok(&format!("cat {web}"))).unwrap();
-    let created = config["created"].as_str().unwrap();
-    let stat = ok(&format!("stat -c '%Y %s %A %h %F' {web}"));
-    let want_secs = ok(&format!("date -d '{created}' +%s"));
-    let size = ok(&format!("wc -c < {web}"));
-    assert_eq!(
-        stat.trim(),
-        format!(
-            "{} {} -r--r--r-- 2 regular file",
-            want_secs.trim(),
-            size.trim()
-        )
-    );
-    let dir = ok(&format!("stat -c '%A %F' {}", m.p("by-tag/localhost")));
-    assert_eq!(dir.trim(), "dr-xr-xr-x directory");
-    // ls -l of by-id lists every image, one regular file each
-    let ls = ok(&format!("ls -l {}", m.p("by-id")));
-    assert_eq!(
-        ls.lines().filter(|l| l.starts_with("-r--r--r--")).count(),
-        4
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let archive = copy_fixture(f, "sample.tar", dir.path());
+    ok(&format!("chmod 640 '{archive}'"));
+    for (options, file_mode, dir_mode) in [
+        // the archive's read bits, and write bits for who may tag (link)
+        (&[][..], "-rw-r-----", "drwxr-x---"),
+        (&["-o", "ro"][..], "-r--r-----", "dr-xr-x---"),
+    ] {
+        let mut args = options.to_vec();
+        args.push(&archive);
+        let m = Mount::new(&args);
+        let web = m.p("by-tag/localhost/whoami/web:latest");
+        let config: serde_json::Value = serde_json::from_str(&ok(&format!("cat {web}"))).unwrap();
+        let created = config["created"].as_str().unwrap();
+        let stat = ok(&format!("stat -c '%Y %s %A %h %F' {web}"));
+        let want_secs = ok(&format!("date -d '{created}' +%s"));
+        let size = ok(&format!("wc -c < {web}"));
+        assert_eq!(
+            stat.trim(),
+            format!(
+                "{} {} {file_mode} 2 regular file",
+                want_secs.trim(),
+                size.trim()
+            )
+        );
+        let d = ok(&format!("stat -c '%A %F' {}", m.p("by-tag/localhost")));
+        assert_eq!(d.trim(), format!("{dir_mode} directory"));
+        // ls -l of by-id lists every image, one regular file each
+        let ls = ok(&format!("ls -l {}", m.p("by-id")));
+        assert_eq!(ls.lines().filter(|l| l.starts_with(file_mode)).count(), 4);
+    }
 }
 
 #[test]

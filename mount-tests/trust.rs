@@ -650,3 +650,227 @@ fn failures_never_print_raw_control_characters() {
     );
     assert!(err.contains("\\u{1b}"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------
+// allow_other: each user may do through the mount what the store lets them (section 2)
+
+const NOBODY: u32 = 65534;
+/// A group no one else is in, for the daemon sockets' users.
+const SOCKET_GROUP: u32 = 4242;
+
+/// Runs `cmd` as nobody (uid and gid 65534), in `groups` only.
+fn as_nobody(cmd: &str, groups: &[u32]) -> Output {
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        format!(
+            "--groups={}",
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    sh(&format!(
+        "setpriv --reuid={NOBODY} --regid={NOBODY} {groups} -- bash -c {}",
+        shell_quote(cmd)
+    ))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A shared mount, reachable by every user (its directory is searchable).
+fn shared_mount(args: &[&str]) -> Mount {
+    let mut all = vec!["-o", "allow_other"];
+    all.extend_from_slice(args);
+    let m = Mount::new(&all);
+    ok(&format!("chmod 711 '{}'", m.dir.path().display()));
+    m
+}
+
+/// Refused for permission: EACCES, or EPERM where the kernel refuses a hard link to a
+/// file the user may not write (protected_hardlinks).
+fn denied(o: &Output) -> bool {
+    let err = String::from_utf8_lossy(&o.stderr);
+    !o.status.success()
+        && (err.contains("Permission denied") || err.contains("Operation not permitted"))
+}
+
+/// What nobody may do in one store's mount: (read a config, tag).
+fn nobody_may(m: &Mount, id: &str, from: &str, to: &str, groups: &[u32]) -> (bool, bool) {
+    let read = as_nobody(
+        &format!("cat {} >/dev/null", m.p(&format!("by-id/{id}"))),
+        groups,
+    );
+    let tag = as_nobody(&format!("ln {} {}", m.p(from), m.p(to)), groups);
+    for o in [&read, &tag] {
+        assert!(
+            o.status.success() || denied(o),
+            "not a permission answer: {o:?}"
+        );
+    }
+    (read.status.success(), tag.status.success())
+}
+
+#[test]
+fn a_shared_mount_lets_each_user_do_what_the_store_lets_them() {
+    let f = fixtures();
+    let api = f.id("API");
+    let (from, to) = (
+        "by-tag/localhost/whoami/api:1.0",
+        "by-tag/localhost/whoami/api:shared",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    ok(&format!("chmod 755 '{}'", dir.path().display()));
+    // docker-archive and oci-archive: the archive file's owner and modes
+    for name in ["sample.tar", "web.oci.tar"] {
+        let archive = copy_fixture(f, name, dir.path());
+        let id = if name == "sample.tar" {
+            api.to_string()
+        } else {
+            skopeo_id(&format!("oci-archive:{archive}"))
+        };
+        let (from, to) = if name == "sample.tar" {
+            (from, to)
+        } else {
+            (
+                "by-tag/localhost/whoami/web:latest",
+                "by-tag/localhost/whoami/web:shared",
+            )
+        };
+        let before = ok(&format!("sha256sum < '{archive}'"));
+        ok(&format!("chown 0:0 '{archive}' && chmod 644 '{archive}'"));
+        let m = shared_mount(&[&archive]);
+        assert_eq!(
+            nobody_may(&m, &id, from, to, &[]),
+            (true, false),
+            "{name} 0644 root's"
+        );
+        assert_eq!(
+            ok(&format!("sha256sum < '{archive}'")),
+            before,
+            "{name} changed"
+        );
+        drop(m);
+        ok(&format!("chmod 600 '{archive}'"));
+        let m = shared_mount(&[&archive]);
+        assert_eq!(
+            nobody_may(&m, &id, from, to, &[]),
+            (false, false),
+            "{name} 0600 root's"
+        );
+        drop(m);
+        ok(&format!("chown {NOBODY}:{NOBODY} '{archive}'"));
+        let m = shared_mount(&[&archive]);
+        assert_eq!(
+            nobody_may(&m, &id, from, to, &[]),
+            (true, true),
+            "{name} nobody's own"
+        );
+        // root, the mounting user, may still do everything
+        ok(&format!("rm {}", m.p(to)));
+    }
+    // an OCI layout: the layout directory's
+    let lw = copy_fixture(f, "layout", dir.path());
+    let lid = skopeo_id(&format!("oci:{lw}:localhost/whoami/api:1.0"));
+    let m = shared_mount(&[&lw]);
+    assert_eq!(
+        nobody_may(&m, &lid, from, to, &[]),
+        (true, false),
+        "layout root's"
+    );
+    drop(m);
+    ok(&format!("chown -R {NOBODY}:{NOBODY} '{lw}'"));
+    let m = shared_mount(&[&lw]);
+    assert_eq!(
+        nobody_may(&m, &lid, from, to, &[]),
+        (true, true),
+        "layout nobody's"
+    );
+    drop(m);
+    // containers-storage: the images directory's; configs their big-data files'
+    let cs = CsStore::new(f);
+    ok(&format!("chmod 755 '{}'", cs.dir.path().display()));
+    let m = shared_mount(&[&cs.root()]);
+    let (_, tagged) = nobody_may(&m, api, from, to, &[]);
+    assert!(!tagged, "containers-storage root's: nobody tagged");
+    drop(m);
+    ok(&format!("chown -R {NOBODY}:{NOBODY} '{}'", cs.root()));
+    let m = shared_mount(&[&cs.root()]);
+    assert_eq!(
+        nobody_may(&m, api, from, to, &[]),
+        (true, true),
+        "containers-storage nobody's"
+    );
+    drop(m);
+    // docker-root: whoever may use dockerd's socket
+    let d = Dockerd::start(tempfile::tempdir().unwrap());
+    ok(&format!(
+        "{} load -q -i '{}'",
+        d.docker(),
+        f.path("sample.tar")
+    ));
+    let socket = d.host().trim_start_matches("unix://").to_string();
+    ok(&format!(
+        "chown 0:{SOCKET_GROUP} '{socket}' && chmod 660 '{socket}'"
+    ));
+    ok(&format!(
+        "chmod 711 '{}'",
+        Path::new(&socket).parent().unwrap().display()
+    ));
+    let args = [
+        "-o",
+        &format!("docker_host={}", d.host()),
+        &format!("docker-root:{}", d.root()),
+    ];
+    let m = shared_mount(&args);
+    assert_eq!(
+        nobody_may(&m, api, from, to, &[]),
+        (false, false),
+        "docker: not in the socket's group"
+    );
+    assert_eq!(
+        nobody_may(&m, api, from, to, &[SOCKET_GROUP]),
+        (true, true),
+        "docker: in the socket's group"
+    );
+    assert!(d.images().0.contains_key("localhost/whoami/api:shared"));
+    drop(m);
+    drop(d);
+    // containerd: whoever may use containerd's socket
+    let mut c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    let socket = format!("{}/sock", c.dir.path().display());
+    ok(&format!(
+        "chown 0:{SOCKET_GROUP} '{socket}' && chmod 660 '{socket}'"
+    ));
+    ok(&format!("chmod 711 '{}'", c.dir.path().display()));
+    let m = shared_mount(&[
+        "-o",
+        &format!("containerd_address={socket}"),
+        &format!("containerd:{}#k8s.io", c.root()),
+    ]);
+    assert_eq!(
+        nobody_may(&m, api, from, to, &[]),
+        (false, false),
+        "containerd: not in the group"
+    );
+    assert_eq!(
+        nobody_may(&m, api, from, to, &[SOCKET_GROUP]),
+        (true, true),
+        "containerd: in the socket's group"
+    );
+    assert!(lines(&ok(&format!("{k8s} images ls -q"))).contains("localhost/whoami/api:shared"));
+    let _ = c.child.take().map(|mut ch| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(ch.id() as i32, libc::SIGTERM) };
+        ch.wait()
+    });
+}

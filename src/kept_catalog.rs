@@ -31,7 +31,7 @@ use crate::tar_index::TarIndex;
 
 const MAGIC: &[u8; 16] = b"imagefs-catalog\n";
 /// Bumped whenever the payload's shape or meaning changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const HEADER_LEN: usize = 16 + 4 + 8;
 const SUM_LEN: usize = 4;
 /// A kept catalog not rewritten for this long is removed (its store may be gone).

@@ -276,7 +276,9 @@ fn fuser_config(fs: &ImageFs, options: &MountOptions) -> fuser::Config {
     if options.read_only {
         mo.push(MountOption::RO);
     }
-    if options.default_permissions {
+    // Shared with every user, the mount lets each do what the store's own modes let
+    // them: the kernel checks the modes the tree shows (the store's owner and bits).
+    if options.default_permissions || options.allow_other {
         mo.push(MountOption::DefaultPermissions);
     }
     if options.noatime {

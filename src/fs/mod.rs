@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, Image};
 use crate::config_cache::ConfigCache;
 use crate::kept_catalog::KeptCatalogs;
 use crate::reference::{Parsed, TagRef};
-use crate::source::{ChangeToken, Source, StoreMeta, WriteError};
+use crate::source::{BlobLocation, ChangeToken, Source, StoreMeta, WriteError};
 use inode::InodeTable;
 pub use inode::ROOT_INO;
 pub use tree::Tree;
@@ -348,20 +348,25 @@ impl ImageFs {
             .store
             .and_then(|s| state.metas.get(s).copied())
             .or_else(|| state.metas.first().copied());
-        let (uid, gid, mode, store_mtime) = match meta {
-            Some(m) => (m.uid, m.gid, m.mode, m.mtime),
-            None => (0, 0, 0o444, SystemTime::UNIX_EPOCH),
+        let (uid, gid, mode, store_mtime, via_daemon) = match meta {
+            Some(m) => (m.uid, m.gid, m.mode, m.mtime, m.via_daemon),
+            None => (0, 0, 0o444, SystemTime::UNIX_EPOCH, false),
         };
-        // Read-only files keep the store's read bits; directories are searchable
-        // wherever they are readable.
+        // Directories: readable and searchable by who may read the store, writable
+        // (tag, untag, delete) by who may change it, unless the mount is read-only.
         let read_bits = (mode & 0o444) as u16;
+        let write_bits = if self.options.read_only {
+            0
+        } else {
+            (mode & 0o222) as u16
+        };
         let attr = match &node.kind {
             NodeKind::Dir { subdirs, .. } => Attr {
                 ino,
                 kind: FileKind::Dir,
                 size: 0,
                 nlink: 2 + subdirs,
-                perm: read_bits | (read_bits >> 2),
+                perm: read_bits | (read_bits >> 2) | write_bits,
                 uid,
                 gid,
                 mtime: store_mtime,
@@ -372,14 +377,26 @@ impl ImageFs {
                 nlink,
             } => {
                 let image = image_at(state, *store, *index)?;
+                // A config shows the owner and read bits of the file it is read from,
+                // and write bits for who may change the store's names (writing the
+                // bytes is always refused): the kernel lets only a file's owner, or
+                // who may write it, make a hard link (protected_hardlinks), and `ln`
+                // is how a tag is made.
+                let (fuid, fgid, fperm) = match (&image.config, via_daemon) {
+                    (_, true) => (uid, gid, read_bits | write_bits),
+                    (BlobLocation::File { pin, .. } | BlobLocation::Member { pin, .. }, false) => {
+                        let w = store_write_bits_for(pin.uid, pin.gid, uid, gid, write_bits);
+                        (pin.uid, pin.gid, (pin.mode & 0o444) as u16 | w)
+                    }
+                };
                 Attr {
                     ino,
                     kind: FileKind::File,
                     size: image.config_size(),
                     nlink: *nlink,
-                    perm: read_bits,
-                    uid,
-                    gid,
+                    perm: fperm,
+                    uid: fuid,
+                    gid: fgid,
                     mtime: image.mtime,
                 }
             }
@@ -1013,6 +1030,17 @@ impl ImageFs {
             .sum();
         (bytes, files as u64)
     }
+}
+
+/// The store's write bits (`write`, for owner `suid` and group `sgid`) said for a
+/// file of owner `fuid` and group `fgid`: its owner class may write if the store lets
+/// that user or group, its group class if the store lets that group, others if the
+/// store lets others.
+fn store_write_bits_for(fuid: u32, fgid: u32, suid: u32, sgid: u32, write: u16) -> u16 {
+    let (u, g, o) = (write & 0o200 != 0, write & 0o020 != 0, write & 0o002 != 0);
+    let owner = (fuid == suid && u) || (fgid == sgid && g) || o;
+    let group = (fgid == sgid && g) || o;
+    (if owner { 0o200 } else { 0 }) | (if group { 0o020 } else { 0 }) | (if o { 0o002 } else { 0 })
 }
 
 fn image_at(state: &State, store: usize, index: usize) -> FsResult<&Image> {

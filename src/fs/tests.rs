@@ -54,7 +54,13 @@ impl MemSource {
             archive: 0,
             offset: (blobs.len() - 1) as u64,
             size: bytes.len() as u64,
-            pin: Default::default(),
+            // as the store's own files: uid 7, gid 8, 0644
+            pin: crate::source::FileId {
+                uid: 7,
+                gid: 8,
+                mode: 0o644,
+                ..Default::default()
+            },
         };
         (
             loc,
@@ -173,6 +179,7 @@ impl Source for MemSource {
             gid: 8,
             mode: 0o644,
             mtime: SystemTime::UNIX_EPOCH,
+            via_daemon: false,
         }
     }
 }
@@ -340,15 +347,32 @@ fn attributes_follow_the_config_and_the_store() {
         a.mtime,
         SystemTime::UNIX_EPOCH + std::time::Duration::new(1615573791, 123456789)
     );
-    assert_eq!((a.uid, a.gid, a.perm), (7, 8, 0o444));
+    // the config's own read bits, and the owner may tag (link) as the store lets it
+    assert_eq!((a.uid, a.gid, a.perm), (7, 8, 0o644));
     // an offset in `created` is honoured
     let b = resolve(&fs, &format!("by-id/{api}")).unwrap();
     assert_eq!(
         b.mtime,
         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1683255905)
     );
+    // the store is 0644: its owner may tag (write), everyone may read and search
     let d = resolve(&fs, "by-tag").unwrap();
-    assert_eq!(d.perm, 0o555);
+    assert_eq!((d.uid, d.gid, d.perm), (7, 8, 0o755));
+    // on a read-only mount no one may
+    let mut s = MemSource::new();
+    s.image(API, &["localhost/x:1"]);
+    let stores = vec![Store {
+        label: "ro".into(),
+        source: Box::new(s),
+    }];
+    let options = FsOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let ro = ImageFs::new(stores, ConfigCache::new(1 << 20), options).unwrap();
+    assert_eq!(resolve(&ro, "by-tag").unwrap().perm, 0o555);
+    let id = names(&ro, "by-id").pop().unwrap();
+    assert_eq!(resolve(&ro, &format!("by-id/{id}")).unwrap().perm, 0o444);
 }
 
 #[test]

@@ -155,7 +155,12 @@ impl TarArchive {
             data,
             compression,
             index,
-            meta: StoreMeta::of(&meta),
+            // a compressed archive is read-only here: no one may change its names
+            meta: if compression == Compression::None {
+                StoreMeta::of(&meta)
+            } else {
+                StoreMeta::of(&meta).read_only()
+            },
             identity: ChangeToken::identity_of(&meta),
             pin: FileId::of(&meta),
         })

@@ -420,8 +420,10 @@ impl Source for Containerd {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// Writes go only through containerd's socket: whoever may use it may read and
+    /// tag; without containerd, no one may tag (meta.db is containerd's alone).
     fn meta(&self) -> StoreMeta {
-        self.meta
+        self.meta.read_only().via_socket(&self.address)
     }
 
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {

@@ -147,10 +147,13 @@ impl ContainersStorage {
             .open_own(&lock_rel, true)
             .or_else(|_| dir.open_own(&lock_rel, false))
             .map_err(|e| SourceError::new(dir.display(&lock_rel), e))?;
-        let meta = dir
-            .open_own(&format!("{images_dir}/images.json"), false)
-            .and_then(|f| f.metadata())
+        dir.open_own(&format!("{images_dir}/images.json"), false)
             .map_err(|e| fail(e.to_string()))?;
+        // images.json is replaced in its directory: who may write there may tag
+        let meta = dir
+            .metadata(&images_dir)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("missing".into()))?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),
             limits,

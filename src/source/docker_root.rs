@@ -458,8 +458,10 @@ impl Source for DockerRoot {
         Some(parts.join("|"))
     }
 
+    /// While dockerd listens, whoever may use its socket may read and tag; with it
+    /// stopped, whoever may replace repositories.json.
     fn meta(&self) -> StoreMeta {
-        self.meta
+        self.meta.via_socket(&self.socket)
     }
 
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {

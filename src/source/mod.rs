@@ -242,28 +242,64 @@ impl ChangeToken {
     }
 }
 
-/// Owner, mode and times of the store itself: the tree's files follow them.
+/// Who may do what to the store, as the tree shows it (see README, "Trust"): its
+/// directories carry `uid`, `gid` and `mode`'s read bits as read and search, and its
+/// write bits as the right to tag, untag and delete; with `allow_other` the kernel
+/// checks them (`default_permissions`). Config files show the owner and read bits of
+/// the file they are read from, unless `via_daemon` (a store written through a
+/// daemon's socket, whose users may read every config through it).
 #[derive(Clone, Copy, Debug)]
 pub struct StoreMeta {
     pub uid: u32,
     pub gid: u32,
-    /// Permission bits of the store's own files (the archive, or the layout's
-    /// index.json).
+    /// rw bits: r may read the store, w may change its names.
     pub mode: u32,
     pub mtime: SystemTime,
+    pub via_daemon: bool,
 }
 
 impl StoreMeta {
+    /// From the file or directory that decides access to the store (an archive, a
+    /// layout directory, containers-storage's images directory).
     pub fn of(meta: &std::fs::Metadata) -> StoreMeta {
         StoreMeta {
             uid: meta.uid(),
             gid: meta.gid(),
-            mode: meta.mode() & 0o7777,
+            mode: meta.mode() & 0o666,
             mtime: UNIX_EPOCH
                 + Duration::new(
                     meta.mtime().max(0) as u64,
                     meta.mtime_nsec().clamp(0, 999_999_999) as u32,
                 ),
+            via_daemon: false,
+        }
+    }
+
+    /// The same store, its names not writable (a compressed archive; a daemon store
+    /// whose daemon is not there).
+    pub fn read_only(self) -> StoreMeta {
+        StoreMeta {
+            mode: self.mode & 0o444,
+            ..self
+        }
+    }
+
+    /// For a store written through a daemon: whoever may use the socket (read and
+    /// write on it) may read and change the store.
+    pub fn via_socket(self, socket: &Path) -> StoreMeta {
+        match std::fs::metadata(socket) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                // a socket is used by writing to it: its w bits say who may
+                let w = m.mode() & 0o222;
+                StoreMeta {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mode: w | (w << 1),
+                    via_daemon: true,
+                    ..self
+                }
+            }
+            _ => self,
         }
     }
 }

@@ -112,6 +112,11 @@ pub struct FileId {
     pub size: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+    /// Owner and mode: what the file shows through the mount (a chmod or chown moves
+    /// the ctime too).
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 impl FileId {
@@ -123,6 +128,9 @@ impl FileId {
             size: m.size(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
         }
     }
 
