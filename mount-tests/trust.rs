@@ -874,3 +874,67 @@ fn a_shared_mount_lets_each_user_do_what_the_store_lets_them() {
         ch.wait()
     });
 }
+
+// ---------------------------------------------------------------------------------
+// kept catalogs and indexes (section 3)
+
+/// A catalog kept in a directory another user can write is not used: under `sudo -E`
+/// a forged one would decide what root's mount serves.
+#[test]
+fn kept_files_are_used_only_from_a_directory_of_the_user_alone() {
+    const REUSED: &str = "store read from the catalog kept by an earlier mount";
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let store = copy_fixture(f, "layout", dir.path());
+    let cache = dir.path().join("cache");
+    let env = [("XDG_CACHE_HOME", cache.to_str().unwrap())];
+    let mut first = Mount::with_env(&[&store], &env);
+    first.stop();
+    let second = Mount::with_env(&[&store], &env);
+    assert!(second.log().contains(REUSED), "{}", second.log());
+    drop(second);
+    let kept = cache.join("imagefs");
+    for (what, how) in [
+        (
+            "another user's directory",
+            format!("chown -R {NOBODY}:{NOBODY} '{}'", kept.display()),
+        ),
+        (
+            "a directory others can write",
+            format!("chown -R 0:0 '{0}' && chmod 777 '{0}'", kept.display()),
+        ),
+        (
+            "another user's files",
+            format!(
+                "chmod 700 '{0}' && chown {NOBODY} '{0}'/*.catalog",
+                kept.display()
+            ),
+        ),
+    ] {
+        ok(&how);
+        let m = Mount::with_env(&[&store], &env);
+        assert!(
+            !m.log().contains(REUSED),
+            "{what}: the kept catalog was used"
+        );
+        drop(m);
+    }
+    // an index beside a compressed archive: only this user's or the archive owner's
+    let gz = dir.path().join("sample.tar.gz");
+    ok(&format!(
+        "cp '{}' '{}'",
+        f.path("sample.tar.gz"),
+        gz.display()
+    ));
+    let m = Mount::with_env(&["-o", "nokeep", gz.to_str().unwrap()], &env);
+    drop(m);
+    let index = dir.path().join("sample.tar.gz.imagefs-index");
+    assert!(index.exists());
+    ok(&format!("chown {NOBODY} '{}'", index.display()));
+    let m = Mount::with_env(&["-o", "nokeep", gz.to_str().unwrap()], &env);
+    assert!(
+        m.log().contains("indexing the compressed archive"),
+        "{}",
+        m.log()
+    );
+}

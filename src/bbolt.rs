@@ -18,7 +18,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 const MAGIC: u32 = 0xED0C_DAED;
 const VERSION: u32 = 2;
@@ -160,7 +159,10 @@ pub struct Tx<'a> {
 }
 
 impl BoltFile {
-    pub fn open(path: &Path) -> io::Result<BoltFile> {
+    /// Opens by path; imagefs itself opens meta.db through the containment layer
+    /// ([`BoltFile::from_file`]).
+    #[cfg(test)]
+    pub fn open(path: &std::path::Path) -> io::Result<BoltFile> {
         Ok(BoltFile::from_file(File::open(path)?))
     }
 

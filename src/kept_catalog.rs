@@ -187,6 +187,31 @@ fn frame(magic: &[u8; 16], payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// For the fuzzer: a kept catalog's payload, framed as a kept file is (so that the
+/// checksum passes and the payload's decoding is what is exercised), then decoded.
+#[doc(hidden)]
+pub fn fuzz_decode(payload: &[u8]) -> Result<Catalog, String> {
+    let framed = frame(MAGIC, payload);
+    let decoded: Payload = postcard::from_bytes(unframe(MAGIC, &framed)?)
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    decode(&framed, &decoded.key)
+}
+
+/// For the fuzzer: a kept tar index's payload, framed, decoded into an index, and
+/// every name resolved.
+#[doc(hidden)]
+pub fn fuzz_tar_index(payload: &[u8]) -> Result<usize, String> {
+    let framed = frame(TAR_INDEX_MAGIC, payload);
+    let kept: KeptTarIndex = postcard::from_bytes(unframe(TAR_INDEX_MAGIC, &framed)?)
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let index = TarIndex::from_parts(kept.entries.into_owned(), kept.end_of_entries, vec![]);
+    Ok(index
+        .entries()
+        .iter()
+        .filter(|(n, _)| index.resolve(n).is_some())
+        .count())
+}
+
 fn decode(bytes: &[u8], key: &str) -> Result<Catalog, String> {
     let payload: Payload =
         postcard::from_bytes(unframe(MAGIC, bytes)?).map_err(|e| format!("cannot decode: {e}"))?;

@@ -216,10 +216,13 @@ impl CompressedTar {
         let want = buf
             .len()
             .min((size - offset).min(usize::MAX as u64) as usize);
+        let beyond = || io::Error::new(io::ErrorKind::InvalidData, "offset beyond any file");
         if let Some(&at) = self.inline.get(&start) {
-            return self.store.read_at(&mut buf[..want], at + offset);
+            let at = at.checked_add(offset).ok_or_else(beyond)?;
+            return self.store.read_at(&mut buf[..want], at);
         }
-        self.read_streaming(start + offset, &mut buf[..want])
+        let pos = start.checked_add(offset).ok_or_else(beyond)?;
+        self.read_streaming(pos, &mut buf[..want])
     }
 
     /// Decompresses up to `pos` (from the start, unless the cursor is before it).
@@ -375,14 +378,61 @@ fn load(
     let mut json = vec![0u8; header_len as usize];
     file.read_exact_at(&mut json, data_len)
         .map_err(|e| e.to_string())?;
-    let header: Header = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    let header = parse_header(&json, data_len)?;
     if header.archive != *identity || header.compression != compression {
         return Err("the archive changed since it was indexed".into());
     }
-    if header.inline.iter().any(|&(_, at)| at > data_len) {
-        return Err("a kept member lies outside the data region".into());
-    }
     Ok(Some((file, header)))
+}
+
+/// A persisted index's header, its kept members checked to lie in the data region
+/// (`data_len` bytes) whole.
+fn parse_header(json: &[u8], data_len: u64) -> Result<Header<'static>, String> {
+    let header: Header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let sizes: HashMap<u64, u64> = header
+        .entries
+        .iter()
+        .map(|(_, m)| (m.offset, m.size))
+        .collect();
+    for &(offset, at) in &header.inline {
+        let size = sizes.get(&offset).copied().unwrap_or(0);
+        if at.checked_add(size).is_none_or(|end| end > data_len) {
+            return Err("a kept member lies outside the data region".into());
+        }
+    }
+    Ok(header)
+}
+
+/// For the fuzzer: a persisted index's header as `load` reads it, and every member it
+/// keeps read back from `data` (the data region) as a mount would.
+#[doc(hidden)]
+pub fn fuzz_index_header(json: &[u8], data: &[u8]) -> Result<usize, String> {
+    let header = parse_header(json, data.len() as u64)?;
+    let index = TarIndex::from_parts(
+        header.entries.into_owned(),
+        header.end_of_entries,
+        header.problems,
+    );
+    let mut store = tempfile::tempfile().map_err(|e| e.to_string())?;
+    store.write_all(data).map_err(|e| e.to_string())?;
+    let tar = CompressedTar {
+        path: PathBuf::from("fuzz"),
+        source: tempfile::tempfile().map_err(|e| e.to_string())?,
+        compression: Compression::Gzip,
+        store,
+        inline: header.inline.into_iter().collect(),
+        cursor: Mutex::new(None),
+        tar_len: header.tar_len,
+        index_path: None,
+    };
+    let mut read = 0;
+    for (name, _) in index.entries() {
+        if let Some((_, m)) = index.resolve(name) {
+            let mut buf = vec![0u8; m.size.min(4096) as usize];
+            read += tar.read_at(m.offset, m.size, 0, &mut buf).unwrap_or(0);
+        }
+    }
+    Ok(read)
 }
 
 /// Writes through to `out`, hashing and counting what passes.

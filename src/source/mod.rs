@@ -597,7 +597,11 @@ pub(crate) fn pread_clamped(
     let want = buf
         .len()
         .min((size - offset).min(usize::MAX as u64) as usize);
-    file.read_at(&mut buf[..want], start + offset)
+    // offsets come from indexes a store (or a kept file) gave: never trusted to add up
+    let at = start
+        .checked_add(offset)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "offset beyond any file"))?;
+    file.read_at(&mut buf[..want], at)
 }
 
 /// What the command line says about how to reach stores.

@@ -1,0 +1,16 @@
+//! Any bytes as a kept catalog's payload (framed with a valid checksum, so that the
+//! decoding is what runs): a catalog or an error, and a decoded one keeps its promises.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(catalog) = imagefs::kept_catalog::fuzz_decode(data) {
+        for image in &catalog.images {
+            let _ = image.config_size();
+            for t in &image.tags {
+                let _ = t.file_name();
+            }
+        }
+    }
+});
