@@ -226,10 +226,7 @@ impl Containerd {
         self.db
             .read(|tx| {
                 let text = |b: Option<Vec<u8>>| b.map(|v| String::from_utf8_lossy(&v).into_owned());
-                let Some(v1) = tx.bucket(&tx.root(), b"v1")? else {
-                    return Ok(None);
-                };
-                let Some(ns) = tx.bucket(&v1, self.namespace.as_bytes())? else {
+                let Some(ns) = self.namespace_bucket(tx)? else {
                     return Ok(None);
                 };
                 let Some(containers) = tx.bucket(&ns, b"containers")? else {
@@ -268,6 +265,17 @@ impl Containerd {
             .map_err(db_err)
     }
 
+    /// `v1/<namespace>`, where the namespace's images, containers and snapshots are.
+    fn namespace_bucket(
+        &self,
+        tx: &crate::bbolt::Tx<'_>,
+    ) -> Result<Option<crate::bbolt::Bucket>, crate::bbolt::BoltError> {
+        match tx.bucket(&tx.root(), b"v1")? {
+            Some(v1) => tx.bucket(&v1, self.namespace.as_bytes()),
+            None => Ok(None),
+        }
+    }
+
     /// The chain ID of the image's top layer: the parent of a container's snapshot.
     fn top_chain_id(&self, id: &str) -> Option<String> {
         let loc = self.blob(id).ok()??;
@@ -283,10 +291,7 @@ impl Containerd {
         self.db
             .read(|tx| {
                 let mut out = Vec::new();
-                let Some(v1) = tx.bucket(&tx.root(), b"v1")? else {
-                    return Ok(out);
-                };
-                let Some(ns) = tx.bucket(&v1, self.namespace.as_bytes())? else {
+                let Some(ns) = self.namespace_bucket(tx)? else {
                     return Ok(out);
                 };
                 let Some(images) = tx.bucket(&ns, b"images")? else {
