@@ -301,6 +301,16 @@ impl ArchiveStore {
         self.versions.read().0.clone()
     }
 
+    /// A shared lock on the archive for a scan: another mount's write (an exclusive
+    /// lock, and bytes changed in place) waits until the scan has read the members it
+    /// indexed, which would otherwise have changed under it.
+    pub fn scan_lock(&self) -> Option<FileLock> {
+        self.at
+            .open(false)
+            .and_then(|f| FileLock::on(&f, false))
+            .ok()
+    }
+
     /// The archive as it is now: reindexed if the file changed since.
     pub fn refresh(&self) -> Result<Arc<TarArchive>, SourceError> {
         let mut indexed_at = self.indexed_at.lock();

@@ -81,6 +81,7 @@ impl Source for DockerArchive {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
+        let _lock = self.store.scan_lock();
         let a = self.store.refresh()?;
         let a = a.as_ref();
         let fail = |msg: String| SourceError::new(a.path().display(), msg);

@@ -86,6 +86,7 @@ impl Source for OciArchive {
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
+        let _lock = self.store.scan_lock();
         let a = self.store.refresh()?;
         let mut inv =
             oci::scan_layout(a.as_ref()).map_err(|e| SourceError::new(a.path().display(), e))?;
