@@ -159,13 +159,6 @@ pub struct Tx<'a> {
 }
 
 impl BoltFile {
-    /// Opens by path; imagefs itself opens meta.db through the containment layer
-    /// ([`BoltFile::from_file`]).
-    #[cfg(test)]
-    pub fn open(path: &std::path::Path) -> io::Result<BoltFile> {
-        Ok(BoltFile::from_file(File::open(path)?))
-    }
-
     /// A bbolt file already opened (by the containment layer).
     pub fn from_file(file: File) -> BoltFile {
         BoltFile {
@@ -438,6 +431,10 @@ pub fn varint(b: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    /// imagefs itself opens meta.db through the containment layer; tests by path.
+    fn open_db(path: &std::path::Path) -> io::Result<BoltFile> {
+        Ok(BoltFile::from_file(File::open(path)?))
+    }
     use super::*;
 
     /// A meta page as bbolt writes it.
@@ -514,7 +511,7 @@ mod tests {
             root,
             image_page,
         ]);
-        let f = BoltFile::open(&path).unwrap();
+        let f = open_db(&path).unwrap();
         assert_eq!(f.meta().unwrap().txid, 7);
         let (digest, size) = f
             .read(|tx| {
@@ -537,14 +534,14 @@ mod tests {
         let mut newer = meta_page(ps, 2, 3, 9);
         newer[40] ^= 0xff; // checksum no longer matches: torn
         let (_d, path) = db(vec![meta_page(ps, 2, 3, 8), newer, root.clone()]);
-        let f = BoltFile::open(&path).unwrap();
+        let f = open_db(&path).unwrap();
         assert_eq!(f.meta().unwrap().txid, 8);
         // a page that does not carry its id, and an element pointing out of its page
         let mut bad = root.clone();
         bad[0] = 7;
         let (_d2, p2) = db(vec![meta_page(ps, 2, 3, 8), meta_page(ps, 2, 3, 1), bad]);
         assert!(
-            BoltFile::open(&p2)
+            open_db(&p2)
                 .unwrap()
                 .read(|tx| tx.items(&tx.root()))
                 .is_err()
@@ -553,7 +550,7 @@ mod tests {
         bad[PAGE_HEADER + 4..PAGE_HEADER + 8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         let (_d3, p3) = db(vec![meta_page(ps, 2, 3, 8), meta_page(ps, 2, 3, 1), bad]);
         assert!(
-            BoltFile::open(&p3)
+            open_db(&p3)
                 .unwrap()
                 .read(|tx| tx.items(&tx.root()))
                 .is_err()
@@ -561,7 +558,7 @@ mod tests {
         // not bbolt at all
         let (_d4, p4) = db(vec![vec![0x42; 8192]]);
         assert!(matches!(
-            BoltFile::open(&p4).unwrap().meta(),
+            open_db(&p4).unwrap().meta(),
             Err(BoltError::NoValidMeta)
         ));
     }
@@ -597,7 +594,7 @@ mod tests {
         }
         pages.push(leaf_page(2 + levels, ps, &[(b"k", b"v", false)]));
         let (_d, path) = db(pages);
-        let f = BoltFile::open(&path).unwrap();
+        let f = open_db(&path).unwrap();
         let started = std::time::Instant::now();
         let err = f.read(|tx| tx.items(&tx.root())).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
@@ -641,7 +638,7 @@ mod tests {
                 bytes.truncate(at);
             }
             std::fs::write(&path, &bytes).unwrap();
-            let f = BoltFile::open(&path).unwrap();
+            let f = open_db(&path).unwrap();
             let _ = f.read(|tx| {
                 for (_, item) in tx.items(&tx.root())? {
                     if let Item::Bucket(b) = item {
