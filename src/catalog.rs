@@ -412,3 +412,63 @@ fn unique_first_seen<T: Eq + std::hash::Hash + Clone>(v: &mut Vec<T>) {
     let mut seen = std::collections::HashSet::with_capacity(v.len());
     v.retain(|x| seen.insert(x.clone()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kept::{Kept, KeptKind};
+
+    fn sample() -> Catalog {
+        let tag = |s: &str| TagRef {
+            domain: "docker.io".into(),
+            path: "library/x".into(),
+            tag: s.into(),
+        };
+        Catalog {
+            images: vec![Image {
+                id: format!("sha256:{}", "a".repeat(64)),
+                config: BlobLocation::Member {
+                    archive: 7,
+                    offset: 512,
+                    size: 100,
+                    pin: Default::default(),
+                },
+                created: Some("2024-01-02T03:04:05Z".into()),
+                mtime: UNIX_EPOCH + Duration::from_secs(1_704_164_645),
+                architecture: Some("amd64".into()),
+                os: Some("linux".into()),
+                variant: None,
+                tags: vec![tag("1")],
+                manifest_digests: vec![],
+                digest_refs: vec![],
+                layers_size: Some(42),
+                other_platforms: vec![],
+                extra_xattrs: vec![("user.image.store-id".into(), "x".into())],
+            }],
+            dangling: vec![DanglingTag {
+                tag: tag("gone"),
+                target: format!("sha256:{}", "b".repeat(64)),
+            }],
+            problems: vec!["a problem".into()],
+        }
+    }
+
+    #[test]
+    fn a_kept_catalog_comes_back_whole_for_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = Kept::in_dir(dir.path().join("kept"));
+        kept.store(KeptKind::Catalog, "store", "k1", &sample());
+        let back: Catalog = kept.load(KeptKind::Catalog, "store", "k1").unwrap();
+        assert_eq!(back.images.len(), 1);
+        assert_eq!(back.images[0].id, sample().images[0].id);
+        assert_eq!(back.images[0].mtime, sample().images[0].mtime);
+        assert_eq!(back.images[0].tags, sample().images[0].tags);
+        assert_eq!(back.images[0].config, sample().images[0].config);
+        assert_eq!(back.dangling, sample().dangling);
+        assert_eq!(back.problems, sample().problems);
+        assert!(
+            kept.load::<Catalog>(KeptKind::Catalog, "store", "k2")
+                .is_none()
+        );
+    }
+}

@@ -236,7 +236,7 @@ pub fn parse_sources(args: &[String]) -> Result<Vec<SourceSpec>, String> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "store".into());
-            crate::label_from_file_name(&name)
+            source::label_from_file_name(&name)
         });
         let label = if valid_label(&label) {
             label
@@ -255,6 +255,23 @@ pub fn parse_sources(args: &[String]) -> Result<Vec<SourceSpec>, String> {
         });
     }
     Ok(out)
+}
+
+/// Where imagefs keeps catalogs and indexes: `$XDG_CACHE_HOME/imagefs`, else
+/// `~/.cache/imagefs` (read here, so that nothing below the command line reads the
+/// environment).
+pub fn kept_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("imagefs"))
+}
+
+/// dockerd's socket when `-o docker_host=` does not say: `DOCKER_HOST`, as the docker
+/// command reads it.
+pub fn docker_host_from_env() -> Option<String> {
+    std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty())
 }
 
 /// Where stores live on a machine, for the no-source default.

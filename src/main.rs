@@ -14,12 +14,19 @@ use imagefs::cli::{self, Args, MountOptions};
 use imagefs::config_cache::ConfigCache;
 use imagefs::fs::{FsOptions, ImageFs, Store};
 use imagefs::fuse::{FuseAdapter, Prefetcher};
-use imagefs::kept_catalog::KeptCatalogs;
+use imagefs::kept::Kept;
 use imagefs::source;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.debug);
+    // the crash tests' fault injection (see store_file::crash_point)
+    if let Some(n) = std::env::var("IMAGEFS_TEST_CRASH_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        imagefs::store_file::crash_after(n);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -157,14 +164,19 @@ fn read_and_serve(
     options: &MountOptions,
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
-    let kept = KeptCatalogs::default_dir().filter(|_| !options.nokeep);
-    if let Some(dir) = kept.as_ref().filter(|_| !options.rescan) {
-        imagefs::kept_catalog::keep_tar_indexes_in(dir.clone());
-    }
+    let kept = match cli::kept_dir().filter(|_| !options.nokeep) {
+        Some(dir) if options.rescan => Kept::in_dir(dir).ignoring_kept(),
+        Some(dir) => Kept::in_dir(dir),
+        None => Kept::none(),
+    };
     let source_options = source::SourceOptions {
-        docker_host: options.docker_host.clone(),
+        docker_host: options
+            .docker_host
+            .clone()
+            .or_else(cli::docker_host_from_env),
         containerd_address: options.containerd_address.clone(),
         limits: options.limits,
+        kept: kept.clone(),
     };
     let stores = if positional.is_empty() {
         discover_stores(&source_options)?
@@ -176,8 +188,7 @@ fn read_and_serve(
         ConfigCache::new(options.cache_size),
         FsOptions {
             read_only: options.read_only,
-            kept: kept.map(KeptCatalogs::new),
-            rescan: options.rescan,
+            kept,
             limits: options.limits,
         },
     )

@@ -2,10 +2,12 @@
 //! decoding is what runs): a catalog or an error, and a decoded one keeps its promises.
 #![no_main]
 
+use imagefs::kept::{self, KeptKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(catalog) = imagefs::kept_catalog::fuzz_decode(data) {
+    let framed = kept::frame(KeptKind::Catalog, data);
+    if let Ok((_, catalog)) = kept::decode::<imagefs::catalog::Catalog>(KeptKind::Catalog, &framed) {
         for image in &catalog.images {
             let _ = image.config_size();
             for t in &image.tags {

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, Image};
 use crate::config_cache::ConfigCache;
-use crate::kept_catalog::KeptCatalogs;
+use crate::kept::{Kept, KeptKind};
 use crate::reference::{Parsed, TagRef};
 use crate::source::{BlobLocation, ChangeToken, Source, StoreMeta, WriteError};
 use inode::InodeTable;
@@ -122,11 +122,8 @@ pub struct Store {
 pub struct FsOptions {
     /// `-o ro`: refuse writes with EROFS.
     pub read_only: bool,
-    /// Where catalogs are kept between mounts; `None`: every mount scans.
-    pub kept: Option<KeptCatalogs>,
-    /// `-o rescan`: scan every store even when a kept catalog is valid (and keep the
-    /// fresh one).
-    pub rescan: bool,
+    /// Where catalogs are kept between mounts (`Kept::none()`: every mount scans).
+    pub kept: Kept,
     /// How much a store may make imagefs read and hash.
     pub limits: crate::limits::Limits,
 }
@@ -229,15 +226,11 @@ impl ImageFs {
             let source = store.source.as_ref();
             // Taken before the scan: a change during it makes the key stale, which
             // costs the next mount a scan and never shows a wrong catalog.
-            let key = options
-                .kept
-                .as_ref()
-                .and_then(|_| KeptCatalogs::key_of(source, &options.limits));
+            let key = catalog_key(&options.kept, source, &options.limits);
             let started = std::time::Instant::now();
-            let kept = match (&options.kept, &key) {
-                (Some(kept), Some(key)) if !options.rescan => kept.load(source, key),
-                _ => None,
-            };
+            let kept = key
+                .as_ref()
+                .and_then(|key| load_catalog(&options.kept, source, key));
             let catalog = match kept {
                 Some(catalog) => {
                     catalog.log_problems(&source.describe());
@@ -326,18 +319,25 @@ impl ImageFs {
     }
 
     /// Saves the catalogs scanned since the last call (at mount, or by a reload), for
-    /// the next mount (see `kept_catalog`). Called off the request path: by the
+    /// the next mount (see `crate::kept`). Called off the request path: by the
     /// watcher, and once more after unmount.
     pub fn keep_catalogs(&self) {
-        let Some(kept) = &self.options.kept else {
+        let kept = &self.options.kept;
+        if !kept.is_on() {
             return;
-        };
+        }
         // Held throughout, so that the call after unmount waits for one under way.
         let mut pending = self.to_keep.lock();
         for (i, key, catalog) in pending.drain(..) {
             // Only the store's current catalog: a reload's newer one is queued too.
             if Arc::ptr_eq(&self.state.read().catalogs[i], &catalog) {
-                kept.keep(self.stores[i].source.as_ref(), &key, &catalog);
+                let source = self.stores[i].source.as_ref();
+                kept.store(
+                    KeptKind::Catalog,
+                    &catalog_what(source),
+                    &key,
+                    catalog.as_ref(),
+                );
             }
         }
     }
@@ -737,11 +737,7 @@ impl ImageFs {
     pub fn reload(&self, store: usize) -> Result<Tree, crate::source::SourceError> {
         let source = self.stores[store].source.as_ref();
         let token = source.change_token().ok();
-        let key = self
-            .options
-            .kept
-            .as_ref()
-            .and_then(|_| KeptCatalogs::key_of(source, &self.options.limits));
+        let key = catalog_key(&self.options.kept, source, &self.options.limits);
         let inv = source.scan()?;
         self.cache.forget_store(store);
         self.repinned.lock().retain(|(s, _), _| *s != store);
@@ -1041,6 +1037,42 @@ fn store_write_bits_for(fuid: u32, fgid: u32, suid: u32, sgid: u32, write: u16) 
     let owner = (fuid == suid && u) || (fgid == sgid && g) || o;
     let group = (fgid == sgid && g) || o;
     (if owner { 0o200 } else { 0 }) | (if group { 0o020 } else { 0 }) | (if o { 0o002 } else { 0 })
+}
+
+/// What a kept catalog stands for: the store as named and where it is.
+fn catalog_what(source: &dyn Source) -> String {
+    format!(
+        "{}\n{}",
+        source.describe(),
+        crate::kept::canonical(source.path())
+    )
+}
+
+/// The key a kept catalog must carry to stand for `source` now, read under `limits`
+/// (a catalog cut short by a lower limit is not one for a higher); `None` when its
+/// catalog is not kept. Taken before a scan: a change during it makes the key stale,
+/// which costs the next mount a scan and never shows a wrong catalog.
+fn catalog_key(kept: &Kept, source: &dyn Source, limits: &crate::limits::Limits) -> Option<String> {
+    if !kept.is_on() {
+        return None;
+    }
+    let content = source.content_key()?;
+    Some(format!(
+        "{}\n{}\n{limits:?}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        source.describe(),
+        content
+    ))
+}
+
+/// The catalog kept for `source` under `key`, its locations made valid for this
+/// opening of the store.
+fn load_catalog(kept: &Kept, source: &dyn Source, key: &str) -> Option<Catalog> {
+    let mut catalog: Catalog = kept.load(KeptKind::Catalog, &catalog_what(source), key)?;
+    for image in &mut catalog.images {
+        source.rebind(&mut image.config);
+    }
+    Some(catalog)
 }
 
 fn image_at(state: &State, store: usize, index: usize) -> FsResult<&Image> {

@@ -709,8 +709,11 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     let open = |s: MemSource, rescan: bool| {
         let (blobs, scans) = (s.blobs.clone(), s.scans.clone());
         let options = FsOptions {
-            kept: Some(KeptCatalogs::new(dir.path().to_path_buf())),
-            rescan,
+            kept: if rescan {
+                Kept::in_dir(dir.path().to_path_buf()).ignoring_kept()
+            } else {
+                Kept::in_dir(dir.path().to_path_buf())
+            },
             ..Default::default()
         };
         let stores = vec![Store {

@@ -8,13 +8,13 @@
 //! too big to keep (a config over [`INLINE_MAX`]) is read by decompressing from the
 //! start again, with a cursor kept so that sequential reads go forward only.
 //!
-//! The index lives beside the archive (`<archive>.imagefs-index`, as ratarmount keeps
-//! `<archive>.index.sqlite`) when that directory is writable, else under
-//! `$XDG_CACHE_HOME/imagefs/` (default `~/.cache/imagefs/`) named by a hash of the
-//! archive's path. It records the archive's identity (inode, size, mtime), so a
-//! changed archive is indexed again, and ends with a SHA-256 of itself, so a torn or
-//! damaged index is rebuilt, never trusted.
+//! The index is a kept file (see `crate::kept`: its framing, checksum, places, trust
+//! and cleanup): beside the archive (`<archive>.imagefs-index`, as ratarmount keeps
+//! `<archive>.index.sqlite`) when that directory takes a file, else in the cache
+//! directory. It records the archive's identity, so a changed archive is indexed
+//! again; a torn or damaged index fails its checksum and is rebuilt.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::StoreDir;
 use super::archive::ArchiveFile;
+use crate::kept::{FramedWriter, KeptKind, Place};
+use crate::store_file::FileId;
 use crate::tar_index::{Capture, TarIndex, TarMember};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,45 +67,25 @@ pub const INLINE_MAX: u64 = 1 << 20;
 /// At most this many bytes of members are kept in one index.
 const INLINE_TOTAL_MAX: u64 = 256 << 20;
 const READ_BUFFER: usize = 256 * 1024;
-const MAGIC: &[u8; 16] = b"imagefs-tar-idx\n";
 /// The index header (member names and offsets) of an archive imagefs indexed: far
 /// less than this for any real archive.
 const HEADER_LIMIT: u64 = 256 << 20;
-const VERSION: u32 = 1;
-const TRAILER_LEN: u64 = 16 + 4 + 4 + 8 + 8 + 32;
 
-/// The archive file an index was made from. Any change means a new index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl Identity {
-    fn of(meta: &std::fs::Metadata) -> Identity {
-        Identity {
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
-
+/// A kept index's payload, written as the archive is decompressed: the kept members'
+/// bytes (the data region), then this header (postcard), then the header's length.
 #[derive(Serialize, Deserialize)]
 struct Header<'a> {
-    archive: Identity,
+    /// The archive file the index was made from: any change means a new index.
+    archive: FileId,
     compression: Compression,
     /// Length of the uncompressed tar stream.
     tar_len: u64,
     end_of_entries: u64,
-    /// Borrowed from the index when written (a copy of 500,000 entries and its JSON
-    /// were most of a big indexing's memory), owned when read.
-    entries: std::borrow::Cow<'a, [(String, TarMember)]>,
+    /// Borrowed from the index when written (a copy of 500,000 entries was most of a
+    /// big indexing's memory), owned when read.
+    entries: Cow<'a, [(String, TarMember)]>,
     problems: Vec<String>,
-    /// (member data offset in the tar, where its bytes are in this file's data region).
+    /// (member data offset in the tar, where its bytes are in the data region).
     inline: Vec<(u64, u64)>,
 }
 
@@ -116,20 +96,22 @@ pub struct CompressedTar {
     /// from whatever the path names by then.
     source: File,
     compression: Compression,
-    /// The index file (persisted, or an unlinked temporary one): the kept members.
+    /// The index file (kept, or an unlinked temporary one): the kept members...
     store: File,
-    /// Member data offset in the tar → offset of its copy in `store`.
+    /// ...whose data region starts here in it.
+    data_start: u64,
+    /// Member data offset in the tar → offset of its copy in the data region.
     inline: HashMap<u64, u64>,
     /// For members not kept: a decoder positioned at `.0` bytes into the tar.
     cursor: Mutex<Option<(u64, Box<dyn Read + Send>)>>,
     pub tar_len: u64,
-    /// Where the index was read from or written to (None: not persisted).
+    /// Where the index was read from or written to (None: not kept).
     pub index_path: Option<PathBuf>,
 }
 
 impl CompressedTar {
-    /// The persisted index when it matches `file`, else one decompression pass that
-    /// builds it (and persists it when the archive is undamaged).
+    /// The kept index when it matches `file`, else one decompression pass that builds
+    /// it (and keeps it when the archive is undamaged).
     pub fn open(
         at: &ArchiveFile,
         file: &File,
@@ -137,47 +119,42 @@ impl CompressedTar {
     ) -> Result<(CompressedTar, TarIndex), String> {
         let path = at.shown.as_path();
         let meta = file.metadata().map_err(|e| e.to_string())?;
-        let identity = Identity::of(&meta);
-        for place in index_places(at) {
+        let identity = FileId::of(&meta);
+        for place in places(at).into_iter().filter(|_| at.kept.reuses()) {
             match load(&place, &identity, compression) {
-                Ok(Some((store, header))) => {
-                    debug!(archive = %path.display(), index = %place.display(), "using the persisted index");
+                Ok(Some((store, data_start, header))) => {
+                    debug!(archive = %path.display(), index = %place.display(), "using the kept index");
                     let index = TarIndex::from_parts(
                         header.entries.into_owned(),
                         header.end_of_entries,
                         header.problems,
                     );
-                    return CompressedTar::new(
+                    let tar = CompressedTar::new(
                         path,
                         file,
                         compression,
-                        store,
+                        (store, data_start),
                         header.inline,
                         header.tar_len,
                         Some(PathBuf::from(place.display())),
-                    )
-                    .map(|tar| (tar, index));
+                    )?;
+                    return Ok((tar, index));
                 }
                 Ok(None) => {}
                 Err(why) => {
-                    info!(archive = %path.display(), index = %place.display(), %why, "persisted index not used: indexing again")
+                    info!(archive = %path.display(), index = %place.display(), %why, "kept index not used: indexing again")
                 }
             }
         }
         let built = build(at, file, compression, identity, meta.size())?;
-        let persisted = if built.index.problems.is_empty() {
-            persist(at, &built.store)
-        } else {
-            None
-        };
         let tar = CompressedTar::new(
             path,
             file,
             compression,
-            built.store.into_file().map_err(|e| e.to_string())?,
+            (built.store, built.data_start),
             built.inline,
             built.tar_len,
-            persisted,
+            built.kept,
         )?;
         Ok((tar, built.index))
     }
@@ -186,7 +163,7 @@ impl CompressedTar {
         path: &Path,
         file: &File,
         compression: Compression,
-        store: File,
+        (store, data_start): (File, u64),
         inline: Vec<(u64, u64)>,
         tar_len: u64,
         index_path: Option<PathBuf>,
@@ -196,6 +173,7 @@ impl CompressedTar {
             source: file.try_clone().map_err(|e| e.to_string())?,
             compression,
             store,
+            data_start,
             inline: inline.into_iter().collect(),
             cursor: Mutex::new(None),
             tar_len,
@@ -218,7 +196,11 @@ impl CompressedTar {
             .min((size - offset).min(usize::MAX as u64) as usize);
         let beyond = || io::Error::new(io::ErrorKind::InvalidData, "offset beyond any file");
         if let Some(&at) = self.inline.get(&start) {
-            let at = at.checked_add(offset).ok_or_else(beyond)?;
+            let at = self
+                .data_start
+                .checked_add(at)
+                .and_then(|a| a.checked_add(offset))
+                .ok_or_else(beyond)?;
             return self.store.read_at(&mut buf[..want], at);
         }
         let pos = start.checked_add(offset).ok_or_else(beyond)?;
@@ -262,133 +244,80 @@ impl CompressedTar {
     }
 }
 
-/// A place an index may be kept: a name in a directory reached through the
-/// containment layer.
-struct IndexPlace {
-    dir: StoreDir,
-    name: String,
-    /// Besides this user, whose index files here are read: the archive's owner's,
-    /// beside the archive.
-    also_trusted: Option<u32>,
-}
-
-impl IndexPlace {
-    fn display(&self) -> String {
-        self.dir.display(&self.name)
-    }
-}
-
-/// Where an index for the archive may be: beside it, then in the user's cache.
-fn index_places(at: &ArchiveFile) -> Vec<IndexPlace> {
+/// Where an index for the archive may be kept: beside it (`<archive>.imagefs-index`,
+/// as ratarmount keeps `<archive>.index.sqlite`), trusted from this user or the
+/// archive's owner; then in the cache directory, when kept files are on.
+fn places(at: &ArchiveFile) -> Vec<Place> {
     let mut out = Vec::new();
     if let Ok(dir) = at.dir.try_clone() {
-        use std::os::unix::fs::MetadataExt;
         let owner = at
             .open(false)
             .and_then(|f| f.metadata())
             .map(|m| m.uid())
             .ok();
-        out.push(IndexPlace {
+        out.push(Place::beside(
             dir,
-            name: format!("{}.imagefs-index", at.name),
-            also_trusted: owner,
-        });
+            format!("{}.imagefs-index", at.name),
+            owner,
+        ));
     }
-    if let Some(p) = cache_place(at) {
+    if let Some(p) = at.kept.cache_place(
+        KeptKind::CompressedIndex,
+        &crate::kept::canonical(&at.shown),
+    ) {
         out.push(p);
     }
     out
 }
 
-/// The index in the user's cache directory, when that directory is one to trust (see
-/// `store_file::trusted_dir`).
-fn cache_place(at: &ArchiveFile) -> Option<IndexPlace> {
-    let dir = crate::kept_catalog::KeptCatalogs::default_dir()?;
-    let canonical = at.shown.canonicalize().ok()?;
-    let key = hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()));
-    let dir = match crate::source::store_file::trusted_dir(&dir) {
-        Ok(d) => d,
-        Err(why) => {
-            debug!("no index kept in the cache directory: {why}");
-            return None;
-        }
-    };
-    Some(IndexPlace {
-        dir,
-        name: format!("{}.index", &key[..32]),
-        also_trusted: None,
-    })
-}
-
-/// Reads and checks a persisted index. `Ok(None)`: there is none.
+/// Reads and checks a kept index: the file, where its data region starts, and its
+/// header. `Ok(None)`: there is none.
 fn load(
-    place: &IndexPlace,
-    identity: &Identity,
+    place: &Place,
+    identity: &FileId,
     compression: Compression,
-) -> Result<Option<(File, Header<'static>)>, String> {
-    let file = match place.dir.open_own(&place.name, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+) -> Result<Option<(File, u64, Header<'static>)>, String> {
+    let Some((file, start, len)) = place.open(KeptKind::CompressedIndex)? else {
+        return Ok(None);
     };
-    // An index beside the archive may have been put there by anyone who can write
-    // that directory: only this user's, or the archive's owner's, is read.
-    crate::source::store_file::trusted_file(&file, place.also_trusted)?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    if len < TRAILER_LEN {
-        return Err("too short".into());
-    }
-    let mut trailer = [0u8; TRAILER_LEN as usize];
-    file.read_exact_at(&mut trailer, len - TRAILER_LEN)
-        .map_err(|e| e.to_string())?;
-    if &trailer[..16] != MAGIC {
-        return Err("not an imagefs index".into());
-    }
-    let word = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().unwrap_or([0; 8]));
-    let version = u32::from_le_bytes(trailer[16..20].try_into().unwrap_or([0; 4]));
-    if version != VERSION {
-        return Err(format!(
-            "index version {version}, this imagefs writes {VERSION}"
-        ));
-    }
-    let (data_len, header_len) = (word(24), word(32));
-    if data_len
-        .checked_add(header_len)
-        .and_then(|n| n.checked_add(TRAILER_LEN))
-        != Some(len)
-    {
-        return Err("lengths do not add up".into());
-    }
-    if header_len > HEADER_LIMIT {
-        return Err(format!(
-            "an index header of {header_len} bytes, more than the {HEADER_LIMIT} allowed"
-        ));
-    }
-    // The whole file is hashed: kept members are served from it as they are.
-    let mut hasher = Sha256::new();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, &file);
-    io::copy(
-        &mut (&mut reader).take(len - 32),
-        &mut HashWriter(&mut hasher),
-    )
-    .map_err(|e| e.to_string())?;
-    if hasher.finalize().as_slice() != &trailer[TRAILER_LEN as usize - 32..] {
-        return Err("checksum mismatch (a torn or damaged index)".into());
-    }
-    let mut json = vec![0u8; header_len as usize];
-    file.read_exact_at(&mut json, data_len)
-        .map_err(|e| e.to_string())?;
-    let header = parse_header(&json, data_len)?;
+    let (data_len, header) = split_payload(len, |buf, at| {
+        file.read_exact_at(buf, start + at)
+            .map_err(|e| e.to_string())
+    })?;
+    let header = parse_header(&header, data_len)?;
     if header.archive != *identity || header.compression != compression {
         return Err("the archive changed since it was indexed".into());
     }
-    Ok(Some((file, header)))
+    Ok(Some((file, start, header)))
 }
 
-/// A persisted index's header, its kept members checked to lie in the data region
+/// A payload of `len` bytes read through `read_at`: the data region's length and the
+/// header's bytes.
+fn split_payload(
+    len: u64,
+    read_at: impl Fn(&mut [u8], u64) -> Result<(), String>,
+) -> Result<(u64, Vec<u8>), String> {
+    if len < 8 {
+        return Err("too short".into());
+    }
+    let mut n = [0u8; 8];
+    read_at(&mut n, len - 8)?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > HEADER_LIMIT || header_len > len - 8 {
+        return Err(format!(
+            "a header of {header_len} bytes in a payload of {len}"
+        ));
+    }
+    let data_len = len - 8 - header_len;
+    let mut header = vec![0u8; header_len as usize];
+    read_at(&mut header, data_len)?;
+    Ok((data_len, header))
+}
+
+/// A kept index's header, its kept members checked to lie in the data region
 /// (`data_len` bytes) whole.
-fn parse_header(json: &[u8], data_len: u64) -> Result<Header<'static>, String> {
-    let header: Header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+fn parse_header(bytes: &[u8], data_len: u64) -> Result<Header<'static>, String> {
+    let header: Header = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
     let sizes: HashMap<u64, u64> = header
         .entries
         .iter()
@@ -400,31 +329,42 @@ fn parse_header(json: &[u8], data_len: u64) -> Result<Header<'static>, String> {
             return Err("a kept member lies outside the data region".into());
         }
     }
-    Ok(header)
+    Ok(Header {
+        entries: Cow::Owned(header.entries.into_owned()),
+        ..header
+    })
 }
 
-/// For the fuzzer: a persisted index's header as `load` reads it, and every member it
-/// keeps read back from `data` (the data region) as a mount would.
+/// For the fuzzer: a kept index's payload as `load` reads it once the checksum
+/// passed, and every member it keeps read back as a mount would.
 #[doc(hidden)]
-pub fn fuzz_index_header(json: &[u8], data: &[u8]) -> Result<usize, String> {
-    let header = parse_header(json, data.len() as u64)?;
+pub fn fuzz_index_payload(payload: &[u8]) -> Result<usize, String> {
+    let (data_len, header) = split_payload(payload.len() as u64, |buf, at| {
+        let at = at as usize;
+        payload
+            .get(at..at + buf.len())
+            .map(|b| buf.copy_from_slice(b))
+            .ok_or_else(|| "beyond the payload".to_string())
+    })?;
+    let header = parse_header(&header, data_len)?;
     let index = TarIndex::from_parts(
         header.entries.into_owned(),
         header.end_of_entries,
         header.problems,
     );
     let mut store = tempfile::tempfile().map_err(|e| e.to_string())?;
-    store.write_all(data).map_err(|e| e.to_string())?;
-    let tar = CompressedTar {
-        path: PathBuf::from("fuzz"),
-        source: tempfile::tempfile().map_err(|e| e.to_string())?,
-        compression: Compression::Gzip,
-        store,
-        inline: header.inline.into_iter().collect(),
-        cursor: Mutex::new(None),
-        tar_len: header.tar_len,
-        index_path: None,
-    };
+    store
+        .write_all(&payload[..data_len as usize])
+        .map_err(|e| e.to_string())?;
+    let tar = CompressedTar::new(
+        Path::new("fuzz"),
+        &tempfile::tempfile().map_err(|e| e.to_string())?,
+        Compression::Gzip,
+        (store, 0),
+        header.inline,
+        header.tar_len,
+        None,
+    )?;
     let mut read = 0;
     for (name, _) in index.entries() {
         if let Some((_, m)) = index.resolve(name) {
@@ -435,181 +375,102 @@ pub fn fuzz_index_header(json: &[u8], data: &[u8]) -> Result<usize, String> {
     Ok(read)
 }
 
-/// Writes through to `out`, hashing and counting what passes.
-struct HashingCounter<'a, W: Write> {
-    out: &'a mut W,
-    hasher: &'a mut Sha256,
-    len: u64,
+/// Where an index is written: a kept file at its first place that takes one, else an
+/// unlinked temporary file (used, not kept).
+enum IndexOut {
+    Kept(FramedWriter),
+    Unnamed(io::BufWriter<File>, File, u64),
 }
 
-impl<W: Write> Write for HashingCounter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The index being written: beside the archive if its directory takes a file, else
-/// in the cache directory, else an unlinked temporary file (used, not persisted). A
-/// named one's temporary name is removed when dropped (after a rename into place,
-/// nothing is left under it: the name is this process's alone).
-enum IndexFile {
-    Named {
-        file: File,
-        place: IndexPlace,
-        temp: String,
-    },
-    Unnamed(File),
-}
-
-impl Drop for IndexFile {
-    fn drop(&mut self) {
-        if let IndexFile::Named { place, temp, .. } = self {
-            let _ = place.dir.remove_file(temp);
-        }
-    }
-}
-
-/// A temporary index name: `.<index name>.<pid>.<counter>`, beside the index.
-fn temp_index_name(place: &IndexPlace) -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(".{}.{}.{n}", place.name, std::process::id())
-}
-
-impl IndexFile {
-    fn create(at: &ArchiveFile) -> io::Result<IndexFile> {
-        for place in index_places(at) {
-            let prefix = format!(".{}.", place.name);
-            remove_abandoned(&place.dir, &prefix);
-            let temp = temp_index_name(&place);
-            match place.dir.create_new(&temp, 0o644) {
-                Ok(file) => {
-                    return Ok(IndexFile::Named { file, place, temp });
-                }
-                Err(e) => debug!("cannot keep an index here: {e}"),
+impl IndexOut {
+    fn create(at: &ArchiveFile) -> io::Result<IndexOut> {
+        for place in places(at) {
+            let shown = place.display();
+            match place.create(KeptKind::CompressedIndex) {
+                Ok(w) => return Ok(IndexOut::Kept(w)),
+                Err(e) => debug!(index = %shown, "cannot keep an index here: {e}"),
             }
         }
-        Ok(IndexFile::Unnamed(tempfile::tempfile()?))
+        let f = tempfile::tempfile()?;
+        Ok(IndexOut::Unnamed(
+            io::BufWriter::with_capacity(READ_BUFFER, f.try_clone()?),
+            f,
+            0,
+        ))
     }
 
-    fn file(&self) -> &File {
+    /// Bytes written so far: where the next write lands in the payload.
+    fn len(&self) -> u64 {
         match self {
-            IndexFile::Named { file, .. } => file,
-            IndexFile::Unnamed(f) => f,
+            IndexOut::Kept(w) => w.payload_len(),
+            IndexOut::Unnamed(_, _, n) => *n,
         }
     }
 
-    fn into_file(self) -> io::Result<File> {
-        self.file().try_clone()
+    /// Finishes the file: kept (when `keep`) at the first place that takes the rename,
+    /// else copied to the next. The file, where its payload starts, and where it is
+    /// kept.
+    fn finish(self, at: &ArchiveFile, keep: bool) -> io::Result<(File, u64, Option<PathBuf>)> {
+        match self {
+            IndexOut::Kept(w) => {
+                let (file, kept) = w.finish(keep)?;
+                let start = FramedWriter::payload_start();
+                if kept.is_some() || !keep {
+                    return Ok((file, start, kept));
+                }
+                for next in places(at).into_iter().skip(1) {
+                    match FramedWriter::copy_to(&file, &next) {
+                        Ok(()) => return Ok((file, start, Some(PathBuf::from(next.display())))),
+                        Err(e) => {
+                            debug!(index = %next.display(), "cannot keep the index here: {e}")
+                        }
+                    }
+                }
+                warn!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
+                Ok((file, start, None))
+            }
+            IndexOut::Unnamed(mut w, f, _) => {
+                w.flush()?;
+                if keep {
+                    info!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
+                }
+                Ok((f, 0, None))
+            }
+        }
     }
 }
 
-/// Removes index temp files a killed indexer left (`.<name>.imagefs-index.…`).
-/// Only old ones: a younger one may be another mount's, indexing right now.
-fn remove_abandoned(dir: &StoreDir, prefix: &str) {
-    for (name, is_dir) in dir
-        .entries("", crate::source::store_file::MAX_DIR_ENTRIES)
-        .unwrap_or_default()
-    {
-        if is_dir || !name.starts_with(prefix) {
-            continue;
-        }
-        let old = dir
-            .symlink_metadata(&name)
-            .ok()
-            .flatten()
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
-        if !old {
-            continue;
-        }
-        match dir.remove_file(&name) {
-            Ok(()) => {
-                info!(file = %dir.display(&name), "removed an index temp file a killed indexer left")
+impl Write for IndexOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            IndexOut::Kept(w) => w.write(buf),
+            IndexOut::Unnamed(w, _, n) => {
+                let k = w.write(buf)?;
+                *n += k as u64;
+                Ok(k)
             }
-            Err(err) => debug!("cannot remove: {err}"),
         }
     }
-}
-
-/// A temp index file untouched this long is no one's.
-const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
-
-/// Renames the finished index into place; if that place refuses it, copies it to the
-/// next one (the cache directory). A failure only costs the next mount a pass.
-fn persist(at: &ArchiveFile, store: &IndexFile) -> Option<PathBuf> {
-    let IndexFile::Named { file, place, temp } = store else {
-        info!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
-        return None;
-    };
-    let kept = |place: &IndexPlace| {
-        info!(archive = %at.shown.display(), index = %place.display(), "index kept for the next mount");
-        Some(PathBuf::from(place.display()))
-    };
-    match place.dir.rename(temp, &place.name) {
-        Ok(()) => return kept(place),
-        Err(e) => debug!("cannot keep the index here: {e}"),
-    }
-    for next in index_places(at) {
-        if next.display() == place.display() {
-            continue;
-        }
-        let copy = || -> io::Result<()> {
-            let tmp = temp_index_name(&next);
-            let result = (|| {
-                let mut out = next.dir.create_new(&tmp, 0o644)?;
-                let mut from = file.try_clone()?;
-                from.seek(SeekFrom::Start(0))?;
-                io::copy(&mut from, &mut out)?;
-                next.dir.rename(&tmp, &next.name)
-            })();
-            if result.is_err() {
-                let _ = next.dir.remove_file(&tmp);
-            }
-            result
-        };
-        match copy() {
-            Ok(()) => return kept(&next),
-            Err(e) => debug!("cannot keep the index here: {e}"),
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            IndexOut::Kept(w) => w.flush(),
+            IndexOut::Unnamed(w, _, _) => w.flush(),
         }
     }
-    warn!(archive = %at.shown.display(), "no writable place for the index: the next mount indexes again");
-    None
 }
 
 /// One decompression pass: the tar walk, kept members written to the index file's
-/// data region as they pass, then the header and trailer.
+/// data region as they pass, then the header and its length.
 fn build(
     at: &ArchiveFile,
     file: &File,
     compression: Compression,
-    identity: Identity,
+    identity: FileId,
     compressed_len: u64,
 ) -> Result<Built, String> {
     let path = at.shown.as_path();
     info!(archive = %path.display(), ?compression, "indexing the compressed archive (once: the index is kept)");
-    let store = IndexFile::create(at).map_err(|e| format!("cannot create an index file: {e}"))?;
-    let mut out = io::BufWriter::with_capacity(READ_BUFFER, store.file());
-    let mut hasher = Sha256::new();
-    let mut data_len = 0u64;
+    let mut out = IndexOut::create(at).map_err(|e| format!("cannot create an index file: {e}"))?;
     let mut inline = Vec::new();
     let mut write_error: Option<io::Error> = None;
 
@@ -622,15 +483,12 @@ fn build(
         error: None,
     };
     let mut take = |m: &TarMember, data: &[u8]| {
-        if write_error.is_some() || data_len + data.len() as u64 > INLINE_TOTAL_MAX {
+        let at = out.len();
+        if write_error.is_some() || at + data.len() as u64 > INLINE_TOTAL_MAX {
             return;
         }
         match out.write_all(data) {
-            Ok(()) => {
-                hasher.update(data);
-                inline.push((m.offset, data_len));
-                data_len += data.len() as u64;
-            }
+            Ok(()) => inline.push((m.offset, at)),
             Err(e) => write_error = Some(e),
         }
     };
@@ -663,48 +521,49 @@ fn build(
         compression,
         tar_len,
         end_of_entries: index.end_of_entries,
-        entries: std::borrow::Cow::Borrowed(index.entries()),
+        entries: Cow::Borrowed(index.entries()),
         problems: index.problems.clone(),
         inline,
     };
-    // Written as it is serialized (hashed and counted on the way): the JSON of a big
-    // index is not held in memory whole.
-    let mut json = HashingCounter {
-        out: &mut out,
-        hasher: &mut hasher,
-        len: 0,
-    };
-    serde_json::to_writer(&mut json, &header)
-        .map_err(|e| format!("cannot write the index: {e}"))?;
-    let json_len = json.len;
+    // Streamed into the file as it is serialised: a big index's header is not held
+    // in memory whole.
+    let before = out.len();
+    let written = postcard::to_io(&header, &mut out)
+        .map(|_| ())
+        .map_err(|e| format!("cannot write the index: {e}"));
     let inline = header.inline;
-    let mut trailer = Vec::with_capacity(TRAILER_LEN as usize);
-    trailer.extend_from_slice(MAGIC);
-    trailer.extend_from_slice(&VERSION.to_le_bytes());
-    trailer.extend_from_slice(&0u32.to_le_bytes());
-    trailer.extend_from_slice(&data_len.to_le_bytes());
-    trailer.extend_from_slice(&json_len.to_le_bytes());
-    hasher.update(&trailer);
-    trailer.extend_from_slice(&hasher.finalize());
-    out.write_all(&trailer)
-        .and_then(|()| out.flush())
+    written?;
+    let header_len = out.len() - before;
+    out.write_all(&header_len.to_le_bytes())
         .map_err(|e| format!("cannot write the index: {e}"))?;
-    drop(out);
+    // a damaged archive's index is used, never kept
+    let keep = index.problems.is_empty();
+    let (store, data_start, kept) = out
+        .finish(at, keep)
+        .map_err(|e| format!("cannot write the index: {e}"))?;
+    if let Some(k) = &kept {
+        info!(archive = %path.display(), index = %k.display(), "index kept for the next mount");
+    }
     Ok(Built {
         store,
+        data_start,
         index,
         inline,
         tar_len,
+        kept,
     })
 }
 
-/// What one decompression pass made: the index file, the tar index, where the kept
-/// members are in it, and the tar stream's length.
+/// What one decompression pass made: the index file and where its data region
+/// starts, the tar index, where the kept members are, the tar stream's length, and
+/// where the index was kept.
 struct Built {
-    store: IndexFile,
+    store: File,
+    data_start: u64,
     index: TarIndex,
     inline: Vec<(u64, u64)>,
     tar_len: u64,
+    kept: Option<PathBuf>,
 }
 
 /// A decompressed stream made seekable forwards, which is all the tar walk asks:
@@ -898,7 +757,7 @@ mod tests {
         std::fs::write(&path, gzip(&tar)).unwrap();
         let file = File::open(&path).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &file,
             Compression::Gzip,
         )
@@ -927,30 +786,43 @@ mod tests {
         assert_eq!(read_member(&ct, &index, "big.tar"), big);
         std::fs::rename(&kept_aside, &path).unwrap();
         assert_eq!(read_member(&ct, &index, "c.json"), b"{}");
-        // The second open reads the index: with the archive's bytes gone (same
-        // identity, garbage content), the kept members still read right.
-        let garbage = vec![0x1fu8; std::fs::metadata(&path).unwrap().len() as usize];
-        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .write_all_at(&garbage, 0)
-            .unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        let (ct2, index2) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+        // (the renames moved the archive's ctime: it is another file now, and indexed
+        // again)
+        CompressedTar::open(
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
         .unwrap();
+        // The next open reads the index: it is not written again, and its kept members
+        // read right.
+        let before = crate::store_file::FileId::of(&std::fs::metadata(&beside).unwrap());
+        let (ct2, index2) = CompressedTar::open(
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
+        assert_eq!(ct2.index_path.as_deref(), Some(beside.as_path()));
+        assert_eq!(
+            crate::store_file::FileId::of(&std::fs::metadata(&beside).unwrap()),
+            before
+        );
         assert_eq!(index2.entries(), index.entries());
         assert_eq!(read_member(&ct2, &index2, "c.json"), b"{}");
+        // the same bytes written again are another file (its ctime moved): indexed again
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        CompressedTar::open(
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap();
+        assert_ne!(
+            crate::store_file::FileId::of(&std::fs::metadata(&beside).unwrap()),
+            before
+        );
     }
 
     #[test]
@@ -973,7 +845,7 @@ mod tests {
             .set_modified(two_hours_ago)
             .unwrap();
         CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -985,7 +857,7 @@ mod tests {
         bytes[1] ^= 0xff;
         std::fs::write(&idx, &bytes).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -995,7 +867,7 @@ mod tests {
         let tar2 = tar_bytes(&[("manifest.json", b"[2]")], &[]);
         std::fs::write(&path, gzip(&tar2)).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -1015,9 +887,12 @@ mod tests {
         // archive is given by a path whose directory is a file's, which refuses.
         let blocker = dir.path().join("a.tar.zst.imagefs-index");
         std::fs::create_dir(&blocker).unwrap();
-        unsafe { std::env::set_var("XDG_CACHE_HOME", cache.path()) };
+        let options = crate::source::SourceOptions {
+            kept: crate::kept::Kept::in_dir(cache.path().join("imagefs")),
+            ..Default::default()
+        };
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &options).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Zstd,
         )
@@ -1026,7 +901,7 @@ mod tests {
         let kept = ct.index_path.clone().unwrap();
         assert!(kept.starts_with(cache.path()), "{kept:?}");
         let (ct2, _) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &options).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Zstd,
         )
@@ -1042,7 +917,7 @@ mod tests {
         let gz = gzip(&tar);
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
         let (ct, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )
@@ -1057,7 +932,7 @@ mod tests {
         bad.extend_from_slice(&[0xffu8; 4000]);
         std::fs::write(&path, &bad).unwrap();
         let (_, index) = CompressedTar::open(
-            &ArchiveFile::locate(&path, Default::default()).unwrap(),
+            &ArchiveFile::locate(&path, &Default::default()).unwrap(),
             &File::open(&path).unwrap(),
             Compression::Gzip,
         )

@@ -28,13 +28,13 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::json_limits::{self, Limited};
-use super::store_file::MAX_DIR_ENTRIES;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, WriteError,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
+use crate::store_file::MAX_DIR_ENTRIES;
 
 const MANIFEST_LIMIT: u64 = 4 << 20;
 /// layers.json may list this many layers per image the store may hold.

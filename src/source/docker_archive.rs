@@ -22,10 +22,9 @@ use super::oci;
 use super::oci_archive::plan_index_edit;
 use super::oci_index::IndexEdit;
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
-    WriteError,
+    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind,
+    SourceOptions, StoreMeta, WriteError,
 };
-use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
 #[derive(Deserialize, Debug)]
@@ -43,8 +42,10 @@ pub struct DockerArchive {
 }
 
 impl DockerArchive {
-    pub fn open(path: &Path, limits: Limits) -> Result<DockerArchive, SourceError> {
-        Ok(DockerArchive::from_archive(TarArchive::open(path, limits)?))
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<DockerArchive, SourceError> {
+        Ok(DockerArchive::from_archive(TarArchive::open(
+            path, options,
+        )?))
     }
 
     pub fn from_archive(archive: TarArchive) -> DockerArchive {

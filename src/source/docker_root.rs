@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tracing::warn;
 
-use super::store_file::MAX_DIR_ENTRIES;
 use super::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
     StoreMeta, WriteError,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
+use crate::store_file::MAX_DIR_ENTRIES;
 
 /// A config read for its layer list (sizes); the catalog hashes configs of any size.
 const CONFIG_PARSE_LIMIT: u64 = 16 << 20;
@@ -100,7 +100,6 @@ impl DockerRoot {
         }
         let host = docker_host
             .map(str::to_string)
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
         let socket = PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host));
         let meta = dir

@@ -18,7 +18,6 @@ pub mod json_limits;
 pub mod oci;
 pub mod oci_archive;
 pub mod oci_index;
-pub mod store_file;
 pub mod tar_rewrite;
 
 use std::fmt;
@@ -28,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::reference::TagRef;
-pub use store_file::{FileId, StoreDir};
+pub(crate) use crate::store_file::read_whole;
+pub use crate::store_file::{FileId, StoreDir};
 
 /// A store kind, named like skopeo's transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,19 +196,9 @@ pub struct Inventory {
 pub struct ChangeToken(pub String);
 
 impl ChangeToken {
-    /// A file's or directory's full identity for a content key: device, inode, size,
-    /// mtime and ctime (a write that restores the mtime still moves the ctime).
+    /// A file's or directory's full identity for a content key: its [`FileId`].
     pub fn identity_of(m: &std::fs::Metadata) -> String {
-        format!(
-            "{}:{}:{}:{}.{}:{}.{}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        )
+        FileId::of(m).to_string()
     }
 
     /// The identities of several paths beneath a store's root, as one content key; a
@@ -384,7 +374,7 @@ pub trait Source: Send + Sync {
     fn meta(&self) -> StoreMeta;
 
     /// What names everything a catalog of this store shows, so that a catalog kept by
-    /// an earlier mount can be reused while it is the same (see `kept_catalog`). It
+    /// an earlier mount can be reused while it is the same (see `crate::kept`). It
     /// must change whenever the store's index, a manifest or a config could have
     /// changed, and it includes ctimes, which no writer can set back. `None`: this
     /// store's catalog is never kept.
@@ -467,6 +457,27 @@ pub fn diff_ids(config: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A source's label from its file name: `cache.tar.gz` → `cache`.
+pub fn label_from_file_name(name: &str) -> String {
+    let mut s = name.trim_end_matches('/');
+    for ext in [".gz", ".zst", ".tgz", ".tar", ".oci", ".docker", ".archive"] {
+        if let Some(stripped) = s.strip_suffix(ext)
+            && !stripped.is_empty()
+        {
+            s = stripped;
+        }
+    }
+    // a second round for `x.oci.tar.gz`-like names
+    for ext in [".tar", ".oci", ".docker"] {
+        if let Some(stripped) = s.strip_suffix(ext)
+            && !stripped.is_empty()
+        {
+            s = stripped;
+        }
+    }
+    s.to_string()
+}
+
 /// `sha256:<hex>`: the ID (config) or digest (manifest) that names these bytes.
 pub fn sha256_id(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
@@ -479,33 +490,6 @@ pub fn read_blob(source: &dyn Source, blob: &BlobLocation, limit: u64) -> io::Re
     read_whole(blob.size(), limit, |off, buf| {
         source.read_at(blob, off, buf)
     })
-}
-
-/// Reads `size` bytes through `read_at`, at most `limit`.
-pub(crate) fn read_whole(
-    size: u64,
-    limit: u64,
-    read_at: impl Fn(u64, &mut [u8]) -> io::Result<usize>,
-) -> io::Result<Vec<u8>> {
-    if size > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{size} bytes, more than the {limit} bytes allowed for it"),
-        ));
-    }
-    let mut buf = vec![0u8; size as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        let n = read_at(done as u64, &mut buf[done..])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("ends after {done} of {size} bytes"),
-            ));
-        }
-        done += n;
-    }
-    Ok(buf)
 }
 
 /// A `Read` over one blob, for streaming hashes and parses of large configs.
@@ -614,6 +598,8 @@ pub struct SourceOptions {
     pub containerd_address: Option<String>,
     /// How much a store may make imagefs read and hold.
     pub limits: crate::limits::Limits,
+    /// Where tar indexes and compressed indexes are kept between mounts.
+    pub kept: crate::kept::Kept,
 }
 
 /// Opens a source from a command-line spec with default options.
@@ -672,16 +658,16 @@ pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>,
     let kind = match kind {
         Some(k) => k,
         // an archive is indexed once, and its kind read from the index
-        None if path.is_file() => return archive::open_detected(&path, options.limits),
+        None if path.is_file() => return archive::open_detected(&path, options),
         None => detect(&path)?,
     };
     let limits = options.limits;
     match kind {
         SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(
-            &path, limits,
+            &path, options,
         )?)),
         SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path, limits)?)),
-        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path, limits)?)),
+        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path, options)?)),
         SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
             &path, limits,
         )?)),

@@ -436,7 +436,7 @@ pub fn repository_from_file_name(path: &Path) -> String {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let stem = crate::label_from_file_name(&stem);
+    let stem = super::label_from_file_name(&stem);
     let mut out = String::new();
     for c in stem.chars() {
         let c = c.to_ascii_lowercase();

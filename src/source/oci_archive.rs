@@ -8,7 +8,8 @@ use super::archive::{ArchiveStore, TarArchive, WritePlan};
 use super::oci::{self, LayoutBlobs};
 use super::oci_index::{self, IndexEdit};
 use super::{
-    BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, StoreMeta, WriteError,
+    BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, SourceOptions,
+    StoreMeta, WriteError,
 };
 use crate::limits::Limits;
 use crate::reference::TagRef;
@@ -18,8 +19,8 @@ pub struct OciArchive {
 }
 
 impl OciArchive {
-    pub fn open(path: &Path, limits: Limits) -> Result<OciArchive, SourceError> {
-        Ok(OciArchive::from_archive(TarArchive::open(path, limits)?))
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<OciArchive, SourceError> {
+        Ok(OciArchive::from_archive(TarArchive::open(path, options)?))
     }
 
     pub fn from_archive(archive: TarArchive) -> OciArchive {

@@ -24,7 +24,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use tracing::info;
 
 use super::archive::ArchiveFile;
-use super::store_file::{StoreDir, crash_point};
+use crate::store_file::{StoreDir, crash_point};
 use crate::tar_index::{MemberKind, TarIndex, TarMember};
 
 /// The name of a spare slot. Readers look members up by name, so they pass over it;
@@ -459,7 +459,7 @@ mod tests {
         .unwrap();
         let f = File::open(&p).unwrap();
         let s = rewrite(
-            &ArchiveFile::locate(&p, Default::default()).unwrap(),
+            &ArchiveFile::locate(&p, &Default::default()).unwrap(),
             &f,
             &index_of(&p),
             |n| n != "drop",

@@ -51,19 +51,14 @@ impl FileLock {
     }
 }
 
-/// Fault injection for the crash tests: with `IMAGEFS_TEST_CRASH_AT=N`, the N-th
-/// durable step of any write (counted from 1 across the process) kills the process
-/// with SIGKILL, as a crash would: nothing after it runs, no destructor, no unlock.
+/// Fault injection for the crash tests: once [`crash_after`] says N (main does, from
+/// `IMAGEFS_TEST_CRASH_AT=N`), the N-th durable step of any write (counted from 1
+/// across the process) kills the process with SIGKILL, as a crash would: nothing after
+/// it runs, no destructor, no unlock.
 pub fn crash_point(step: &str) {
-    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
-    static TARGET: OnceLock<Option<u64>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let Some(target) = *TARGET.get_or_init(|| {
-        std::env::var("IMAGEFS_TEST_CRASH_AT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    }) else {
+    let Some(&target) = CRASH_AT.get() else {
         return;
     };
     if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == target {
@@ -71,6 +66,13 @@ pub fn crash_point(step: &str) {
         // SAFETY: signalling ourselves.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
+}
+
+static CRASH_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Arms [`crash_point`] (the crash tests only).
+pub fn crash_after(step: u64) {
+    let _ = CRASH_AT.set(step);
 }
 
 /// The one containment layer: every store file imagefs opens, creates, renames or
@@ -117,6 +119,25 @@ pub struct FileId {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+}
+
+/// The one definition of "the same file" imagefs has: what content keys, kept files
+/// and blob pins compare.
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}:{}:{}:{}:{:o}",
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.uid,
+            self.gid,
+            self.mode
+        )
+    }
 }
 
 impl FileId {
@@ -311,7 +332,7 @@ impl StoreDir {
     /// The identity of what `rel` names (see [`FileId`]); an empty string when missing.
     pub fn identity(&self, rel: &str) -> String {
         match self.metadata(rel) {
-            Ok(Some(m)) => crate::source::ChangeToken::identity_of(&m),
+            Ok(Some(m)) => FileId::of(&m).to_string(),
             _ => String::new(),
         }
     }
@@ -549,11 +570,38 @@ fn effective_uid() -> u32 {
 /// many names; a larger one is refused rather than read into memory.
 pub const MAX_DIR_ENTRIES: usize = 4_000_000;
 
+/// Reads `size` bytes through `read_at`, at most `limit`.
+pub fn read_whole(
+    size: u64,
+    limit: u64,
+    read_at: impl Fn(u64, &mut [u8]) -> io::Result<usize>,
+) -> io::Result<Vec<u8>> {
+    if size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{size} bytes, more than the {limit} bytes allowed for it"),
+        ));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = read_at(done as u64, &mut buf[done..])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("ends after {done} of {size} bytes"),
+            ));
+        }
+        done += n;
+    }
+    Ok(buf)
+}
+
 /// Reads all of an open regular file, refusing one larger than `limit` unread.
 pub fn read_limited(file: &File, limit: u64) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
-    crate::source::read_whole(len, limit, |off, buf| file.read_at(buf, off))
+    read_whole(len, limit, |off, buf| file.read_at(buf, off))
 }
 
 /// The directory a path is in (`.` for a bare file name).
