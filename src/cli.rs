@@ -55,14 +55,18 @@ impl Args {
     }
 }
 
-/// The text after the options: every source kind, from [`SourceKind::ALL`], so that a
+/// The text after the options: every source kind, from [`source::KINDS`](crate::source::KINDS), so that a
 /// new kind is in `--help` as soon as it exists.
 fn sources_help() -> String {
     let mut s = String::from(
         "SOURCE is [NAME=][KIND:]PATH; KIND is detected from the content when omitted:\n",
     );
-    for kind in SourceKind::ALL {
-        s.push_str(&format!("  {:<20}{}\n", format!("{kind}:"), kind.about()));
+    for kind in crate::source::KINDS {
+        s.push_str(&format!(
+            "  {:<20}{}\n",
+            format!("{}:", kind.prefix),
+            kind.about
+        ));
     }
     s.push_str(
         "With no SOURCE, the stores found on this machine are mounted. \
@@ -277,19 +281,25 @@ pub fn docker_host_from_env() -> Option<String> {
 /// Where stores live on a machine, for the no-source default.
 pub fn default_store_locations() -> Vec<(SourceKind, PathBuf)> {
     let mut v = vec![(
-        SourceKind::ContainersStorage,
+        &crate::source::containers_storage::KIND,
         PathBuf::from("/var/lib/containers/storage"),
     )];
     if let Some(home) = std::env::var_os("HOME") {
         v.push((
-            SourceKind::ContainersStorage,
+            &crate::source::containers_storage::KIND,
             Path::new(&home).join(".local/share/containers/storage"),
         ));
     }
-    v.push((SourceKind::DockerRoot, PathBuf::from("/var/lib/docker")));
-    v.push((SourceKind::Containerd, PathBuf::from("/var/lib/containerd")));
     v.push((
-        SourceKind::Containerd,
+        &crate::source::docker_root::KIND,
+        PathBuf::from("/var/lib/docker"),
+    ));
+    v.push((
+        &crate::source::containerd::KIND,
+        PathBuf::from("/var/lib/containerd"),
+    ));
+    v.push((
+        &crate::source::containerd::KIND,
         PathBuf::from("/var/lib/rancher/k3s/agent/containerd"),
     ));
     v
@@ -311,7 +321,7 @@ mod tests {
             help.contains("Usage: imagefs [OPTIONS] [SOURCE...] MOUNTPOINT"),
             "{help}"
         );
-        for kind in SourceKind::ALL {
+        for kind in crate::source::KINDS {
             assert!(
                 help.contains(&format!("  {kind}: ")),
                 "{kind} missing:\n{help}"
@@ -322,8 +332,8 @@ mod tests {
     #[test]
     fn the_man_page_names_every_source_kind_and_the_usage() {
         let man = include_str!("../man/imagefs.1");
-        for kind in SourceKind::ALL {
-            let roff = format!(".B {}:\n", kind.prefix().replace('-', "\\-"));
+        for kind in crate::source::KINDS {
+            let roff = format!(".B {}:\n", kind.prefix.replace('-', "\\-"));
             assert!(man.contains(&roff), "man/imagefs.1 lacks {roff:?}");
         }
         assert!(man.contains("[\\fISOURCE\\fR...] \\fIMOUNTPOINT\\fR"));

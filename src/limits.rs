@@ -6,8 +6,8 @@
 //!
 //! Fixed bounds, for what no real store comes near, live beside the code they guard:
 //! tar extension headers (`tar_index::MAX_EXTENSION`, 1 MiB), manifests and indexes
-//! (`oci::MANIFEST_LIMIT`, 4 MiB, what registries accept), index nesting
-//! (`oci::MAX_INDEX_DEPTH`), blobs followed by a delete (`oci_index::MAX_REACHABLE`),
+//! (`oci_walk::MANIFEST_LIMIT`, 4 MiB, what registries accept), index nesting
+//! (`oci_walk::MAX_INDEX_DEPTH`), blobs followed by a delete (`oci_index::MAX_REACHABLE`),
 //! directory listings (`store_file::MAX_DIR_ENTRIES`), bbolt pages per read
 //! (`bbolt::MAX_PAGES`).
 

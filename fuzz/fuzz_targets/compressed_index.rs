@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = imagefs::source::compressed::fuzz_index_payload(data);
+    let _ = imagefs::source::shared::compressed::fuzz_index_payload(data);
 });

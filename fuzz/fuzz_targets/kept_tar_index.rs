@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = imagefs::source::archive::fuzz_kept_tar_index(data);
+    let _ = imagefs::source::shared::tar_store::fuzz_kept_tar_index(data);
 });

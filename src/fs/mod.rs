@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, Image};
 use crate::config_cache::ConfigCache;
 use crate::kept::{Kept, KeptKind};
 use crate::reference::{Parsed, TagRef};
-use crate::source::{BlobLocation, ChangeToken, Source, StoreMeta, WriteError};
+use crate::source::{BlobLocation, ChangeToken, Edit, Source, StoreMeta};
 use inode::InodeTable;
 pub use inode::ROOT_INO;
 pub use tree::Tree;
@@ -218,7 +218,8 @@ impl ImageFs {
         let mut to_keep = Vec::new();
         for (i, store) in stores.iter().enumerate() {
             if !options.read_only
-                && let Err(e) = store.source.recover()
+                && let Some(writer) = store.source.writer()
+                && let Err(e) = writer.recover()
             {
                 warn!(store = %store.source.describe(), "cannot recover from an interrupted write: {e}");
             }
@@ -263,7 +264,7 @@ impl ImageFs {
                 }
             };
             catalogs.push(catalog);
-            metas.push(store.source.meta());
+            metas.push(store.source.meta().unwrap_or(StoreMeta::NOT_LOCAL));
         }
         let mut state = State {
             extra_dirs: vec![BTreeSet::new(); stores.len()],
@@ -383,7 +384,9 @@ impl ImageFs {
                 // who may write it, make a hard link (protected_hardlinks), and `ln`
                 // is how a tag is made.
                 let (fuid, fgid, fperm) = match (&image.config, via_daemon) {
-                    (_, true) => (uid, gid, read_bits | write_bits),
+                    (_, true) | (BlobLocation::Digest { .. }, false) => {
+                        (uid, gid, read_bits | write_bits)
+                    }
                     (BlobLocation::File { pin, .. } | BlobLocation::Member { pin, .. }, false) => {
                         let w = store_write_bits_for(pin.uid, pin.gid, uid, gid, write_bits);
                         (pin.uid, pin.gid, (pin.mode & 0o444) as u16 | w)
@@ -756,7 +759,7 @@ impl ImageFs {
         }
         let mut state = self.state.write();
         state.catalogs[store] = catalog;
-        state.metas[store] = source.meta();
+        state.metas[store] = source.meta().unwrap_or(StoreMeta::NOT_LOCAL);
         state.tokens[store] = token;
         Ok(state.rebuild(&self.stores))
     }
@@ -834,12 +837,7 @@ impl ImageFs {
     }
 
     /// Runs one write on a store's source, then reloads the store.
-    fn run_write(
-        &self,
-        store: usize,
-        what: &str,
-        write: impl FnOnce(&dyn Source) -> Result<(), WriteError>,
-    ) -> FsResult<()> {
+    fn run_write(&self, store: usize, what: &str, edit: Edit<'_>) -> FsResult<()> {
         let _one_writer = self.write_locks[store].lock();
         let source = self.stores[store].source.as_ref();
         // Changed by another program since the last look? Then the reload below reads
@@ -848,7 +846,11 @@ impl ImageFs {
         // not told: a notification waits for the directory locks, and one still
         // waiting when the daemon dies keeps the mount from failing over to ENOTCONN.
         let behind = source.change_token().ok() != self.state.read().tokens[store];
-        if let Err(e) = write(source) {
+        let written = match source.writer() {
+            Some(writer) => writer.write(edit),
+            None => Err(crate::source::read_only(source, what)),
+        };
+        if let Err(e) = written {
             warn!(store = %source.describe(), "{what} refused: {e}");
             return Err(Errno(e.errno()));
         }
@@ -888,7 +890,7 @@ impl ImageFs {
             (NodeRole::TagDir(path), NodeRole::Image | NodeRole::Dangling) => {
                 let tag = tag_at(&path, name)?;
                 self.keep_dir(store, &path);
-                self.run_write(store, &format!("untag {tag}"), |s| s.untag(&tag))
+                self.run_write(store, &format!("untag {tag}"), Edit::Untag(&tag))
             }
             (NodeRole::ById, NodeRole::Image) => {
                 if child.nlink > 1 {
@@ -899,7 +901,7 @@ impl ImageFs {
                     );
                     return Err(Errno::EBUSY);
                 }
-                self.run_write(store, &format!("delete {name}"), |s| s.delete_image(name))
+                self.run_write(store, &format!("delete {name}"), Edit::Delete(name))
             }
             (_, NodeRole::TagDir(_)) => Err(Errno::EISDIR),
             _ => Err(self.refuse_write("unlink", parent)),
@@ -969,7 +971,11 @@ impl ImageFs {
             return Err(Errno::EXDEV);
         }
         let tag = tag_at(&path, new_name.to_str().ok_or(Errno::EINVAL)?)?;
-        self.run_write(store, &format!("tag {id} as {tag}"), |s| s.tag(&id, &tag))?;
+        self.run_write(
+            store,
+            &format!("tag {id} as {tag}"),
+            Edit::Tag { id: &id, tag: &tag },
+        )?;
         self.getattr(ino)
     }
 
@@ -1007,9 +1013,14 @@ impl ImageFs {
             return Ok(());
         }
         self.keep_dir(store, &from_path);
-        self.run_write(store, &format!("re-tag {from} as {to}"), |s| {
-            s.retag(&from, &to)
-        })
+        self.run_write(
+            store,
+            &format!("re-tag {from} as {to}"),
+            Edit::Retag {
+                from: &from,
+                to: &to,
+            },
+        )
     }
 
     pub fn statfs(&self) -> (u64, u64) {
@@ -1044,7 +1055,10 @@ fn catalog_what(source: &dyn Source) -> String {
     format!(
         "{}\n{}",
         source.describe(),
-        crate::kept::canonical(source.path())
+        source
+            .path()
+            .map(crate::kept::canonical)
+            .unwrap_or_default()
     )
 }
 

@@ -10,6 +10,7 @@ use super::*;
 use crate::reference::{Parsed, TagRef};
 use crate::source::{
     BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreMeta,
+    Writer,
 };
 
 /// Blobs are addressed as `Member { offset: index, size }`. Writable: tags live in
@@ -91,10 +92,13 @@ fn tag(s: &str) -> TagRef {
 
 impl Source for MemSource {
     fn kind(&self) -> SourceKind {
-        SourceKind::DockerArchive
+        &crate::source::docker_archive::KIND
     }
-    fn path(&self) -> &Path {
-        &self.path
+    fn describe(&self) -> String {
+        format!("mem:{}", self.path.display())
+    }
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
     fn scan(&self) -> Result<Inventory, SourceError> {
         self.scans
@@ -104,6 +108,54 @@ impl Source for MemSource {
             problems: vec![],
         })
     }
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
+    }
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let BlobLocation::Member { offset: i, .. } = blob else {
+            return Err(io::Error::other("not mine"));
+        };
+        let blobs = self.blobs.read();
+        let b = &blobs[*i as usize];
+        let start = (offset as usize).min(b.len());
+        let n = buf.len().min(b.len() - start);
+        buf[..n].copy_from_slice(&b[start..start + n]);
+        Ok(n)
+    }
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        Ok(blob.clone())
+    }
+    /// Moves with every change to the records, as a store's own token does.
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        let records = self.edit(|r| format!("{r:?}"));
+        Ok(ChangeToken(hex::encode(Sha256::digest(records))))
+    }
+    fn content_key(&self) -> Option<String> {
+        self.key.clone()
+    }
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(StoreMeta {
+            uid: 7,
+            gid: 8,
+            mode: 0o644,
+            mtime: SystemTime::UNIX_EPOCH,
+            via_daemon: false,
+        })
+    }
+}
+
+impl Writer for MemSource {
+    fn write(&self, edit: Edit<'_>) -> Result<(), crate::source::WriteError> {
+        match edit {
+            Edit::Tag { id, tag } => self.tag(id, tag),
+            Edit::Untag(tag) => self.untag(tag),
+            Edit::Retag { from, to } => self.retag(from, to),
+            Edit::Delete(id) => self.delete_image(id),
+        }
+    }
+}
+
+impl MemSource {
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), crate::source::WriteError> {
         self.edit(|records| {
             for r in records.iter_mut() {
@@ -150,37 +202,6 @@ impl Source for MemSource {
             records.retain(|r| r.claimed_id != id);
             Ok(())
         })
-    }
-    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let BlobLocation::Member { offset: i, .. } = blob else {
-            return Err(io::Error::other("not mine"));
-        };
-        let blobs = self.blobs.read();
-        let b = &blobs[*i as usize];
-        let start = (offset as usize).min(b.len());
-        let n = buf.len().min(b.len() - start);
-        buf[..n].copy_from_slice(&b[start..start + n]);
-        Ok(n)
-    }
-    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        Ok(blob.clone())
-    }
-    /// Moves with every change to the records, as a store's own token does.
-    fn change_token(&self) -> io::Result<ChangeToken> {
-        let records = self.edit(|r| format!("{r:?}"));
-        Ok(ChangeToken(hex::encode(Sha256::digest(records))))
-    }
-    fn content_key(&self) -> Option<String> {
-        self.key.clone()
-    }
-    fn meta(&self) -> StoreMeta {
-        StoreMeta {
-            uid: 7,
-            gid: 8,
-            mode: 0o644,
-            mtime: SystemTime::UNIX_EPOCH,
-            via_daemon: false,
-        }
     }
 }
 
@@ -389,7 +410,7 @@ fn xattrs_answer_like_a_table_would() {
     );
     assert_eq!(get("user.image.architecture").unwrap(), "amd64");
     assert_eq!(get("user.image.size").unwrap(), "1234");
-    assert_eq!(get("user.image.source").unwrap(), "docker-archive:/mem");
+    assert_eq!(get("user.image.source").unwrap(), "mem:/mem");
     assert_eq!(
         get("user.image.created").unwrap(),
         "2023-05-05T05:05:05+02:00"
@@ -461,7 +482,7 @@ fn several_stores_are_self_contained_directories() {
             OsStr::new("user.image.source")
         )
         .unwrap(),
-        b"docker-archive:/mem"
+        b"mem:/mem"
     );
 }
 
@@ -650,7 +671,10 @@ fn read_only_mounts_and_read_only_sources_answer_erofs() {
         fn kind(&self) -> SourceKind {
             self.0.kind()
         }
-        fn path(&self) -> &Path {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn path(&self) -> Option<&Path> {
             self.0.path()
         }
         fn scan(&self) -> Result<Inventory, SourceError> {
@@ -665,7 +689,7 @@ fn read_only_mounts_and_read_only_sources_answer_erofs() {
         fn change_token(&self) -> io::Result<ChangeToken> {
             self.0.change_token()
         }
-        fn meta(&self) -> StoreMeta {
+        fn meta(&self) -> Option<StoreMeta> {
             self.0.meta()
         }
     }

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 
 use super::containerd_api as images_v1;
 use super::containerd_api::images_client::ImagesClient;
-use super::oci::{self, Descriptor, LayoutBlobs};
+use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
+use super::shared::daemon;
+use super::shared::oci_walk::{Descriptor, LayoutBlobs, blob_rel_path, resolve_record};
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
-    StoreMeta, WriteError, read_whole,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
+    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer, read_whole,
 };
 use crate::bbolt::{BoltFile, Item};
 use crate::limits::Limits;
@@ -42,6 +44,49 @@ pub fn default_address(root: &Path) -> PathBuf {
     } else {
         PathBuf::from("/run/containerd/containerd.sock")
     }
+}
+
+pub static KIND: Kind = Kind {
+    prefix: "containerd",
+    about: "containerd's root (/var/lib/containerd; ROOT#NAMESPACE picks a namespace)",
+    is_dir_store: Some(|dir| {
+        dir.metadata("io.containerd.metadata.v1.bolt")
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.is_dir())
+    }),
+    archive: None,
+    open,
+};
+
+/// `ROOT#namespace` is that namespace's store; `ROOT` alone, one store per namespace
+/// with image records (namespaces are never merged: each is its own set of names).
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+    let (root, ns) = split_namespace(spec);
+    let root = Path::new(root);
+    let namespaces = match ns {
+        Some(ns) => vec![ns.to_string()],
+        None => namespaces(root)?,
+    };
+    if namespaces.is_empty() {
+        return Err(SourceError::new(
+            root.display(),
+            "no namespace with image records",
+        ));
+    }
+    let single = ns.is_some();
+    namespaces
+        .into_iter()
+        .map(|n| {
+            let store = Containerd::open(
+                root,
+                &n,
+                options.containerd_address.as_deref(),
+                options.limits,
+            )?;
+            Ok(((!single).then_some(n), Box::new(store) as Box<dyn Source>))
+        })
+        .collect()
 }
 
 const META_DB: &str = "io.containerd.metadata.v1.bolt/meta.db";
@@ -119,9 +164,7 @@ impl Containerd {
         Ok(records
             .into_iter()
             .map(|(name, desc)| {
-                let id = oci::resolve_record(self, &desc, &name)
-                    .0
-                    .map(|r| r.claimed_id);
+                let id = resolve_record(self, &desc, &name).0.map(|r| r.claimed_id);
                 (name, desc, id)
             })
             .collect())
@@ -143,11 +186,7 @@ impl Containerd {
                 self.address.display()
             ))
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| WriteError::io("tokio runtime", e))?;
-        runtime.block_on(async {
+        daemon::block_on(async {
             let channel = connect(&self.address)
                 .await
                 .map_err(|e| refuse(e.to_string()))?;
@@ -165,7 +204,7 @@ impl Containerd {
                     _ => WriteError::io(msg, io::Error::other(status.code().to_string())),
                 }
             })
-        })
+        })?
     }
 
     /// Creates or moves the record `name` to `target`.
@@ -280,9 +319,9 @@ impl Containerd {
     fn top_chain_id(&self, id: &str) -> Option<String> {
         let loc = self.blob(id).ok()??;
         let config = self.read_location(&loc, 16 << 20).ok()?;
-        let diffs = super::diff_ids(&config);
+        let diffs = diff_ids(&config);
         let diffs: Vec<&str> = diffs.iter().map(String::as_str).collect();
-        super::chain_ids(&diffs).pop()
+        chain_ids(&diffs).pop()
     }
 
     /// (name, target descriptor) of every image record of the namespace.
@@ -336,7 +375,7 @@ impl LayoutBlobs for Containerd {
     fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
         let rel = format!(
             "{CONTENT}/{}",
-            oci::blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?
+            blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?
         );
         match self.dir.symlink_metadata(&rel) {
             Ok(Some(m)) if m.is_file() => Ok(Some(BlobLocation::file(rel, &m))),
@@ -366,15 +405,15 @@ impl LayoutBlobs for Containerd {
 
 impl Source for Containerd {
     fn kind(&self) -> SourceKind {
-        SourceKind::Containerd
+        &KIND
     }
 
-    fn path(&self) -> &Path {
-        &self.root
+    fn path(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn describe(&self) -> String {
-        format!("containerd:{}#{}", self.root.display(), self.namespace)
+        format!("{}:{}#{}", KIND.prefix, self.root.display(), self.namespace)
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
@@ -387,7 +426,7 @@ impl Source for Containerd {
         }
         for (name, desc) in records {
             let what = format!("{} image {name}", self.describe());
-            let (mut record, problems) = oci::resolve_record(self, &desc, &what);
+            let (mut record, problems) = resolve_record(self, &desc, &what);
             inv.problems.extend(problems);
             if record.is_none() {
                 // manifest or config missing: the name dangles at what it names
@@ -410,11 +449,11 @@ impl Source for Containerd {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(&self.dir, blob, offset, buf)
+        read_file_blob(&self.dir, blob, offset, buf)
     }
 
     fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        super::repin_file_blob(&self.dir, blob)
+        repin_file_blob(&self.dir, blob)
     }
 
     /// meta.db's transaction id: every committed change moves it.
@@ -427,10 +466,28 @@ impl Source for Containerd {
 
     /// Writes go only through containerd's socket: whoever may use it may read and
     /// tag; without containerd, no one may tag (meta.db is containerd's alone).
-    fn meta(&self) -> StoreMeta {
-        self.meta.read_only().via_socket(&self.address)
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(self.meta.read_only().via_socket(&self.address))
     }
 
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
+    }
+}
+
+impl Writer for Containerd {
+    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+        match edit {
+            Edit::Tag { id, tag } => self.tag(id, tag),
+            Edit::Untag(tag) => self.untag(tag),
+            Edit::Retag { from, to } => self.retag(from, to),
+            Edit::Delete(id) => self.delete_image(id),
+        }
+    }
+}
+
+/// The edits, one method each.
+impl Containerd {
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         let target = self
             .resolved()?

@@ -27,16 +27,39 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::json_limits::{self, Limited};
+use super::shared::blob::{read_file_blob, repin_file_blob};
+use super::shared::json_limits::{self, Limited};
+use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform};
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
-    StoreMeta, WriteError,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
+    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 use crate::store_file::MAX_DIR_ENTRIES;
 
-const MANIFEST_LIMIT: u64 = 4 << 20;
+pub static KIND: Kind = Kind {
+    prefix: "containers-storage",
+    about: "the store of podman, CRI-O and buildah (/var/lib/containers/storage)",
+    is_dir_store: Some(|dir| {
+        DRIVERS.iter().any(|d| {
+            dir.metadata(&format!("{d}-images/images.json"))
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.is_file())
+        }) || dir.metadata("storage.lock").ok().flatten().is_some()
+    }),
+    archive: None,
+    open,
+};
+
+/// The graph drivers whose `<driver>-images` a store may have.
+const DRIVERS: [&str; 4] = ["vfs", "overlay", "btrfs", "zfs"];
+
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+    let store = ContainersStorage::open(&super::spec_path(spec), options.limits)?;
+    Ok(vec![(None, Box::new(store) as Box<dyn Source>)])
+}
 /// layers.json may list this many layers per image the store may hold.
 const LAYERS_PER_IMAGE: usize = 16;
 
@@ -260,10 +283,10 @@ impl ContainersStorage {
         let bytes = self.read_big_data(id, "manifest")?;
         let list: Value = serde_json::from_slice(&bytes).ok()?;
         let entries = list.get("manifests")?.as_array()?;
-        let host = super::oci::host_platform();
+        let host = host_platform();
         let platform = |e: &Value| {
             let p = e.get("platform")?;
-            Some(super::oci::Platform {
+            Some(Platform {
                 architecture: p.get("architecture")?.as_str()?.to_string(),
                 os: p.get("os")?.as_str()?.to_string(),
                 variant: p.get("variant").and_then(Value::as_str).map(str::to_string),
@@ -512,11 +535,15 @@ fn is_tag(name: &str, tag: &TagRef) -> bool {
 
 impl Source for ContainersStorage {
     fn kind(&self) -> SourceKind {
-        SourceKind::ContainersStorage
+        &KIND
     }
 
-    fn path(&self) -> &Path {
-        &self.root
+    fn describe(&self) -> String {
+        format!("{}:{}", KIND.prefix, self.root.display())
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
@@ -652,11 +679,11 @@ impl Source for ContainersStorage {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(&self.dir, blob, offset, buf)
+        read_file_blob(&self.dir, blob, offset, buf)
     }
 
     fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        super::repin_file_blob(&self.dir, blob)
+        repin_file_blob(&self.dir, blob)
     }
 
     /// The 64-byte last-write token every writer of the store records.
@@ -672,8 +699,8 @@ impl Source for ContainersStorage {
         )))
     }
 
-    fn meta(&self) -> StoreMeta {
-        self.meta
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(self.meta)
     }
 
     /// The last-write token (every writer under the lock protocol moves it), and the
@@ -692,6 +719,24 @@ impl Source for ContainersStorage {
         Some(format!("{}|{files}", self.change_token().ok()?.0))
     }
 
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
+    }
+}
+
+impl Writer for ContainersStorage {
+    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+        match edit {
+            Edit::Tag { id, tag } => self.tag(id, tag),
+            Edit::Untag(tag) => self.untag(tag),
+            Edit::Retag { from, to } => self.retag(from, to),
+            Edit::Delete(id) => self.delete_image(id),
+        }
+    }
+}
+
+/// The edits, one method each.
+impl ContainersStorage {
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         let name = tag.to_string();
         let mut tagged = None;

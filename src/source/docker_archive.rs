@@ -11,21 +11,35 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
-use std::io;
-use std::path::Path;
 
 use serde::Deserialize;
 
-use super::archive::{ArchiveStore, TarArchive, WritePlan};
-use super::json_limits;
-use super::oci;
-use super::oci_archive::plan_index_edit;
-use super::oci_index::IndexEdit;
+use super::shared::json_limits;
+use super::shared::oci_walk::scan_layout;
+use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind,
-    SourceOptions, StoreMeta, WriteError,
+    ArchiveKind, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError, SourceKind,
+    SourceOptions, WriteError,
 };
 use crate::reference::{self, Parsed, TagRef};
+
+pub static KIND: Kind = Kind {
+    prefix: "docker-archive",
+    about: "a docker save / podman save tar (plain, gzip or zstd)",
+    is_dir_store: None,
+    archive: Some(ArchiveKind {
+        // Docker 25+ archives carry an OCI index too: manifest.json is what docker
+        // load reads, so it decides
+        holds: |a| a.has_member("manifest.json"),
+        open: |a| Box::new(ArchiveSource::new(a, DockerArchive)),
+    }),
+    open,
+};
+
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+    let source = ArchiveSource::open(&super::spec_path(spec), options, DockerArchive)?;
+    Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
+}
 
 #[derive(Deserialize, Debug)]
 struct ManifestEntry {
@@ -37,27 +51,8 @@ struct ManifestEntry {
     layers: Option<Vec<String>>,
 }
 
-pub struct DockerArchive {
-    store: ArchiveStore,
-}
-
-impl DockerArchive {
-    pub fn open(path: &Path, options: &SourceOptions) -> Result<DockerArchive, SourceError> {
-        Ok(DockerArchive::from_archive(TarArchive::open(
-            path, options,
-        )?))
-    }
-
-    pub fn from_archive(archive: TarArchive) -> DockerArchive {
-        DockerArchive {
-            store: ArchiveStore::new(archive),
-        }
-    }
-
-    fn edit(&self, edit: Edit<'_>) -> Result<(), WriteError> {
-        self.store.write(|a| plan(a, &edit)).map(|_| ())
-    }
-}
+/// The docker-save format, over the shared tar store.
+pub struct DockerArchive;
 
 /// The config digest a manifest.json `Config` path names: `<hex>.json` (Docker < 25,
 /// podman) or `blobs/sha256/<hex>` (Docker 25+). Empty when it names none.
@@ -72,19 +67,12 @@ fn claimed_id(config_path: &str) -> String {
     }
 }
 
-impl Source for DockerArchive {
+impl ArchiveFormat for DockerArchive {
     fn kind(&self) -> SourceKind {
-        SourceKind::DockerArchive
+        &KIND
     }
 
-    fn path(&self) -> &Path {
-        self.store.path()
-    }
-
-    fn scan(&self) -> Result<Inventory, SourceError> {
-        let _lock = self.store.scan_lock();
-        let a = self.store.refresh()?;
-        let a = a.as_ref();
+    fn scan(&self, a: &TarArchive) -> Result<Inventory, SourceError> {
         let fail = |msg: String| SourceError::new(a.path().display(), msg);
         let limits = a.limits();
         let bytes = a
@@ -153,54 +141,14 @@ impl Source for DockerArchive {
         Ok(inv)
     }
 
-    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.store.read_at(blob, offset, buf)
-    }
-
-    fn change_token(&self) -> io::Result<ChangeToken> {
-        self.store.change_token()
-    }
-
-    fn meta(&self) -> StoreMeta {
-        self.store.meta()
-    }
-
-    fn content_key(&self) -> Option<String> {
-        self.store.content_key()
-    }
-
-    fn rebind(&self, blob: &mut BlobLocation) {
-        self.store.rebind(blob)
-    }
-
-    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        self.store.repin(blob)
-    }
-
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
-        self.edit(Edit::Tag { id, tag })
-    }
-
-    fn recover(&self) -> Result<(), WriteError> {
-        self.store.recover()
-    }
-
-    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
-        self.edit(Edit::Untag(tag))
-    }
-
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
-        self.edit(Edit::Retag { from, to })
-    }
-
-    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
-        self.edit(Edit::Delete(id))
+    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+        plan(a, edit)
     }
 }
 
 fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
     {
-        let layout = match oci::scan_layout(a) {
+        let layout = match scan_layout(a) {
             Ok(l) => l,
             Err(e) => {
                 inv.problems
@@ -219,14 +167,6 @@ fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
             }
         }
     }
-}
-
-/// One change to the archive's names.
-pub enum Edit<'a> {
-    Tag { id: &'a str, tag: &'a TagRef },
-    Untag(&'a TagRef),
-    Retag { from: &'a TagRef, to: &'a TagRef },
-    Delete(&'a str),
 }
 
 /// Plans an edit: new manifest.json (and `repositories`, and for Docker 25+ the OCI
@@ -308,13 +248,7 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
     }
     // Docker 25+: the OCI index names the same images.
     if a.has_member("index.json") {
-        let index_edit = match edit {
-            Edit::Tag { id, tag } => IndexEdit::Tag { id, tag },
-            Edit::Untag(t) => IndexEdit::Untag(t),
-            Edit::Retag { from, to } => IndexEdit::Retag { from, to },
-            Edit::Delete(id) => IndexEdit::Delete(id),
-        };
-        match plan_index_edit(a, &index_edit) {
+        match super::oci_archive::plan_index_edit(a, edit) {
             Ok(p) => {
                 plan.updates.extend(p.updates);
                 drop.extend(p.drop);

@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tracing::warn;
 
+use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
+use super::shared::daemon;
 use super::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceError, SourceKind, StoreDir,
-    StoreMeta, WriteError,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
+    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
@@ -30,6 +32,33 @@ const CONFIG_PARSE_LIMIT: u64 = 16 << 20;
 /// layerdb's `size` files hold one decimal number.
 const SIZE_FILE_LIMIT: u64 = 64;
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+pub static KIND: Kind = Kind {
+    prefix: "docker-root",
+    about: "Docker's data root (/var/lib/docker)",
+    // `image/`, and beside it `containers/` or some `image/<driver>/imagedb`
+    is_dir_store: Some(|dir| {
+        let is_dir = |rel: &str| dir.metadata(rel).ok().flatten().is_some_and(|m| m.is_dir());
+        is_dir("image")
+            && (is_dir("containers")
+                || dir
+                    .entries("image", 1024)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(name, d)| *d && is_dir(&format!("image/{name}/imagedb"))))
+    }),
+    archive: None,
+    open,
+};
+
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+    let root = DockerRoot::open(
+        &super::spec_path(spec),
+        options.docker_host.as_deref(),
+        options.limits,
+    )?;
+    Ok(vec![(None, Box::new(root) as Box<dyn Source>)])
+}
 
 pub struct DockerRoot {
     root: PathBuf,
@@ -132,10 +161,10 @@ impl DockerRoot {
     /// Sum of the layer sizes of a config, through layerdb's chain IDs.
     fn layers_size(&self, driver: &str, config: &str) -> Option<u64> {
         let bytes = self.dir.read(config, CONFIG_PARSE_LIMIT).ok()?;
-        let diffs = super::diff_ids(&bytes);
+        let diffs = diff_ids(&bytes);
         let diffs: Vec<&str> = diffs.iter().map(String::as_str).collect();
         let mut total: u64 = 0;
-        for chain in super::chain_ids(&diffs) {
+        for chain in chain_ids(&diffs) {
             let hex = hex_id(&chain)?;
             let size = self
                 .dir
@@ -158,15 +187,8 @@ impl DockerRoot {
         if !self.socket.exists() {
             return None;
         }
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => return Some(Err(WriteError::io("tokio runtime", e))),
-        };
         let socket = self.socket.display().to_string();
-        runtime.block_on(async move {
+        let answered = daemon::block_on(async move {
             let docker =
                 bollard::Docker::connect_with_unix(&socket, 30, bollard::API_DEFAULT_VERSION)
                     .ok()?;
@@ -174,7 +196,8 @@ impl DockerRoot {
             // dockerd 20.10 speaks API 1.41: use what the daemon offers
             let docker = docker.negotiate_version().await.ok()?;
             Some(call(&docker).await.map_err(|e| daemon_error(&socket, e)))
-        })
+        });
+        answered.transpose().map(|r| r.and_then(|called| called))
     }
 
     /// (name, image ID) of every entry of every driver's repositories.json: what
@@ -299,11 +322,15 @@ fn insert_tag(map: &mut serde_json::Map<String, Value>, tag: &TagRef, id: &str) 
 
 impl Source for DockerRoot {
     fn kind(&self) -> SourceKind {
-        SourceKind::DockerRoot
+        &KIND
     }
 
-    fn path(&self) -> &Path {
-        &self.root
+    fn describe(&self) -> String {
+        format!("{}:{}", KIND.prefix, self.root.display())
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn scan(&self) -> Result<Inventory, SourceError> {
@@ -407,11 +434,11 @@ impl Source for DockerRoot {
     }
 
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        super::read_file_blob(&self.dir, blob, offset, buf)
+        read_file_blob(&self.dir, blob, offset, buf)
     }
 
     fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        super::repin_file_blob(&self.dir, blob)
+        repin_file_blob(&self.dir, blob)
     }
 
     /// repositories.json's identity and the imagedb directory's: every tag, untag,
@@ -459,10 +486,28 @@ impl Source for DockerRoot {
 
     /// While dockerd listens, whoever may use its socket may read and tag; with it
     /// stopped, whoever may replace repositories.json.
-    fn meta(&self) -> StoreMeta {
-        self.meta.via_socket(&self.socket)
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(self.meta.via_socket(&self.socket))
     }
 
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
+    }
+}
+
+impl Writer for DockerRoot {
+    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+        match edit {
+            Edit::Tag { id, tag } => self.tag(id, tag),
+            Edit::Untag(tag) => self.untag(tag),
+            Edit::Retag { from, to } => self.retag(from, to),
+            Edit::Delete(id) => self.delete_image(id),
+        }
+    }
+}
+
+/// The edits, one method each.
+impl DockerRoot {
     fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
         let (repo, t) = (tag.name(), tag.tag.clone());
         let daemon = self.with_daemon(async |d| {

@@ -1,12 +1,13 @@
-//! The `Source` trait: one implementation per store kind (skopeo's transport names),
-//! each turning its store into an [`Inventory`] and reading blobs by location.
+//! Stores, one kind per file, behind one trait: the `Source` trait (scan a store into
+//! an [`Inventory`], read blobs by location) and the optional [`Writer`], the value
+//! types they speak in, and [`KINDS`], the table of every kind (named like skopeo's
+//! transports) with how each is detected and opened. What kinds share lives in
+//! [`shared`].
 //!
 //! A source never decides what the tree looks like; the catalog does. A source reports
 //! what its store *claims* (this config digest is this image, with these tags) and the
 //! catalog verifies it.
 
-pub mod archive;
-pub mod compressed;
 pub mod containerd;
 #[rustfmt::skip]
 #[allow(clippy::all)]
@@ -14,11 +15,10 @@ mod containerd_api;
 pub mod containers_storage;
 pub mod docker_archive;
 pub mod docker_root;
-pub mod json_limits;
 pub mod oci;
 pub mod oci_archive;
-pub mod oci_index;
-pub mod tar_rewrite;
+pub mod registry;
+pub mod shared;
 
 use std::fmt;
 use std::io;
@@ -29,63 +29,61 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::reference::TagRef;
 pub(crate) use crate::store_file::read_whole;
 pub use crate::store_file::{FileId, StoreDir};
+pub use shared::blob::{BlobReader, read_blob, sha256_id};
+pub use shared::label_from_file_name;
 
-/// A store kind, named like skopeo's transports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceKind {
-    DockerArchive,
-    Oci,
-    OciArchive,
-    ContainersStorage,
-    DockerRoot,
-    Containerd,
-    Registry,
-}
+/// Every store kind, in the order a path of unknown kind is tried. A new kind is one
+/// file (its [`Kind`] and its source) and one line here.
+pub static KINDS: &[&Kind] = &[
+    &docker_archive::KIND,
+    &oci::KIND,
+    &oci_archive::KIND,
+    &containers_storage::KIND,
+    &docker_root::KIND,
+    &containerd::KIND,
+    &registry::KIND,
+];
 
-impl SourceKind {
-    pub const ALL: [SourceKind; 7] = [
-        SourceKind::DockerArchive,
-        SourceKind::Oci,
-        SourceKind::OciArchive,
-        SourceKind::ContainersStorage,
-        SourceKind::DockerRoot,
-        SourceKind::Containerd,
-        SourceKind::Registry,
-    ];
-
-    pub fn prefix(self) -> &'static str {
-        match self {
-            SourceKind::DockerArchive => "docker-archive",
-            SourceKind::Oci => "oci",
-            SourceKind::OciArchive => "oci-archive",
-            SourceKind::ContainersStorage => "containers-storage",
-            SourceKind::DockerRoot => "docker-root",
-            SourceKind::Containerd => "containerd",
-            SourceKind::Registry => "registry",
-        }
-    }
-
+/// A store kind: its name (the transport prefix), what it reads, and how a store of
+/// it is found and opened.
+pub struct Kind {
+    pub prefix: &'static str,
     /// What the kind reads, for `--help` and error messages.
-    pub fn about(self) -> &'static str {
-        match self {
-            SourceKind::DockerArchive => "a docker save / podman save tar (plain, gzip or zstd)",
-            SourceKind::Oci => "an OCI image layout directory (oci-layout, index.json, blobs/)",
-            SourceKind::OciArchive => "a tar of an OCI image layout",
-            SourceKind::ContainersStorage => {
-                "the store of podman, CRI-O and buildah (/var/lib/containers/storage)"
-            }
-            SourceKind::DockerRoot => "Docker's data root (/var/lib/docker)",
-            SourceKind::Containerd => {
-                "containerd's root (/var/lib/containerd; ROOT#NAMESPACE picks a namespace)"
-            }
-            SourceKind::Registry => "an OCI distribution registry (recognised, not read yet)",
-        }
+    pub about: &'static str,
+    /// Whether a directory holds a store of this kind (from its marker files).
+    pub is_dir_store: Option<fn(&StoreDir) -> bool>,
+    /// For archive kinds: whether an indexed archive is one of this kind, and the
+    /// source over it (an archive of unknown kind is indexed once, then asked).
+    pub archive: Option<ArchiveKind>,
+    /// Opens the stores `path` (the spec after the prefix) names: one, or (a
+    /// containerd root given without `#namespace`) one per namespace.
+    pub open: fn(&str, &SourceOptions) -> Result<Vec<Opened>, SourceError>,
+}
+
+/// How an archive kind takes an archive already indexed.
+pub struct ArchiveKind {
+    pub holds: fn(&shared::tar_store::TarArchive) -> bool,
+    pub open: fn(shared::tar_store::TarArchive) -> Box<dyn Source>,
+}
+
+/// A kind, as sources name theirs.
+pub type SourceKind = &'static Kind;
+
+impl PartialEq for Kind {
+    fn eq(&self, other: &Kind) -> bool {
+        self.prefix == other.prefix
     }
 }
 
-impl fmt::Display for SourceKind {
+impl fmt::Debug for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.prefix())
+        f.write_str(self.prefix)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix)
     }
 }
 
@@ -106,12 +104,17 @@ pub enum BlobLocation {
     /// A file of a store directory, by its path beneath the store's root (resolved
     /// there at every read, see `store_file::StoreDir`).
     File { rel: String, size: u64, pin: FileId },
+    /// A blob named by its digest alone, in a store whose blobs are not files (a
+    /// registry): its bytes are verified against the digest, not pinned.
+    Digest { digest: String, size: u64 },
 }
 
 impl BlobLocation {
     pub fn size(&self) -> u64 {
         match self {
-            BlobLocation::Member { size, .. } | BlobLocation::File { size, .. } => *size,
+            BlobLocation::Member { size, .. }
+            | BlobLocation::File { size, .. }
+            | BlobLocation::Digest { size, .. } => *size,
         }
     }
 
@@ -249,6 +252,15 @@ pub struct StoreMeta {
 }
 
 impl StoreMeta {
+    /// A store that is no local file: root's, readable by all, its names not writable.
+    pub const NOT_LOCAL: StoreMeta = StoreMeta {
+        uid: 0,
+        gid: 0,
+        mode: 0o444,
+        mtime: UNIX_EPOCH,
+        via_daemon: false,
+    };
+
     /// From the file or directory that decides access to the store (an archive, a
     /// layout directory, containers-storage's images directory).
     pub fn of(meta: &std::fs::Metadata) -> StoreMeta {
@@ -351,15 +363,49 @@ impl WriteError {
     }
 }
 
+/// One change a writer makes to its store.
+#[derive(Clone, Copy, Debug)]
+pub enum Edit<'a> {
+    /// Tag the image `id` as `tag`, moving an existing tag of that name.
+    Tag { id: &'a str, tag: &'a TagRef },
+    /// Remove the tag; the image stays (untagged if it was its last tag).
+    Untag(&'a TagRef),
+    /// Move tag `from` to `to` in one atomic step (replacing an existing `to`).
+    Retag { from: &'a TagRef, to: &'a TagRef },
+    /// Delete the untagged image `id`, with what no other image uses.
+    Delete(&'a str),
+}
+
+/// Why a source without a [`Writer`] refuses `what`.
+pub fn read_only(source: &dyn Source, what: &str) -> WriteError {
+    WriteError::NotSupported(format!(
+        "{}: cannot {what}: writing {} sources is not supported yet",
+        source.describe(),
+        source.kind()
+    ))
+}
+
+/// A store imagefs can write (its [`Source::writer`]).
+pub trait Writer: Send + Sync {
+    /// Completes or undoes what a crashed writer left (called once, before the first
+    /// scan, on writable mounts).
+    fn recover(&self) -> Result<(), WriteError> {
+        Ok(())
+    }
+
+    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError>;
+}
+
 pub trait Source: Send + Sync {
     fn kind(&self) -> SourceKind;
 
-    /// The store's path as given (after the transport prefix).
-    fn path(&self) -> &Path;
-
     /// `kind:path`, as the user would name it.
-    fn describe(&self) -> String {
-        format!("{}:{}", self.kind(), self.path().display())
+    fn describe(&self) -> String;
+
+    /// Where the store is on this machine, if it is a local file or directory (what a
+    /// kept catalog is tied to).
+    fn path(&self) -> Option<&Path> {
+        None
     }
 
     /// Reads the store's index into an inventory. Called once per (re)load.
@@ -368,10 +414,15 @@ pub trait Source: Send + Sync {
     /// Reads blob bytes at `offset`; a short count only at the blob's end.
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// The store's current change token.
+    /// The store's current change token: any value that moves when the store may have
+    /// changed (a file's identity, a lock's last-write token, a database's txid).
     fn change_token(&self) -> io::Result<ChangeToken>;
 
-    fn meta(&self) -> StoreMeta;
+    /// Who may read and change the store, as the tree shows it; `None` for a store
+    /// that is no local file (its tree then shows root's, read-only).
+    fn meta(&self) -> Option<StoreMeta> {
+        None
+    }
 
     /// What names everything a catalog of this store shows, so that a catalog kept by
     /// an earlier mount can be reused while it is the same (see `crate::kept`). It
@@ -387,208 +438,17 @@ pub trait Source: Send + Sync {
 
     /// The blob's location as its file is now, after a read answered [`BlobChanged`]:
     /// the caller must verify the bytes again before trusting them.
-    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation>;
-
-    /// Completes or undoes what a crashed writer left (called once, before the first
-    /// scan, on writable mounts).
-    fn recover(&self) -> Result<(), WriteError> {
-        Ok(())
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        Ok(blob.clone())
     }
 
-    /// Tag the image `id` as `tag`, moving an existing tag of that name.
-    fn tag(&self, _id: &str, _tag: &TagRef) -> Result<(), WriteError> {
-        Err(self.cannot("tag"))
-    }
-
-    /// Remove the tag `tag`; the image stays (untagged if it was its last tag).
-    fn untag(&self, _tag: &TagRef) -> Result<(), WriteError> {
-        Err(self.cannot("untag"))
-    }
-
-    /// Move tag `from` to `to` in one atomic step (replacing an existing `to`).
-    fn retag(&self, _from: &TagRef, _to: &TagRef) -> Result<(), WriteError> {
-        Err(self.cannot("re-tag"))
-    }
-
-    /// Delete the untagged image `id`, with what no other image uses.
-    fn delete_image(&self, _id: &str) -> Result<(), WriteError> {
-        Err(self.cannot("delete images"))
-    }
-
-    fn cannot(&self, what: &str) -> WriteError {
-        WriteError::NotSupported(format!(
-            "{}: cannot {what}: writing {} sources is not supported yet",
-            self.describe(),
-            self.kind()
-        ))
+    /// How the store is written; `None`: it is read-only here (EROFS).
+    fn writer(&self) -> Option<&dyn Writer> {
+        None
     }
 }
 
-/// The chain IDs of an image's layers, from its config's `rootfs.diff_ids`: what
-/// Docker's layerdb and containerd's snapshots are keyed by. The first is the first
-/// diff ID; each next is the digest of "<previous chain ID> <diff ID>".
-pub fn chain_ids(diff_ids: &[&str]) -> Vec<String> {
-    use sha2::{Digest as _, Sha256};
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.to_string(),
-            Some(prev) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{prev} {d}")))
-            ),
-        };
-        out.push(next);
-    }
-    out
-}
-
-/// The diff IDs a config lists (`rootfs.diff_ids`); empty when it is not JSON.
-pub fn diff_ids(config: &[u8]) -> Vec<String> {
-    serde_json::from_slice::<serde_json::Value>(config)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/rootfs/diff_ids")?.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(str::to_string))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// A source's label from its file name: `cache.tar.gz` → `cache`.
-pub fn label_from_file_name(name: &str) -> String {
-    let mut s = name.trim_end_matches('/');
-    for ext in [".gz", ".zst", ".tgz", ".tar", ".oci", ".docker", ".archive"] {
-        if let Some(stripped) = s.strip_suffix(ext)
-            && !stripped.is_empty()
-        {
-            s = stripped;
-        }
-    }
-    // a second round for `x.oci.tar.gz`-like names
-    for ext in [".tar", ".oci", ".docker"] {
-        if let Some(stripped) = s.strip_suffix(ext)
-            && !stripped.is_empty()
-        {
-            s = stripped;
-        }
-    }
-    s.to_string()
-}
-
-/// `sha256:<hex>`: the ID (config) or digest (manifest) that names these bytes.
-pub fn sha256_id(bytes: &[u8]) -> String {
-    use sha2::{Digest as _, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Reads a whole blob, refusing ones larger than `limit` (indexes and manifests are
-/// small; a huge one is an attack or a corrupt store, not something to buffer).
-pub fn read_blob(source: &dyn Source, blob: &BlobLocation, limit: u64) -> io::Result<Vec<u8>> {
-    read_whole(blob.size(), limit, |off, buf| {
-        source.read_at(blob, off, buf)
-    })
-}
-
-/// A `Read` over one blob, for streaming hashes and parses of large configs.
-pub struct BlobReader<'a> {
-    source: &'a dyn Source,
-    blob: &'a BlobLocation,
-    pos: u64,
-}
-
-impl<'a> BlobReader<'a> {
-    pub fn new(source: &'a dyn Source, blob: &'a BlobLocation) -> BlobReader<'a> {
-        BlobReader {
-            source,
-            blob,
-            pos: 0,
-        }
-    }
-}
-
-impl io::Read for BlobReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.blob.size().saturating_sub(self.pos);
-        if left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
-        let n = self.source.read_at(self.blob, self.pos, &mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("blob ends after {} of {} bytes", self.pos, self.blob.size()),
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// `read_at` for the stores whose blobs are files (layouts, containers-storage,
-/// Docker's data root, containerd's content store): the file is opened beneath the
-/// store's root at every read, and must be the one the blob was located in.
-pub(crate) fn read_file_blob(
-    dir: &StoreDir,
-    blob: &BlobLocation,
-    offset: u64,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    match blob {
-        BlobLocation::File { rel, size, pin } => {
-            let file = dir.open_read(rel)?;
-            if FileId::of_file(&file)? != *pin {
-                return Err(BlobChanged::error(dir.display(rel)));
-            }
-            pread_clamped(&file, 0, *size, offset, buf)
-        }
-        BlobLocation::Member { .. } => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a store of files has no tar members",
-        )),
-    }
-}
-
-/// `repin` for the stores whose blobs are files.
-pub(crate) fn repin_file_blob(dir: &StoreDir, blob: &BlobLocation) -> io::Result<BlobLocation> {
-    match blob {
-        BlobLocation::File { rel, .. } => {
-            let file = dir.open_read(rel)?;
-            Ok(BlobLocation::file(rel.clone(), &file.metadata()?))
-        }
-        BlobLocation::Member { .. } => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a store of files has no tar members",
-        )),
-    }
-}
-
-/// Reads from a file at `offset`, clamped to a blob of `size` bytes.
-pub(crate) fn pread_clamped(
-    file: &std::fs::File,
-    start: u64,
-    size: u64,
-    offset: u64,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    if offset >= size {
-        return Ok(0);
-    }
-    let want = buf
-        .len()
-        .min((size - offset).min(usize::MAX as u64) as usize);
-    // offsets come from indexes a store (or a kept file) gave: never trusted to add up
-    let at = start
-        .checked_add(offset)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "offset beyond any file"))?;
-    file.read_at(&mut buf[..want], at)
-}
-
-/// What the command line says about how to reach stores.
+/// What the command line says about how to reach and read stores.
 #[derive(Clone, Debug, Default)]
 pub struct SourceOptions {
     /// `-o docker_host=unix:///path`: dockerd's socket (else DOCKER_HOST, else
@@ -602,108 +462,50 @@ pub struct SourceOptions {
     pub kept: crate::kept::Kept,
 }
 
-/// Opens a source from a command-line spec with default options.
-pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
-    open_with(spec, &SourceOptions::default())
-}
-
 /// A store opened from a spec, with the containerd namespace it stands for, if any.
 pub type Opened = (Option<String>, Box<dyn Source>);
 
-/// Opens every store a spec names: one, except for a containerd root given without
-/// `#namespace`, which is one store per namespace (namespaces are never merged).
-/// Each comes with the namespace it stands for, if any.
-pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
-    let (kind, path) = split_prefix(spec);
-    let is_containerd = kind == Some(SourceKind::Containerd)
-        || (kind.is_none()
-            // a containerd root is a directory: an archive is not indexed twice to learn that
-            && Path::new(path).is_dir()
-            && detect(Path::new(path)).is_ok_and(|k| k == SourceKind::Containerd));
-    if is_containerd {
-        let (root, ns) = containerd::split_namespace(path);
-        let root = Path::new(root);
-        let namespaces = match ns {
-            Some(ns) => vec![ns.to_string()],
-            None => containerd::namespaces(root)?,
-        };
-        if namespaces.is_empty() {
-            return Err(SourceError::new(
-                root.display(),
-                "no namespace with image records",
-            ));
-        }
-        let single = ns.is_some();
-        return namespaces
-            .into_iter()
-            .map(|n| {
-                let s: Box<dyn Source> = Box::new(containerd::Containerd::open(
-                    root,
-                    &n,
-                    options.containerd_address.as_deref(),
-                    options.limits,
-                )?);
-                Ok(((!single).then_some(n), s))
-            })
-            .collect();
-    }
-    Ok(vec![(None, open_with(spec, options)?)])
+/// Opens a source from a command-line spec with default options (one store).
+pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    open_all(spec, &SourceOptions::default())?
+        .into_iter()
+        .next()
+        .map(|(_, s)| s)
+        .ok_or_else(|| SourceError::new(spec, "no store"))
 }
 
-/// Opens a source from a command-line spec: `kind:path`, or a bare path whose kind is
-/// detected.
-pub fn open_with(spec: &str, options: &SourceOptions) -> Result<Box<dyn Source>, SourceError> {
+/// Opens every store a spec names (`kind:path`, or a bare path whose kind is
+/// detected): one, except for a containerd root given without `#namespace`, which is
+/// one store per namespace (namespaces are never merged).
+pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
     let (kind, path) = split_prefix(spec);
-    let path = PathBuf::from(path);
-    let kind = match kind {
-        Some(k) => k,
-        // an archive is indexed once, and its kind read from the index
-        None if path.is_file() => return archive::open_detected(&path, options),
-        None => detect(&path)?,
-    };
-    let limits = options.limits;
     match kind {
-        SourceKind::DockerArchive => Ok(Box::new(docker_archive::DockerArchive::open(
-            &path, options,
-        )?)),
-        SourceKind::Oci => Ok(Box::new(oci::OciLayout::open(&path, limits)?)),
-        SourceKind::OciArchive => Ok(Box::new(oci_archive::OciArchive::open(&path, options)?)),
-        SourceKind::ContainersStorage => Ok(Box::new(containers_storage::ContainersStorage::open(
-            &path, limits,
-        )?)),
-        SourceKind::Containerd => {
-            let text = path.to_string_lossy().into_owned();
-            let (root, ns) = containerd::split_namespace(&text);
-            let ns = ns.ok_or_else(|| {
-                SourceError::new(root, "name the namespace: containerd:ROOT#NAMESPACE")
-            })?;
-            Ok(Box::new(containerd::Containerd::open(
-                Path::new(root),
-                ns,
-                options.containerd_address.as_deref(),
-                limits,
-            )?))
+        Some(k) => (k.open)(path, options),
+        // an archive is indexed once, and its kind read from the index
+        None if Path::new(path).is_file() => {
+            let archive = shared::tar_store::TarArchive::open(Path::new(path), options)?;
+            let kind = KINDS
+                .iter()
+                .filter_map(|k| k.archive.as_ref())
+                .find(|a| (a.holds)(&archive))
+                .ok_or_else(|| {
+                    SourceError::new(
+                        path,
+                        "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
+                    )
+                })?;
+            Ok(vec![(None, (kind.open)(archive))])
         }
-        SourceKind::DockerRoot => Ok(Box::new(docker_root::DockerRoot::open(
-            &path,
-            options.docker_host.as_deref(),
-            limits,
-        )?)),
-        other => Err(SourceError::new(
-            path.display(),
-            format!(
-                "{other}: sources of this kind are not supported by this version of imagefs yet"
-            ),
-        )),
+        None => (detect(Path::new(path))?.open)(path, options),
     }
 }
 
 /// Splits a known transport prefix off `spec`. A path that merely contains a colon
 /// (`./a:b.tar`) keeps it.
 pub fn split_prefix(spec: &str) -> (Option<SourceKind>, &str) {
-    for kind in SourceKind::ALL {
+    for kind in KINDS {
         if let Some(rest) = spec
-            .strip_prefix(kind.prefix())
+            .strip_prefix(kind.prefix)
             .and_then(|r| r.strip_prefix(':'))
         {
             return (Some(kind), rest);
@@ -712,52 +514,44 @@ pub fn split_prefix(spec: &str) -> (Option<SourceKind>, &str) {
     (None, spec)
 }
 
-/// Guesses a store's kind from what is at `path`.
+/// Guesses the kind of the store at `path` (a directory, or an archive).
 pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
     let meta = std::fs::metadata(path).map_err(|e| SourceError::new(path.display(), e))?;
     if meta.is_dir() {
         let dir = StoreDir::open(path, "store").map_err(|e| SourceError::new(path.display(), e))?;
-        let is = |rel: &str, want_dir: bool| {
-            dir.metadata(rel)
-                .ok()
-                .flatten()
-                .is_some_and(|m| if want_dir { m.is_dir() } else { m.is_file() })
-        };
-        if is("oci-layout", false) || is("index.json", false) {
-            return Ok(SourceKind::Oci);
-        }
-        if ["vfs-images", "overlay-images", "btrfs-images", "zfs-images"]
+        return KINDS
             .iter()
-            .any(|d| is(&format!("{d}/images.json"), false))
-            || dir.metadata("storage.lock").ok().flatten().is_some()
-        {
-            return Ok(SourceKind::ContainersStorage);
-        }
-        if is("image", true)
-            && (is("containers", true)
-                || dir
-                    .entries("image", 1024)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|(name, d)| *d && is(&format!("image/{name}/imagedb"), true)))
-        {
-            return Ok(SourceKind::DockerRoot);
-        }
-        if is("io.containerd.metadata.v1.bolt", true) {
-            return Ok(SourceKind::Containerd);
-        }
-        return Err(SourceError::new(
-            path.display(),
-            "directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
-        ));
+            .copied()
+            .find(|k| k.is_dir_store.is_some_and(|is| is(&dir)))
+            .ok_or_else(|| {
+                SourceError::new(
+                    path.display(),
+                    "directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
+                )
+            });
     }
     if meta.is_file() {
-        return archive::detect_archive_kind(path);
+        let archive = shared::tar_store::TarArchive::open(path, &SourceOptions::default())?;
+        return KINDS
+            .iter()
+            .copied()
+            .find(|k| k.archive.as_ref().is_some_and(|a| (a.holds)(&archive)))
+            .ok_or_else(|| {
+                SourceError::new(
+                    path.display(),
+                    "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
+                )
+            });
     }
     Err(SourceError::new(
         path.display(),
         "neither a regular file nor a directory",
     ))
+}
+
+/// The path of a spec, for kinds that take one plainly.
+pub(crate) fn spec_path(spec: &str) -> PathBuf {
+    PathBuf::from(spec)
 }
 
 #[cfg(test)]

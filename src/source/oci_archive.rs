@@ -1,41 +1,52 @@
 //! `oci-archive:`: a tar of an OCI image layout, read in place through the tar index
 //! and written through it (index.json in place; deleted blobs by a rewrite).
 
-use std::io;
-use std::path::Path;
-
-use super::archive::{ArchiveStore, TarArchive, WritePlan};
-use super::oci::{self, LayoutBlobs};
-use super::oci_index::{self, IndexEdit};
+use super::shared::oci_index;
+use super::shared::oci_walk::{self as oci, LayoutBlobs};
+use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    BlobLocation, ChangeToken, Inventory, Source, SourceError, SourceKind, SourceOptions,
-    StoreMeta, WriteError,
+    ArchiveKind, BlobLocation, Edit, Inventory, Kind, Opened, Source, SourceError, SourceKind,
+    SourceOptions, WriteError,
 };
 use crate::limits::Limits;
-use crate::reference::TagRef;
 
-pub struct OciArchive {
-    store: ArchiveStore,
+pub static KIND: Kind = Kind {
+    prefix: "oci-archive",
+    about: "a tar of an OCI image layout",
+    is_dir_store: None,
+    archive: Some(ArchiveKind {
+        holds: |a| a.has_member("index.json"),
+        open: |a| Box::new(ArchiveSource::new(a, OciArchive)),
+    }),
+    open,
+};
+
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+    let source = ArchiveSource::open(&super::spec_path(spec), options, OciArchive)?;
+    Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
 }
 
-impl OciArchive {
-    pub fn open(path: &Path, options: &SourceOptions) -> Result<OciArchive, SourceError> {
-        Ok(OciArchive::from_archive(TarArchive::open(path, options)?))
+/// The OCI layout format inside a tar, over the shared tar store.
+pub struct OciArchive;
+
+impl ArchiveFormat for OciArchive {
+    fn kind(&self) -> SourceKind {
+        &KIND
     }
 
-    pub fn from_archive(archive: TarArchive) -> OciArchive {
-        OciArchive {
-            store: ArchiveStore::new(archive),
-        }
+    fn scan(&self, a: &TarArchive) -> Result<Inventory, SourceError> {
+        let mut inv = oci::scan_layout(a).map_err(|e| SourceError::new(a.path().display(), e))?;
+        inv.problems.splice(0..0, a.index.problems.iter().cloned());
+        Ok(inv)
     }
 
-    fn edit(&self, edit: IndexEdit<'_>) -> Result<(), WriteError> {
-        self.store.write(|a| plan_index_edit(a, &edit)).map(|_| ())
+    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+        plan_index_edit(a, edit)
     }
 }
 
 /// The plan of an index.json edit inside an archive (also Docker 25+'s index).
-pub fn plan_index_edit(a: &TarArchive, edit: &IndexEdit<'_>) -> Result<WritePlan, WriteError> {
+pub fn plan_index_edit(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
     let edited = oci_index::apply(a, edit)?;
     let drop = oci_index::unshared_blobs(a, &edited.index, &edited.removed)
         .iter()
@@ -74,68 +85,5 @@ impl LayoutBlobs for TarArchive {
 
     fn limits(&self) -> Limits {
         TarArchive::limits(self)
-    }
-}
-
-impl Source for OciArchive {
-    fn kind(&self) -> SourceKind {
-        SourceKind::OciArchive
-    }
-
-    fn path(&self) -> &Path {
-        self.store.path()
-    }
-
-    fn scan(&self) -> Result<Inventory, SourceError> {
-        let _lock = self.store.scan_lock();
-        let a = self.store.refresh()?;
-        let mut inv =
-            oci::scan_layout(a.as_ref()).map_err(|e| SourceError::new(a.path().display(), e))?;
-        inv.problems.splice(0..0, a.index.problems.iter().cloned());
-        Ok(inv)
-    }
-
-    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.store.read_at(blob, offset, buf)
-    }
-
-    fn change_token(&self) -> io::Result<ChangeToken> {
-        self.store.change_token()
-    }
-
-    fn meta(&self) -> StoreMeta {
-        self.store.meta()
-    }
-
-    fn content_key(&self) -> Option<String> {
-        self.store.content_key()
-    }
-
-    fn rebind(&self, blob: &mut BlobLocation) {
-        self.store.rebind(blob)
-    }
-
-    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        self.store.repin(blob)
-    }
-
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
-        self.edit(IndexEdit::Tag { id, tag })
-    }
-
-    fn recover(&self) -> Result<(), WriteError> {
-        self.store.recover()
-    }
-
-    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
-        self.edit(IndexEdit::Untag(tag))
-    }
-
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
-        self.edit(IndexEdit::Retag { from, to })
-    }
-
-    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
-        self.edit(IndexEdit::Delete(id))
     }
 }

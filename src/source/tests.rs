@@ -72,7 +72,7 @@ fn docker_25_layout_gives_tags_and_manifest_digests() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "d25.tar", &tar);
     let src = open(path.to_str().unwrap()).unwrap();
-    assert_eq!(src.kind(), SourceKind::DockerArchive);
+    assert_eq!(src.kind(), &docker_archive::KIND);
     let inv = src.scan().unwrap();
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
     let r = &inv.images[0];
@@ -96,7 +96,7 @@ fn docker_25_layout_gives_tags_and_manifest_digests() {
     );
     let path = write(dir.path(), "o.tar", &tar);
     let src = open(path.to_str().unwrap()).unwrap();
-    assert_eq!(src.kind(), SourceKind::OciArchive);
+    assert_eq!(src.kind(), &oci_archive::KIND);
     let inv = src.scan().unwrap();
     assert_eq!(tags(&inv.images[0]), ["docker.io/library/busybox:latest"]);
     assert_eq!(inv.images[0].claimed_id, cfg);
@@ -180,7 +180,7 @@ fn an_index_that_refers_to_itself_is_skipped_and_the_rest_shown() {
     write(&root, "index.json", &index);
     write(&root, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     let src = open(root.to_str().unwrap()).unwrap();
-    assert_eq!(src.kind(), SourceKind::Oci);
+    assert_eq!(src.kind(), &oci::KIND);
     let inv = src.scan().unwrap();
     // the good image, with its bare tag under the layout's name
     let good: Vec<_> = inv.images.iter().filter(|r| r.config.is_some()).collect();
@@ -204,7 +204,7 @@ fn a_blob_symlinked_out_of_the_layout_is_not_read() {
     std::os::unix::fs::symlink(&outside, root.join("blobs/sha256").join(hex_of(&cfg))).unwrap();
     write(&root, "index.json", b"{\"manifests\": []}");
     let layout = oci::OciLayout::open(&root, Default::default()).unwrap();
-    use oci::LayoutBlobs;
+    use crate::source::shared::oci_walk::LayoutBlobs;
     let err = layout.blob(&cfg).unwrap_err();
     assert!(err.contains("outside the layout"), "{err}");
 }
@@ -257,16 +257,18 @@ fn chain_ids_are_dockers_and_containerds() {
         format!("sha256:{}", "b".repeat(64)),
     );
     assert_eq!(
-        super::chain_ids(&[&a, &b]),
+        crate::source::shared::blob::chain_ids(&[&a, &b]),
         [
             a.clone(),
             "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c".to_string()
         ]
     );
-    assert!(super::chain_ids(&[]).is_empty());
+    assert!(crate::source::shared::blob::chain_ids(&[]).is_empty());
     assert_eq!(
-        super::diff_ids(br#"{"rootfs":{"type":"layers","diff_ids":["x","y"]}}"#),
+        crate::source::shared::blob::diff_ids(
+            br#"{"rootfs":{"type":"layers","diff_ids":["x","y"]}}"#
+        ),
         ["x", "y"]
     );
-    assert!(super::diff_ids(b"not json").is_empty());
+    assert!(crate::source::shared::blob::diff_ids(b"not json").is_empty());
 }

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::archive::ArchiveFile;
+use super::tar_store::ArchiveFile;
 use crate::kept::{FramedWriter, KeptKind, Place};
 use crate::store_file::FileId;
 use crate::tar_index::{Capture, TarIndex, TarMember};

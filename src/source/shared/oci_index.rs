@@ -12,19 +12,12 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
-use super::WriteError;
-use super::oci::{
+use super::oci_walk::{
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, LayoutBlobs, MANIFEST_LIMIT,
     blob_rel_path, references_of, resolve_descriptor,
 };
 use crate::reference::TagRef;
-
-pub enum IndexEdit<'a> {
-    Tag { id: &'a str, tag: &'a TagRef },
-    Untag(&'a TagRef),
-    Retag { from: &'a TagRef, to: &'a TagRef },
-    Delete(&'a str),
-}
+use crate::source::{Edit, WriteError};
 
 /// The new index.json, and the descriptors an image deletion removed.
 pub struct Edited {
@@ -37,7 +30,7 @@ struct Entry {
     tag: Option<TagRef>,
 }
 
-pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, WriteError> {
+pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteError> {
     let name = layout.display("index.json");
     let limits = layout.limits();
     let bytes = layout
@@ -87,13 +80,13 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, W
     let mut remove: Vec<bool> = vec![false; entries.len()];
     let mut removed = Vec::new();
     match edit {
-        IndexEdit::Untag(tag) => {
+        Edit::Untag(tag) => {
             if !entries.iter().any(|e| e.tag.as_ref() == Some(*tag)) {
                 return Err(WriteError::NotFound(format!("{name}: no tag {tag}")));
             }
             drop_name(manifests, &entries, &mut remove, tag);
         }
-        IndexEdit::Retag { from, to } => {
+        Edit::Retag { from, to } => {
             if !entries.iter().any(|e| e.tag.as_ref() == Some(*from)) {
                 return Err(WriteError::NotFound(format!("{name}: no tag {from}")));
             }
@@ -104,7 +97,7 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, W
                 }
             }
         }
-        IndexEdit::Tag { id, tag } => {
+        Edit::Tag { id, tag } => {
             let Some(template) = entries.iter().position(|e| resolves_to(e, id)) else {
                 return Err(WriteError::NotFound(format!(
                     "{name}: no entry for image {id}"
@@ -128,7 +121,7 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &IndexEdit<'_>) -> Result<Edited, W
                 }
             }
         }
-        IndexEdit::Delete(id) => {
+        Edit::Delete(id) => {
             let mine: Vec<usize> = (0..entries.len())
                 .filter(|&i| resolves_to(&entries[i], id))
                 .collect();

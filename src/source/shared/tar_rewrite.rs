@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 
 use tracing::info;
 
-use super::archive::ArchiveFile;
+use super::tar_store::ArchiveFile;
 use crate::store_file::{StoreDir, crash_point};
 use crate::tar_index::{MemberKind, TarIndex, TarMember};
 

@@ -13,16 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
-use super::SourceOptions;
-use super::WriteError;
+use super::blob::pread_clamped;
 use super::compressed::CompressedTar;
 use super::tar_rewrite::{self, WriteStats};
-use super::{
-    BlobChanged, BlobLocation, ChangeToken, FileId, Source, SourceError, SourceKind, StoreDir,
-    StoreMeta, pread_clamped,
-};
 use crate::kept::{Kept, KeptKind};
 use crate::limits::Limits;
+use crate::source::{
+    BlobChanged, BlobLocation, ChangeToken, FileId, Source, SourceError, SourceKind, StoreDir,
+    StoreMeta,
+};
+use crate::source::{Edit, Inventory, SourceOptions, WriteError, Writer};
 use crate::store_file::FileLock;
 use crate::tar_index::{MemberKind, TarIndex};
 
@@ -235,10 +235,12 @@ impl TarArchive {
                     self.at.shown.display()
                 ),
             )),
-            BlobLocation::File { rel, .. } => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{rel} is not a member of {}", self.at.shown.display()),
-            )),
+            BlobLocation::File { rel: name, .. } | BlobLocation::Digest { digest: name, .. } => {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} is not a member of {}", self.at.shown.display()),
+                ))
+            }
         }
     }
 
@@ -252,7 +254,7 @@ impl TarArchive {
     }
 
     pub fn read_location(&self, loc: &BlobLocation, limit: u64) -> io::Result<Vec<u8>> {
-        super::read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
+        crate::store_file::read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
     }
 
     pub fn change_token(&self) -> io::Result<ChangeToken> {
@@ -564,38 +566,94 @@ impl ArchiveStore {
     }
 }
 
-/// What an archive holds: `manifest.json` makes it a docker-archive (Docker 25+
-/// archives carry an OCI index too, and `docker load` reads manifest.json), an OCI
-/// `index.json` alone makes it an oci-archive.
-pub fn kind_of(archive: &TarArchive) -> Result<SourceKind, SourceError> {
-    if archive.has_member("manifest.json") {
-        Ok(SourceKind::DockerArchive)
-    } else if archive.has_member("index.json") {
-        Ok(SourceKind::OciArchive)
-    } else {
-        Err(SourceError::new(
-            archive.path().display(),
-            "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
-        ))
+/// An archive format over the tar store: how its index files are read into an
+/// inventory, and how an edit changes them. Both archive kinds (docker-archive,
+/// oci-archive) are this, and [`ArchiveSource`] makes either a source.
+pub trait ArchiveFormat: Send + Sync + 'static {
+    fn kind(&self) -> SourceKind;
+    /// Reads the archive's index files (called under the archive's shared lock).
+    fn scan(&self, archive: &TarArchive) -> Result<Inventory, SourceError>;
+    /// What `edit` does to the archive, planned on a fresh index under its
+    /// exclusive lock.
+    fn plan(&self, archive: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError>;
+}
+
+/// An archive of format `F` as a source: the tar store does everything but the
+/// format's own files.
+pub struct ArchiveSource<F> {
+    store: ArchiveStore,
+    format: F,
+}
+
+impl<F: ArchiveFormat> ArchiveSource<F> {
+    pub fn open(path: &Path, options: &SourceOptions, format: F) -> Result<Self, SourceError> {
+        Ok(ArchiveSource::new(TarArchive::open(path, options)?, format))
+    }
+
+    pub fn new(archive: TarArchive, format: F) -> Self {
+        ArchiveSource {
+            store: ArchiveStore::new(archive),
+            format,
+        }
     }
 }
 
-/// Opens an archive whose kind was not given, indexing it once.
-pub fn open_detected(path: &Path, options: &SourceOptions) -> Result<Box<dyn Source>, SourceError> {
-    let archive = TarArchive::open(path, options)?;
-    match kind_of(&archive)? {
-        SourceKind::DockerArchive => Ok(Box::new(
-            super::docker_archive::DockerArchive::from_archive(archive),
-        )),
-        _ => Ok(Box::new(super::oci_archive::OciArchive::from_archive(
-            archive,
-        ))),
+impl<F: ArchiveFormat> Source for ArchiveSource<F> {
+    fn kind(&self) -> SourceKind {
+        self.format.kind()
+    }
+
+    fn describe(&self) -> String {
+        format!("{}:{}", self.kind(), self.store.path().display())
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(self.store.path())
+    }
+
+    fn scan(&self) -> Result<Inventory, SourceError> {
+        let _lock = self.store.scan_lock();
+        let archive = self.store.refresh()?;
+        self.format.scan(&archive)
+    }
+
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.store.read_at(blob, offset, buf)
+    }
+
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        self.store.change_token()
+    }
+
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(self.store.meta())
+    }
+
+    fn content_key(&self) -> Option<String> {
+        self.store.content_key()
+    }
+
+    fn rebind(&self, blob: &mut BlobLocation) {
+        self.store.rebind(blob)
+    }
+
+    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
+        self.store.repin(blob)
+    }
+
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
     }
 }
 
-/// For `detect`: the kind of the archive at `path`.
-pub fn detect_archive_kind(path: &Path) -> Result<SourceKind, SourceError> {
-    kind_of(&TarArchive::open(path, &SourceOptions::default())?)
+impl<F: ArchiveFormat> Writer for ArchiveSource<F> {
+    fn recover(&self) -> Result<(), WriteError> {
+        self.store.recover()
+    }
+
+    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+        self.store.write(|a| self.format.plan(a, &edit)).map(|_| ())
+    }
 }
 
 #[cfg(test)]
