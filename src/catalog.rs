@@ -20,7 +20,7 @@ use crate::source::{BlobLocation, BlobReader, ImageRecord, Inventory, Source};
 
 /// Configs up to this size are read whole (and cached); larger ones are hashed and
 /// parsed as a stream.
-const WHOLE_READ_LIMIT: u64 = 1 << 20;
+pub(crate) const WHOLE_READ_LIMIT: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Image {

@@ -247,18 +247,24 @@ pub fn parse_sources(args: &[String]) -> Result<Vec<SourceSpec>, String> {
         } else {
             "store".into()
         };
-        let mut unique = label.clone();
-        let mut n = 2;
-        while out.iter().any(|s| s.label == unique) {
-            unique = format!("{label}-{n}");
-            n += 1;
-        }
         out.push(SourceSpec {
-            label: unique,
+            label: unique_label(&label, |l| out.iter().any(|s| s.label == l)),
             spec,
         });
     }
     Ok(out)
+}
+
+/// `label`, or `label-2`, `label-3`, … : the first that is not `taken`, so that two
+/// stores never share a directory.
+pub fn unique_label(label: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut unique = label.to_string();
+    let mut n = 2;
+    while taken(&unique) {
+        unique = format!("{label}-{n}");
+        n += 1;
+    }
+    unique
 }
 
 /// Where imagefs keeps catalogs and indexes: `$XDG_CACHE_HOME/imagefs`, else

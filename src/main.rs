@@ -205,6 +205,7 @@ fn open_sources(args: &[String], options: &source::SourceOptions) -> Result<Vec<
                 Some(ns) => format!("{}-{ns}", s.label),
                 None => s.label.clone(),
             };
+            let label = cli::unique_label(&label, |l| stores.iter().any(|s: &Store| s.label == l));
             stores.push(Store { label, source });
         }
     }
@@ -233,16 +234,9 @@ fn discover_stores(options: &source::SourceOptions) -> Result<Vec<Store>, String
                         Some(ns) => format!("{base}-{ns}"),
                         None => base.clone(),
                     };
-                    let mut unique = label.clone();
-                    let mut n = 2;
-                    while stores.iter().any(|s: &Store| s.label == unique) {
-                        unique = format!("{label}-{n}");
-                        n += 1;
-                    }
-                    stores.push(Store {
-                        label: unique,
-                        source,
-                    });
+                    let label =
+                        cli::unique_label(&label, |l| stores.iter().any(|s: &Store| s.label == l));
+                    stores.push(Store { label, source });
                 }
             }
             Err(e) => {

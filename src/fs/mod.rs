@@ -194,9 +194,6 @@ pub struct KernelCounters {
     pub opens: std::sync::atomic::AtomicU64,
 }
 
-/// Configs larger than this are read by range, never whole into the cache.
-const WHOLE_READ_LIMIT: u64 = 1 << 20;
-
 /// Why a read from the store gave no bytes.
 enum ReadFailure {
     /// The config's file changed since it was verified.
@@ -551,8 +548,9 @@ impl ImageFs {
             }
         };
         let start = offset as usize;
-        if config.size() <= WHOLE_READ_LIMIT {
-            let bytes = crate::source::read_blob(source, config, WHOLE_READ_LIMIT).map_err(fail)?;
+        if config.size() <= crate::catalog::WHOLE_READ_LIMIT {
+            let bytes = crate::source::read_blob(source, config, crate::catalog::WHOLE_READ_LIMIT)
+                .map_err(fail)?;
             // Checked at every read from the store, not only at scan: the catalog may
             // be one kept by an earlier mount, and the cache may have let it go.
             let hashed = crate::source::sha256_id(&bytes);
