@@ -174,8 +174,18 @@ impl Prefetcher {
     }
 }
 
-fn errno(e: fs::Errno) -> Errno {
-    Errno::from_i32(e.0)
+/// Logs a failed request once, with the operation and the inode (as mountpoint-s3's
+/// `fuse_error!`), and gives the errno to reply with. Plain answers (no such name)
+/// and refusals the mount's options make are not worth more than a debug line.
+fn fail(op: &'static str, ino: u64, e: fs::Error) -> Errno {
+    if e.message.is_empty() {
+        tracing::trace!(op, ino, errno = e.errno.0);
+    } else if e.expected {
+        tracing::debug!(op, ino, "{e}");
+    } else {
+        tracing::warn!(op, ino, "{e}");
+    }
+    Errno::from_i32(e.errno.0)
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -206,25 +216,25 @@ fn file_type(k: FileKind) -> FileType {
     }
 }
 
-fn reply_xattr(r: fs::FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+fn reply_xattr(op: &'static str, ino: u64, r: fs::FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
     match r.and_then(|v| fs::xattr_reply(v, size)) {
         Ok(XattrReply::Size(n)) => reply.size(n),
         Ok(XattrReply::Data(d)) => reply.data(&d),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(op, ino, e)),
     }
 }
 
-fn reply_entry(r: fs::FsResult<Attr>, reply: ReplyEntry) {
+fn reply_entry(op: &'static str, ino: u64, r: fs::FsResult<Attr>, reply: ReplyEntry) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(op, ino, e)),
     }
 }
 
-fn reply_empty(r: fs::FsResult<()>, reply: ReplyEmpty) {
+fn reply_empty(op: &'static str, ino: u64, r: fs::FsResult<()>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(op, ino, e)),
     }
 }
 
@@ -240,13 +250,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(self.fs.lookup(parent.0, name), reply);
+        reply_entry("lookup", parent.0, self.fs.lookup(parent.0, name), reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("getattr", ino.0, e)),
         }
     }
 
@@ -268,13 +278,13 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(self.fs.refuse_write("setattr", ino.0)));
+        reply.error(fail("setattr", ino.0, self.fs.refuse_write()));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readlink", ino.0, e)),
         }
     }
 
@@ -288,7 +298,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.fs.refuse_write("mknod", parent.0)));
+        reply.error(fail("mknod", parent.0, self.fs.refuse_write()));
     }
 
     fn mkdir(
@@ -300,15 +310,15 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(self.fs.mkdir(parent.0, name), reply);
+        reply_entry("mkdir", parent.0, self.fs.mkdir(parent.0, name), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.fs.unlink(parent.0, name), reply);
+        reply_empty("unlink", parent.0, self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.fs.rmdir(parent.0, name), reply);
+        reply_empty("rmdir", parent.0, self.fs.rmdir(parent.0, name), reply);
     }
 
     fn symlink(
@@ -319,7 +329,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.fs.refuse_write("symlink", parent.0)));
+        reply.error(fail("symlink", parent.0, self.fs.refuse_write()));
     }
 
     fn rename(
@@ -337,6 +347,8 @@ impl Filesystem for FuseAdapter {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         reply_empty(
+            "rename",
+            parent.0,
             self.fs
                 .rename(parent.0, name, newparent.0, newname, no_replace),
             reply,
@@ -351,7 +363,12 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
+        reply_entry(
+            "link",
+            ino.0,
+            self.fs.link(ino.0, newparent.0, newname),
+            reply,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -365,7 +382,7 @@ impl Filesystem for FuseAdapter {
             // change). Opens for writing that arrive first are refused here; later
             // ones are refused at the write or truncate.
             Ok(()) => reply.error(Errno::ENOSYS),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("open", ino.0, e)),
         }
     }
 
@@ -376,7 +393,7 @@ impl Filesystem for FuseAdapter {
         // changes: through the mount, or as the watcher reports (`invalidations`).
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.error(Errno::ENOSYS),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("opendir", ino.0, e)),
         }
     }
 
@@ -392,7 +409,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        reply.error(errno(self.fs.refuse_write("write", ino.0)));
+        reply.error(fail("write", ino.0, self.fs.refuse_write()));
     }
 
     fn read(
@@ -420,7 +437,7 @@ impl Filesystem for FuseAdapter {
         }
         match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("read", ino.0, e)),
         }
     }
 
@@ -437,7 +454,7 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdir", ino.0, e)),
         }
     }
 
@@ -476,7 +493,7 @@ impl Filesystem for FuseAdapter {
                     }
                 }
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdirplus", ino.0, e)),
         }
     }
 
@@ -495,31 +512,37 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(self.fs.refuse_write("setxattr", ino.0)));
+        reply.error(fail("setxattr", ino.0, self.fs.refuse_write()));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.fs.counters.getxattrs.fetch_add(1, Ordering::Relaxed);
-        reply_xattr(self.fs.getxattr(ino.0, name), size, reply);
+        reply_xattr(
+            "getxattr",
+            ino.0,
+            self.fs.getxattr(ino.0, name),
+            size,
+            reply,
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.fs.listxattr(ino.0), size, reply);
+        reply_xattr("listxattr", ino.0, self.fs.listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(self.fs.refuse_write("removexattr", ino.0)));
+        reply.error(fail("removexattr", ino.0, self.fs.refuse_write()));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let r = self.fs.getattr(ino.0).and_then(|_| {
             if mask.contains(AccessFlags::W_OK) && self.fs.options().read_only {
-                Err(fs::Errno::EROFS)
+                Err(fs::Errno::EROFS.into())
             } else {
                 Ok(())
             }
         });
-        reply_empty(r, reply);
+        reply_empty("access", ino.0, r, reply);
     }
 
     fn create(
@@ -532,7 +555,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(self.fs.refuse_write("create", parent.0)));
+        reply.error(fail("create", parent.0, self.fs.refuse_write()));
     }
 }
 

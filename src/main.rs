@@ -240,7 +240,7 @@ fn discover_stores(options: &source::SourceOptions) -> Result<Vec<Store>, String
                 }
             }
             Err(e) => {
-                eprintln!("imagefs: found {spec}, cannot read it: {}", e.message);
+                eprintln!("imagefs: found {spec}, cannot read it: {e}");
                 found.push(spec);
             }
         }

@@ -1,6 +1,8 @@
 //! The core filesystem: every operation the kernel asks for, answered from the tree,
-//! returning `Result<_, Errno>`. No fuser types here; `crate::fuse` only translates.
+//! returning `Result<_, Error>` (an errno and its reason, see `error`). No fuser types
+//! here; `crate::fuse` only translates, and logs each failure once.
 
+mod error;
 pub mod inode;
 pub mod tree;
 
@@ -18,34 +20,11 @@ use crate::config_cache::ConfigCache;
 use crate::kept::{Kept, KeptKind};
 use crate::reference::{Parsed, TagRef};
 use crate::source::{BlobLocation, ChangeToken, Edit, Source, StoreMeta};
+pub use error::{Errno, Error, FsResult};
 use inode::InodeTable;
 pub use inode::ROOT_INO;
 pub use tree::Tree;
 use tree::{NodeKind, NodeRole, StoreView};
-
-/// An errno value, as the core answers it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const ENOENT: Errno = Errno(libc::ENOENT);
-    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
-    pub const EISDIR: Errno = Errno(libc::EISDIR);
-    pub const EROFS: Errno = Errno(libc::EROFS);
-    pub const EPERM: Errno = Errno(libc::EPERM);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const EIO: Errno = Errno(libc::EIO);
-    pub const ENODATA: Errno = Errno(libc::ENODATA);
-    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const EACCES: Errno = Errno(libc::EACCES);
-    pub const EBUSY: Errno = Errno(libc::EBUSY);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
-    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-}
-
-pub type FsResult<T> = Result<T, Errno>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -95,10 +74,10 @@ pub fn xattr_reply(value: Vec<u8>, size: u32) -> FsResult<XattrReply> {
     if size == 0 {
         return u32::try_from(value.len())
             .map(XattrReply::Size)
-            .map_err(|_| Errno::ERANGE);
+            .map_err(|_| Errno::ERANGE.into());
     }
     if value.len() > size as usize {
-        return Err(Errno::ERANGE);
+        return Err(Errno::ERANGE.into());
     }
     Ok(XattrReply::Data(value))
 }
@@ -198,7 +177,7 @@ pub struct KernelCounters {
 enum ReadFailure {
     /// The config's file changed since it was verified.
     Changed,
-    Errno(Errno),
+    Failed(Error),
 }
 
 impl ImageFs {
@@ -208,7 +187,7 @@ impl ImageFs {
         stores: Vec<Store>,
         cache: ConfigCache,
         options: FsOptions,
-    ) -> Result<ImageFs, crate::source::SourceError> {
+    ) -> Result<ImageFs, crate::source::StoreError> {
         let mut catalogs = Vec::with_capacity(stores.len());
         let mut metas = Vec::with_capacity(stores.len());
         let mut tokens = Vec::with_capacity(stores.len());
@@ -418,7 +397,7 @@ impl ImageFs {
         let state = self.state.read();
         let node = state.tree.get(parent).ok_or(Errno::ENOENT)?;
         if !matches!(node.kind, NodeKind::Dir { .. }) {
-            return Err(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR.into());
         }
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         let ino = state.tree.lookup(parent, name).ok_or(Errno::ENOENT)?;
@@ -441,7 +420,7 @@ impl ImageFs {
         let state = self.state.read();
         let node = state.tree.get(ino).ok_or(Errno::ENOENT)?;
         let NodeKind::Dir { children, .. } = &node.kind else {
-            return Err(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR.into());
         };
         let dots = [(".", ino), ("..", node.parent)];
         let entries = dots
@@ -467,10 +446,10 @@ impl ImageFs {
     pub fn open(&self, ino: u64, write: bool) -> FsResult<()> {
         let attr = self.getattr(ino)?;
         if attr.kind == FileKind::Dir && write {
-            return Err(Errno::EISDIR);
+            return Err(Errno::EISDIR.into());
         }
         if write {
-            return Err(self.refuse_write("open for writing", ino));
+            return Err(self.refuse_write());
         }
         Ok(())
     }
@@ -486,8 +465,8 @@ impl ImageFs {
                     let image = image_at(&state, *store, *index)?;
                     (*store, image.config.clone(), image.id.clone())
                 }
-                NodeKind::Dir { .. } => return Err(Errno::EISDIR),
-                NodeKind::Symlink { .. } => return Err(Errno::EINVAL),
+                NodeKind::Dir { .. } => return Err(Errno::EISDIR.into()),
+                NodeKind::Symlink { .. } => return Err(Errno::EINVAL.into()),
             }
         };
         let total = config.size();
@@ -501,26 +480,29 @@ impl ImageFs {
             return bytes
                 .get(start..start + len)
                 .map(<[u8]>::to_vec)
-                .ok_or(Errno::EIO);
+                .ok_or(Errno::EIO.into());
         }
         // A config whose file changed since it was verified is verified again (and
         // read from that file only) before a byte of it is served.
         let located = self.repinned.lock().get(&key).cloned();
         let located = located.unwrap_or_else(|| key.1.clone());
-        match self.read_verified(store, ino, &located, &id, offset, len, &key) {
+        match self.read_verified(store, &located, &id, offset, len, &key) {
             Err(ReadFailure::Changed) => {
-                let fresh = self.reverify(store, ino, &located, &id)?;
+                let fresh = self.reverify(store, &located, &id)?;
                 self.repinned.lock().insert(key.clone(), fresh.clone());
-                match self.read_verified(store, ino, &fresh, &id, offset, len, &key) {
+                match self.read_verified(store, &fresh, &id, offset, len, &key) {
                     Ok(bytes) => Ok(bytes),
-                    Err(ReadFailure::Changed) => {
-                        warn!(store = %self.stores[store].source.describe(), "config of {id} keeps changing under the mount: not served");
-                        Err(Errno::EIO)
-                    }
-                    Err(ReadFailure::Errno(e)) => Err(e),
+                    Err(ReadFailure::Changed) => Err(Error::new(
+                        Errno::EIO,
+                        format!(
+                            "{}: config of {id} keeps changing under the mount: not served",
+                            self.stores[store].source.describe()
+                        ),
+                    )),
+                    Err(ReadFailure::Failed(e)) => Err(e),
                 }
             }
-            Err(ReadFailure::Errno(e)) => Err(e),
+            Err(ReadFailure::Failed(e)) => Err(e),
             Ok(bytes) => Ok(bytes),
         }
     }
@@ -532,7 +514,6 @@ impl ImageFs {
     fn read_verified(
         &self,
         store: usize,
-        ino: u64,
         config: &crate::source::BlobLocation,
         id: &str,
         offset: u64,
@@ -544,7 +525,7 @@ impl ImageFs {
             if crate::source::BlobChanged::is(&e) {
                 ReadFailure::Changed
             } else {
-                ReadFailure::Errno(self.io_error(store, ino, e))
+                ReadFailure::Failed(self.io_error(store, e))
             }
         };
         let start = offset as usize;
@@ -555,16 +536,14 @@ impl ImageFs {
             // be one kept by an earlier mount, and the cache may have let it go.
             let hashed = crate::source::sha256_id(&bytes);
             if hashed != id {
-                warn!(
-                    store = %source.describe(),
-                    "config of {id} now hashes to {hashed}: the store changed under the mount, not served"
-                );
-                return Err(ReadFailure::Errno(Errno::EIO));
+                return Err(ReadFailure::Failed(changed_under_mount(
+                    source, id, &hashed,
+                )));
             }
             let out = bytes
                 .get(start..start + len)
                 .map(<[u8]>::to_vec)
-                .ok_or(ReadFailure::Errno(Errno::EIO))?;
+                .ok_or(ReadFailure::Failed(Errno::EIO.into()))?;
             self.cache.insert(key.clone(), Arc::from(bytes));
             return Ok(out);
         }
@@ -589,37 +568,35 @@ impl ImageFs {
     fn reverify(
         &self,
         store: usize,
-        ino: u64,
         config: &crate::source::BlobLocation,
         id: &str,
     ) -> FsResult<crate::source::BlobLocation> {
         let source = self.stores[store].source.as_ref();
-        let fresh = source
-            .repin(config)
-            .map_err(|e| self.io_error(store, ino, e))?;
+        let fresh = source.repin(config).map_err(|e| self.io_error(store, e))?;
         let hashed =
-            crate::catalog::hash_blob(source, &fresh).map_err(|e| self.io_error(store, ino, e))?;
+            crate::catalog::hash_blob(source, &fresh).map_err(|e| self.io_error(store, e))?;
         if hashed != id {
-            warn!(
-                store = %source.describe(),
-                "config of {id} now hashes to {hashed}: the store changed under the mount, not served"
-            );
-            return Err(Errno::EIO);
+            return Err(changed_under_mount(source, id, &hashed));
         }
         debug!(store = %source.describe(), "config of {id} changed on disk and verified again");
         Ok(fresh)
     }
 
-    fn io_error(&self, store: usize, ino: u64, e: std::io::Error) -> Errno {
-        warn!(store = %self.stores[store].source.describe(), ino, "cannot read config: {e}");
-        Errno::EIO
+    fn io_error(&self, store: usize, e: std::io::Error) -> Error {
+        Error::new(
+            Errno::EIO,
+            format!(
+                "{}: cannot read config: {e}",
+                self.stores[store].source.describe()
+            ),
+        )
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let state = self.state.read();
         match &state.tree.get(ino).ok_or(Errno::ENOENT)?.kind {
             NodeKind::Symlink { target } => Ok(target.clone().into_bytes()),
-            _ => Err(Errno::EINVAL),
+            _ => Err(Errno::EINVAL.into()),
         }
     }
 
@@ -668,17 +645,17 @@ impl ImageFs {
         // stop asking: 2 requests per `ls -l` instead of 2 per file.
         if !name.starts_with("user.") {
             self.getattr(ino)?;
-            return Err(Errno::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP.into());
         }
         if !name.starts_with("user.image.") && !name.starts_with("user.imagefs.") {
             self.getattr(ino)?;
-            return Err(Errno::ENODATA);
+            return Err(Errno::ENODATA.into());
         }
         self.xattrs(ino)?
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.into_bytes())
-            .ok_or(Errno::ENODATA)
+            .ok_or(Errno::ENODATA.into())
     }
 
     /// Names, each ending in NUL.
@@ -692,25 +669,21 @@ impl ImageFs {
     }
 
     /// Refuses a write that no source can do (chmod, write into a config, a new
-    /// regular file), or any write under `-o ro`, with a log line saying why.
-    pub fn refuse_write(&self, op: &str, ino: u64) -> Errno {
+    /// regular file), or any write under `-o ro`, saying why.
+    pub fn refuse_write(&self) -> Error {
         if self.options.read_only {
-            debug!(op, ino, "refused: mounted read-only");
-            Errno::EROFS
+            Error::refused(Errno::EROFS, "mounted read-only")
         } else {
-            warn!(
-                op,
-                ino,
-                "refused: by-id files are image configs and by-tag entries are tags; only rm, ln, mv, mkdir and rmdir change them"
-            );
-            Errno::EPERM
+            Error::new(
+                Errno::EPERM,
+                "by-id files are image configs and by-tag entries are tags; only rm, ln, mv, mkdir and rmdir change them",
+            )
         }
     }
 
-    fn writable(&self, op: &str) -> FsResult<()> {
+    fn writable(&self) -> FsResult<()> {
         if self.options.read_only {
-            debug!(op, "refused: mounted read-only");
-            return Err(Errno::EROFS);
+            return Err(Error::refused(Errno::EROFS, "mounted read-only"));
         }
         Ok(())
     }
@@ -729,13 +702,13 @@ impl ImageFs {
             NodeKind::Image { store, index, .. } => {
                 Ok((*store, image_at(&state, *store, *index)?.id.clone()))
             }
-            _ => Err(Errno::EPERM),
+            _ => Err(Errno::EPERM.into()),
         }
     }
 
     /// Rescans store `store` and rebuilds the tree; inode numbers are kept. Returns
     /// the tree as it was, for telling the kernel what changed.
-    pub fn reload(&self, store: usize) -> Result<Tree, crate::source::SourceError> {
+    pub fn reload(&self, store: usize) -> Result<Tree, crate::source::StoreError> {
         let source = self.stores[store].source.as_ref();
         let token = source.change_token().ok();
         let key = catalog_key(&self.options.kept, source, &self.options.limits);
@@ -849,13 +822,14 @@ impl ImageFs {
             None => Err(crate::source::read_only(source, what)),
         };
         if let Err(e) = written {
-            warn!(store = %source.describe(), "{what} refused: {e}");
-            return Err(Errno(e.errno()));
+            return Err(Error::from(e).context(format!("{what} refused")));
         }
         info!(store = %source.describe(), "{what}");
         let old = self.reload(store).map_err(|e| {
-            warn!("{what} was written, but the store cannot be read back: {e}");
-            Errno::EIO
+            Error::new(
+                Errno::EIO,
+                format!("{what} was written, but the store cannot be read back: {e}"),
+            )
         })?;
         let changed = if behind {
             self.invalidations(&old)
@@ -879,7 +853,7 @@ impl ImageFs {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let child = self.lookup(parent, name)?;
-        self.writable("unlink")?;
+        self.writable()?;
         let (store, parent_role) = self.role(parent)?;
         let (_, child_role) = self.role(child.ino)?;
         let store = store.ok_or(Errno::EPERM)?;
@@ -892,38 +866,39 @@ impl ImageFs {
             }
             (NodeRole::ById, NodeRole::Image) => {
                 if child.nlink > 1 {
-                    warn!(
-                        image = name,
-                        "not deleted: it still has {} tag(s); rm them first",
-                        child.nlink - 1
-                    );
-                    return Err(Errno::EBUSY);
+                    return Err(Error::new(
+                        Errno::EBUSY,
+                        format!(
+                            "{name}: not deleted: it still has {} tag(s); rm them first",
+                            child.nlink - 1
+                        ),
+                    ));
                 }
                 self.run_write(store, &format!("delete {name}"), Edit::Delete(name))
             }
-            (_, NodeRole::TagDir(_)) => Err(Errno::EISDIR),
-            _ => Err(self.refuse_write("unlink", parent)),
+            (_, NodeRole::TagDir(_)) => Err(Errno::EISDIR.into()),
+            _ => Err(self.refuse_write()),
         }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let child = self.lookup(parent, name)?;
         if child.kind != FileKind::Dir {
-            return Err(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR.into());
         }
-        self.writable("rmdir")?;
+        self.writable()?;
         let (store, role) = self.role(child.ino)?;
         let (Some(store), NodeRole::TagDir(path)) = (store, role) else {
-            return Err(self.refuse_write("rmdir", parent));
+            return Err(self.refuse_write());
         };
         if path.is_empty() {
-            return Err(self.refuse_write("rmdir", parent));
+            return Err(self.refuse_write());
         }
         let mut state = self.state.write();
         if let Some(NodeKind::Dir { children, .. }) = state.tree.get(child.ino).map(|n| &n.kind)
             && !children.is_empty()
         {
-            return Err(Errno(libc::ENOTEMPTY));
+            return Err(Errno(libc::ENOTEMPTY).into());
         }
         // Nothing to persist: a repository directory exists through its tags.
         state.extra_dirs[store].remove(&path);
@@ -933,14 +908,14 @@ impl ImageFs {
 
     pub fn mkdir(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         self.getattr(parent)?;
-        self.writable("mkdir")?;
+        self.writable()?;
         let name = name.to_str().ok_or(Errno::EINVAL)?;
         if self.lookup(parent, OsStr::new(name)).is_ok() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         let (store, role) = self.role(parent)?;
         let (Some(store), NodeRole::TagDir(path)) = (store, role) else {
-            return Err(self.refuse_write("mkdir", parent));
+            return Err(self.refuse_write());
         };
         let dir = if path.is_empty() {
             name.to_string()
@@ -959,14 +934,14 @@ impl ImageFs {
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Attr> {
         self.getattr(ino)?;
-        self.writable("link")?;
+        self.writable()?;
         let (store, id) = self.image_id(ino)?;
         let (dir_store, role) = self.role(new_parent)?;
         let NodeRole::TagDir(path) = role else {
-            return Err(self.refuse_write("link", new_parent));
+            return Err(self.refuse_write());
         };
         if dir_store != Some(store) {
-            return Err(Errno::EXDEV);
+            return Err(Errno::EXDEV.into());
         }
         let tag = tag_at(&path, new_name.to_str().ok_or(Errno::EINVAL)?)?;
         self.run_write(
@@ -986,7 +961,7 @@ impl ImageFs {
         no_replace: bool,
     ) -> FsResult<()> {
         let child = self.lookup(parent, name)?;
-        self.writable("rename")?;
+        self.writable()?;
         let (store, from_dir) = self.role(parent)?;
         let (_, child_role) = self.role(child.ino)?;
         let (to_store, to_dir) = self.role(new_parent)?;
@@ -996,14 +971,14 @@ impl ImageFs {
             NodeRole::TagDir(to_path),
         ) = (from_dir, child_role, to_dir)
         else {
-            return Err(self.refuse_write("rename", parent));
+            return Err(self.refuse_write());
         };
         let store = store.ok_or(Errno::EPERM)?;
         if to_store != Some(store) {
-            return Err(Errno::EXDEV);
+            return Err(Errno::EXDEV.into());
         }
         if no_replace && self.lookup(new_parent, new_name).is_ok() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         let from = tag_at(&from_path, name.to_str().ok_or(Errno::ENOENT)?)?;
         let to = tag_at(&to_path, new_name.to_str().ok_or(Errno::EINVAL)?)?;
@@ -1046,6 +1021,17 @@ fn store_write_bits_for(fuid: u32, fgid: u32, suid: u32, sgid: u32, write: u16) 
     let owner = (fuid == suid && u) || (fgid == sgid && g) || o;
     let group = (fgid == sgid && g) || o;
     (if owner { 0o200 } else { 0 }) | (if group { 0o020 } else { 0 }) | (if o { 0o002 } else { 0 })
+}
+
+/// A config whose bytes no longer hash to its ID: never served.
+fn changed_under_mount(source: &dyn Source, id: &str, hashed: &str) -> Error {
+    Error::new(
+        Errno::EIO,
+        format!(
+            "{}: config of {id} now hashes to {hashed}: the store changed under the mount, not served",
+            source.describe()
+        ),
+    )
 }
 
 /// What a kept catalog stands for: the store as named and where it is.
@@ -1092,7 +1078,7 @@ fn image_at(state: &State, store: usize, index: usize) -> FsResult<&Image> {
         .catalogs
         .get(store)
         .and_then(|c| c.images.get(index))
-        .ok_or(Errno::ENOENT)
+        .ok_or(Errno::ENOENT.into())
 }
 
 fn image_xattrs(image: &Image, source: &str, out: &mut Vec<(String, String)>) {
@@ -1146,7 +1132,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 pub fn tag_at(dir: &str, name: &str) -> FsResult<TagRef> {
     // a name no file system would take is no tag of the mount's either
     if name.len() > crate::reference::NAME_MAX {
-        return Err(Errno::ENAMETOOLONG);
+        return Err(Errno::ENAMETOOLONG.into());
     }
     let full = if dir.is_empty() {
         name.to_string()
@@ -1155,11 +1141,11 @@ pub fn tag_at(dir: &str, name: &str) -> FsResult<TagRef> {
     };
     let tag = match crate::reference::parse(&full) {
         Ok(Parsed::Tag(t)) => t,
-        _ => return Err(Errno::EINVAL),
+        _ => return Err(Errno::EINVAL.into()),
     };
     let comps = tag.components();
     if comps.iter().map(String::as_str).ne(full.split('/')) {
-        return Err(Errno::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     Ok(tag)
 }

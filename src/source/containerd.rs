@@ -18,10 +18,10 @@ use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
 use super::shared::daemon;
 use super::shared::oci_walk::{Descriptor, LayoutBlobs, blob_rel_path, resolve_record};
 use super::{
-    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
-    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer, read_whole,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer, read_whole,
 };
-use crate::bbolt::{BoltFile, Item};
+use crate::bbolt::{BoltError, BoltFile, Item};
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
 
@@ -61,7 +61,7 @@ pub static KIND: Kind = Kind {
 
 /// `ROOT#namespace` is that namespace's store; `ROOT` alone, one store per namespace
 /// with image records (namespaces are never merged: each is its own set of names).
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let (root, ns) = split_namespace(spec);
     let root = Path::new(root);
     let namespaces = match ns {
@@ -69,10 +69,10 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError>
         None => namespaces(root)?,
     };
     if namespaces.is_empty() {
-        return Err(SourceError::new(
-            root.display(),
-            "no namespace with image records",
-        ));
+        return Err(StoreError::NotFound(format!(
+            "{}: no namespace with image records",
+            root.display()
+        )));
     }
     let single = ns.is_some();
     namespaces
@@ -101,17 +101,17 @@ pub fn split_namespace(path: &str) -> (&str, Option<&str>) {
 }
 
 /// meta.db, opened beneath containerd's root (never through a link, never a FIFO).
-fn open_db(root: &Path) -> Result<(StoreDir, BoltFile), SourceError> {
+fn open_db(root: &Path) -> Result<(StoreDir, BoltFile), StoreError> {
     let dir =
-        StoreDir::open(root, "containerd root").map_err(|e| SourceError::new(root.display(), e))?;
+        StoreDir::open(root, "containerd root").map_err(|e| StoreError::io(root.display(), e))?;
     let file = dir
         .open_own(META_DB, false)
-        .map_err(|e| SourceError::new(dir.display(META_DB), e))?;
+        .map_err(|e| StoreError::io(dir.display(META_DB), e))?;
     Ok((dir, BoltFile::from_file(file)))
 }
 
 /// The namespaces meta.db has image records in.
-pub fn namespaces(root: &Path) -> Result<Vec<String>, SourceError> {
+pub fn namespaces(root: &Path) -> Result<Vec<String>, StoreError> {
     let db_path = root.join(META_DB);
     let (_, db) = open_db(root)?;
     db.read(|tx| {
@@ -128,7 +128,15 @@ pub fn namespaces(root: &Path) -> Result<Vec<String>, SourceError> {
         }
         Ok(out)
     })
-    .map_err(|e| SourceError::new(db_path.display(), e))
+    .map_err(|e| bolt_error(db_path.display(), e))
+}
+
+/// meta.db could not be read: its I/O failed, or its pages are not bbolt's.
+fn bolt_error(file: impl std::fmt::Display, e: BoltError) -> StoreError {
+    match e {
+        BoltError::Io(e) => StoreError::io(file, e),
+        other => StoreError::format(file, other),
+    }
 }
 
 impl Containerd {
@@ -137,12 +145,12 @@ impl Containerd {
         namespace: &str,
         address: Option<&str>,
         limits: Limits,
-    ) -> Result<Containerd, SourceError> {
+    ) -> Result<Containerd, StoreError> {
         let (dir, db) = open_db(root)?;
         let meta = dir
             .open_own(META_DB, false)
             .and_then(|f| f.metadata())
-            .map_err(|e| SourceError::new(dir.display(META_DB), e))?;
+            .map_err(|e| StoreError::io(dir.display(META_DB), e))?;
         Ok(Containerd {
             root: root.to_path_buf(),
             namespace: namespace.to_string(),
@@ -157,10 +165,10 @@ impl Containerd {
     }
 
     /// Every record with the image ID its target resolves to (None: unresolvable).
-    fn resolved(&self) -> Result<Vec<(String, Descriptor, Option<String>)>, WriteError> {
+    fn resolved(&self) -> Result<Vec<(String, Descriptor, Option<String>)>, StoreError> {
         let records = self
             .records()
-            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+            .map_err(|e| StoreError::Unsupported(e.to_string()))?;
         Ok(records
             .into_iter()
             .map(|(name, desc)| {
@@ -178,9 +186,9 @@ impl Containerd {
             &mut ImagesClient<tonic::transport::Channel>,
             &str,
         ) -> Result<T, tonic::Status>,
-    ) -> Result<T, WriteError> {
+    ) -> Result<T, StoreError> {
         let refuse = |why: String| {
-            WriteError::NotSupported(format!(
+            StoreError::Unsupported(format!(
                 "{}: no containerd answers on {} ({why}): meta.db is written only through containerd's API",
                 self.describe(),
                 self.address.display()
@@ -198,17 +206,17 @@ impl Containerd {
                     status.message()
                 );
                 match status.code() {
-                    tonic::Code::NotFound => WriteError::NotFound(msg),
-                    tonic::Code::FailedPrecondition => WriteError::Busy(msg),
+                    tonic::Code::NotFound => StoreError::NotFound(msg),
+                    tonic::Code::FailedPrecondition => StoreError::Busy(msg),
                     tonic::Code::Unavailable => refuse(status.message().to_string()),
-                    _ => WriteError::io(msg, io::Error::other(status.code().to_string())),
+                    _ => StoreError::io(msg, io::Error::other(status.code().to_string())),
                 }
             })
         })?
     }
 
     /// Creates or moves the record `name` to `target`.
-    fn put_record(&self, name: &str, target: &Descriptor) -> Result<(), WriteError> {
+    fn put_record(&self, name: &str, target: &Descriptor) -> Result<(), StoreError> {
         let image = images_v1::Image {
             name: name.to_string(),
             target: Some(images_v1::Descriptor {
@@ -239,7 +247,7 @@ impl Containerd {
         })
     }
 
-    fn delete_record(&self, name: &str) -> Result<(), WriteError> {
+    fn delete_record(&self, name: &str) -> Result<(), StoreError> {
         self.with_images(async |client, ns| {
             let req = images_v1::DeleteImageRequest {
                 name: name.to_string(),
@@ -257,10 +265,10 @@ impl Containerd {
     /// of the image's records (`names`), or whose snapshot's parent is the image's top
     /// layer (a name moved since the container was made no longer says which image it
     /// was).
-    fn container_using(&self, id: &str, names: &[String]) -> Result<Option<String>, WriteError> {
+    fn container_using(&self, id: &str, names: &[String]) -> Result<Option<String>, StoreError> {
         let top = self.top_chain_id(id);
         let db_err = |e: crate::bbolt::BoltError| {
-            WriteError::io(self.dir.display(META_DB), io::Error::other(e.to_string()))
+            StoreError::io(self.dir.display(META_DB), io::Error::other(e.to_string()))
         };
         self.db
             .read(|tx| {
@@ -325,7 +333,7 @@ impl Containerd {
     }
 
     /// (name, target descriptor) of every image record of the namespace.
-    fn records(&self) -> Result<Vec<(String, Descriptor)>, SourceError> {
+    fn records(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
         let db_path = self.root.join(META_DB);
         self.db
             .read(|tx| {
@@ -359,35 +367,38 @@ impl Containerd {
                 }
                 Ok(out)
             })
-            .map_err(|e| SourceError::new(db_path.display(), e))
+            .map_err(|e| bolt_error(db_path.display(), e))
     }
 }
 
 /// The content store seen as an OCI layout (blobs only), for the index walk.
 impl LayoutBlobs for Containerd {
-    fn read_file(&self, rel: &str, _limit: u64) -> Result<Vec<u8>, String> {
-        Err(format!(
+    fn read_file(&self, rel: &str, _limit: u64) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::NotFound(format!(
             "{}: containerd keeps no {rel}",
             self.dir.display(CONTENT)
-        ))
+        )))
     }
 
-    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
+    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError> {
         let rel = format!(
             "{CONTENT}/{}",
-            blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?
+            blob_rel_path(digest).ok_or_else(|| super::oci::malformed_digest(&self.dir, digest))?
         );
         match self.dir.symlink_metadata(&rel) {
             Ok(Some(m)) if m.is_file() => Ok(Some(BlobLocation::file(rel, &m))),
-            Ok(Some(_)) => Err(format!("{}: not a regular file", self.dir.display(&rel))),
+            Ok(Some(_)) => Err(StoreError::format(
+                self.dir.display(&rel),
+                "not a regular file",
+            )),
             Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(StoreError::io(self.dir.display(&rel), e)),
         }
     }
 
-    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, String> {
+    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError> {
         read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
-            .map_err(|e| e.to_string())
+            .map_err(|e| StoreError::io(format!("{}: {loc:?}", self.describe()), e))
     }
 
     fn display(&self, rel: &str) -> String {
@@ -416,7 +427,7 @@ impl Source for Containerd {
         format!("{}:{}#{}", KIND.prefix, self.root.display(), self.namespace)
     }
 
-    fn scan(&self) -> Result<Inventory, SourceError> {
+    fn scan(&self) -> Result<Inventory, StoreError> {
         let mut inv = Inventory::default();
         let mut records = self.records()?;
         if records.len() > self.limits.max_images {
@@ -476,7 +487,7 @@ impl Source for Containerd {
 }
 
 impl Writer for Containerd {
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         match edit {
             Edit::Tag { id, tag } => self.tag(id, tag),
             Edit::Untag(tag) => self.untag(tag),
@@ -488,28 +499,28 @@ impl Writer for Containerd {
 
 /// The edits, one method each.
 impl Containerd {
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), StoreError> {
         let target = self
             .resolved()?
             .into_iter()
             .find(|(_, _, i)| i.as_deref() == Some(id))
             .map(|(_, d, _)| d)
             .ok_or_else(|| {
-                WriteError::NotFound(format!("{}: no record of {id}", self.describe()))
+                StoreError::NotFound(format!("{}: no record of {id}", self.describe()))
             })?;
         self.put_record(&tag.to_string(), &target)
     }
 
     /// Deletes the name record. containerd garbage-collects an image no record names,
     /// so, as CRI does, an ID-named record keeps the image when its last name goes.
-    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+    fn untag(&self, tag: &TagRef) -> Result<(), StoreError> {
         let records = self.resolved()?;
         let Some((name, target, id)) = records
             .iter()
             .find(|(n, _, _)| matches!(reference::parse(n), Ok(Parsed::Tag(t)) if &t == tag))
             .cloned()
         else {
-            return Err(WriteError::NotFound(format!(
+            return Err(StoreError::NotFound(format!(
                 "{}: no tag {tag}",
                 self.describe()
             )));
@@ -525,14 +536,14 @@ impl Containerd {
         self.delete_record(&name)
     }
 
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), StoreError> {
         let records = self.resolved()?;
         let Some((name, target, _)) = records
             .iter()
             .find(|(n, _, _)| matches!(reference::parse(n), Ok(Parsed::Tag(t)) if &t == from))
             .cloned()
         else {
-            return Err(WriteError::NotFound(format!(
+            return Err(StoreError::NotFound(format!(
                 "{}: no tag {from}",
                 self.describe()
             )));
@@ -542,7 +553,7 @@ impl Containerd {
     }
 
     /// Deletes every record of an untagged image (ID record, digest references).
-    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+    fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         let mine: Vec<String> = self
             .resolved()?
             .into_iter()
@@ -550,19 +561,19 @@ impl Containerd {
             .map(|(n, _, _)| n)
             .collect();
         if let Some(t) = mine.iter().find(|n| is_tag_name(n)) {
-            return Err(WriteError::Busy(format!(
+            return Err(StoreError::Busy(format!(
                 "{}: {id} is still tagged {t}",
                 self.describe()
             )));
         }
         if let Some(c) = self.container_using(id, &mine)? {
-            return Err(WriteError::Busy(format!(
+            return Err(StoreError::Busy(format!(
                 "{}: {id} is used by container {c} (as `docker rmi` and `crictl rmi` refuse, it is not deleted)",
                 self.describe()
             )));
         }
         if mine.is_empty() {
-            return Err(WriteError::NotFound(format!(
+            return Err(StoreError::NotFound(format!(
                 "{}: no record of {id}",
                 self.describe()
             )));

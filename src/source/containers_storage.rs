@@ -31,8 +31,8 @@ use super::shared::blob::{read_file_blob, repin_file_blob};
 use super::shared::json_limits::{self, Limited};
 use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform};
 use super::{
-    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
-    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
@@ -56,7 +56,7 @@ pub static KIND: Kind = Kind {
 /// The graph drivers whose `<driver>-images` a store may have.
 const DRIVERS: [&str; 4] = ["vfs", "overlay", "btrfs", "zfs"];
 
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let store = ContainersStorage::open(&super::spec_path(spec), options.limits)?;
     Ok(vec![(None, Box::new(store) as Box<dyn Source>)])
 }
@@ -140,12 +140,12 @@ fn is_store_id(id: &str) -> bool {
 }
 
 impl ContainersStorage {
-    pub fn open(root: &Path, limits: Limits) -> Result<ContainersStorage, SourceError> {
-        let fail = |m: String| SourceError::new(root.display(), m);
-        let dir = StoreDir::open(root, "store").map_err(|e| fail(e.to_string()))?;
+    pub fn open(root: &Path, limits: Limits) -> Result<ContainersStorage, StoreError> {
+        let fail = |e| StoreError::io(root.display(), e);
+        let dir = StoreDir::open(root, "store").map_err(fail)?;
         let mut found: Vec<(std::time::SystemTime, String)> = dir
             .entries("", MAX_DIR_ENTRIES)
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(fail)?
             .into_iter()
             .filter_map(|(name, is_dir)| {
                 let driver = name.strip_suffix("-images").filter(|_| is_dir)?.to_string();
@@ -157,9 +157,10 @@ impl ContainersStorage {
             .collect();
         found.sort();
         let Some((_, driver)) = found.pop() else {
-            return Err(fail(
-                "not a containers-storage graph root: no <driver>-images/images.json".into(),
-            ));
+            return Err(StoreError::unsupported(format!(
+                "{}: not a containers-storage graph root: no <driver>-images/images.json",
+                root.display()
+            )));
         };
         for (_, other) in &found {
             warn!(store = %root.display(), "images of the {other} driver are not shown: the store's newest is {driver}");
@@ -169,14 +170,17 @@ impl ContainersStorage {
         let lock_file = dir
             .open_own(&lock_rel, true)
             .or_else(|_| dir.open_own(&lock_rel, false))
-            .map_err(|e| SourceError::new(dir.display(&lock_rel), e))?;
-        dir.open_own(&format!("{images_dir}/images.json"), false)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| StoreError::io(dir.display(&lock_rel), e))?;
+        let images_json = format!("{images_dir}/images.json");
+        dir.open_own(&images_json, false)
+            .map_err(|e| StoreError::io(dir.display(&images_json), e))?;
         // images.json is replaced in its directory: who may write there may tag
         let meta = dir
             .metadata(&images_dir)
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail("missing".into()))?;
+            .map_err(|e| StoreError::io(dir.display(&images_dir), e))?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("{}: missing", dir.display(&images_dir)))
+            })?;
         Ok(ContainersStorage {
             root: root.to_path_buf(),
             limits,
@@ -204,14 +208,14 @@ impl ContainersStorage {
     }
 
     /// images.json's records, at most `max_images` of them.
-    fn read_images(&self) -> Result<Limited<Value>, String> {
+    fn read_images(&self) -> Result<Limited<Value>, StoreError> {
         let rel = self.images_json();
         let bytes = self
             .dir
             .read_own(&rel, self.limits.max_index_size)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::io(self.dir.display(&rel), e))?;
         json_limits::list(&bytes, self.limits.max_images)
-            .map_err(|e| format!("{}: not valid: {e}", self.dir.display(&rel)))
+            .map_err(|e| StoreError::format(self.dir.display(&rel), format!("not valid: {e}")))
     }
 
     /// The path beneath the root of a big-data file of image `id`.
@@ -357,20 +361,20 @@ impl ContainersStorage {
     /// last-write token.
     fn edit_names(
         &self,
-        edit: impl FnOnce(&mut Vec<Value>, &dyn Fn(&Value) -> Option<String>) -> Result<(), WriteError>,
-    ) -> Result<(), WriteError> {
+        edit: impl FnOnce(&mut Vec<Value>, &dyn Fn(&Value) -> Option<String>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let rel = self.images_json();
         let _in_process = self.lock_guard.lock();
         let _lock = StoreLock::take(&self.lock_file, true).map_err(|e| {
-            WriteError::io(
+            StoreError::io(
                 format!("{}: lock", self.dir.display(&self.images_lock())),
                 e,
             )
         })?;
-        let listed = self.read_images().map_err(WriteError::NotSupported)?;
+        let listed = self.read_images()?;
         // every record is written back: a store over the bound is not written
         if listed.truncated() {
-            return Err(WriteError::NotSupported(format!(
+            return Err(StoreError::Unsupported(format!(
                 "{}: not written",
                 self.limits
                     .too_many_images(&self.dir.display(&rel), listed.total)
@@ -387,13 +391,14 @@ impl ContainersStorage {
             warn!(store = %self.root.display(), image = %id, "a write from a stale copy of the names (podman 4.3 and older tag that way) dropped {name}, which imagefs had added: added back");
         }
         *self.names_seen.lock() = names_by_id(&images);
-        let bytes = serde_json::to_vec(&images)
-            .map_err(|e| WriteError::NotSupported(format!("cannot serialise images.json: {e}")))?;
+        let bytes = serde_json::to_vec(&images).map_err(|e| {
+            StoreError::internal(self.dir.display(&rel), format!("cannot serialise: {e}"))
+        })?;
         self.dir
             .replace(&rel, &bytes)
-            .map_err(|e| WriteError::io("write", e))?;
+            .map_err(|e| StoreError::io(self.dir.display(&rel), e))?;
         self.record_write().map_err(|e| {
-            WriteError::io(
+            StoreError::io(
                 format!(
                     "{}: last-write token",
                     self.dir.display(&self.images_lock())
@@ -546,13 +551,12 @@ impl Source for ContainersStorage {
         Some(&self.root)
     }
 
-    fn scan(&self) -> Result<Inventory, SourceError> {
+    fn scan(&self) -> Result<Inventory, StoreError> {
         let read = || {
             let _in_process = self.lock_guard.lock();
             let _lock = StoreLock::take(&self.lock_file, false)
-                .map_err(|e| SourceError::new(self.dir.display(&self.images_lock()), e))?;
+                .map_err(|e| StoreError::io(self.dir.display(&self.images_lock()), e))?;
             self.read_images()
-                .map_err(|e| SourceError::new(self.root.display(), e))
         };
         let mut images = read()?;
         if !self.stale_drops(&images.kept).is_empty() {
@@ -725,7 +729,7 @@ impl Source for ContainersStorage {
 }
 
 impl Writer for ContainersStorage {
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         match edit {
             Edit::Tag { id, tag } => self.tag(id, tag),
             Edit::Untag(tag) => self.untag(tag),
@@ -737,14 +741,14 @@ impl Writer for ContainersStorage {
 
 /// The edits, one method each.
 impl ContainersStorage {
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), StoreError> {
         let name = tag.to_string();
         let mut tagged = None;
         self.edit_names(|images, id_of| {
             let target = images
                 .iter()
                 .position(|i| id_of(i).as_deref() == Some(id))
-                .ok_or_else(|| WriteError::NotFound(format!("no image {id}")))?;
+                .ok_or_else(|| StoreError::NotFound(format!("no image {id}")))?;
             tagged = images[target]
                 .get("id")
                 .and_then(Value::as_str)
@@ -774,7 +778,7 @@ impl ContainersStorage {
         Ok(())
     }
 
-    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+    fn untag(&self, tag: &TagRef) -> Result<(), StoreError> {
         self.ours.lock().retain(|n, _| !is_tag(n, tag));
         self.edit_names(|images, _| {
             let mut found = false;
@@ -790,19 +794,19 @@ impl ContainersStorage {
             if found {
                 Ok(())
             } else {
-                Err(WriteError::NotFound(format!("no tag {tag}")))
+                Err(StoreError::NotFound(format!("no tag {tag}")))
             }
         })
     }
 
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), StoreError> {
         let name = to.to_string();
         let mut moved_to = None;
         self.edit_names(|images, _| {
             let owner = images
                 .iter()
                 .position(|i| names(i).iter().any(|n| is_tag(n, from)))
-                .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
+                .ok_or_else(|| StoreError::NotFound(format!("no tag {from}")))?;
             moved_to = images[owner]
                 .get("id")
                 .and_then(Value::as_str)
@@ -829,9 +833,9 @@ impl ContainersStorage {
         Ok(())
     }
 
-    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+    fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         info!(store = %self.root.display(), image = id, "not deleted: layers are podman's to remove");
-        Err(WriteError::NotPermitted(format!(
+        Err(StoreError::NotPermitted(format!(
             "{}: deleting images is left to `podman rmi {}` (it removes the image's layers under the store's layer locks)",
             self.root.display(),
             id.trim_start_matches("sha256:")

@@ -18,8 +18,8 @@ use super::shared::json_limits;
 use super::shared::oci_walk::scan_layout;
 use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    ArchiveKind, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError, SourceKind,
-    SourceOptions, WriteError,
+    ArchiveKind, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
+    StoreError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -36,7 +36,7 @@ pub static KIND: Kind = Kind {
     open,
 };
 
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let source = ArchiveSource::open(&super::spec_path(spec), options, DockerArchive)?;
     Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
 }
@@ -72,17 +72,15 @@ impl ArchiveFormat for DockerArchive {
         &KIND
     }
 
-    fn scan(&self, a: &TarArchive) -> Result<Inventory, SourceError> {
-        let fail = |msg: String| SourceError::new(a.path().display(), msg);
+    fn scan(&self, a: &TarArchive) -> Result<Inventory, StoreError> {
         let limits = a.limits();
-        let bytes = a
-            .read_member("manifest.json", limits.max_index_size)
-            .map_err(fail)?;
+        let bytes = a.read_member("manifest.json", limits.max_index_size)?;
         let listed =
             json_limits::list::<ManifestEntry>(&bytes, limits.max_images).map_err(|e| {
-                fail(format!(
-                    "manifest.json is not a valid docker-save manifest: {e}"
-                ))
+                StoreError::format(
+                    a.member_display("manifest.json"),
+                    format!("not a valid docker-save manifest: {e}"),
+                )
             })?;
         let mut inv = Inventory {
             problems: a.index.problems.clone(),
@@ -141,7 +139,7 @@ impl ArchiveFormat for DockerArchive {
         Ok(inv)
     }
 
-    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
         plan(a, edit)
     }
 }
@@ -171,20 +169,15 @@ fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
 
 /// Plans an edit: new manifest.json (and `repositories`, and for Docker 25+ the OCI
 /// index.json, kept in step), and for a delete the members no other image uses.
-fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
     let limits = a.limits();
-    let bytes = a
-        .read_member("manifest.json", limits.max_index_size)
-        .map_err(WriteError::NotSupported)?;
+    let bytes = a.read_member("manifest.json", limits.max_index_size)?;
     let listed = json_limits::list::<Value>(&bytes, limits.max_images).map_err(|e| {
-        WriteError::NotSupported(format!(
-            "{}: manifest.json is not valid: {e}",
-            a.path().display()
-        ))
+        StoreError::format(a.member_display("manifest.json"), format!("not valid: {e}"))
     })?;
     // a write rewrites every entry: one over the bound is not written
     if listed.truncated() {
-        return Err(WriteError::NotSupported(format!(
+        return Err(StoreError::Unsupported(format!(
             "{}: not written",
             limits.too_many_images(&a.member_display("manifest.json"), listed.total)
         )));
@@ -196,7 +189,7 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut drop = HashSet::new();
-    let not_found = |what: String| WriteError::NotFound(format!("{}: {what}", a.path().display()));
+    let not_found = |what: String| StoreError::NotFound(format!("{}: {what}", a.path().display()));
     match edit {
         Edit::Untag(tag) => {
             if !remove_tag(&mut entries, tag) {
@@ -232,7 +225,7 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
                 .position(|x| x == id)
                 .ok_or_else(|| not_found(format!("no image {id}")))?;
             if let Some(t) = repo_tags(&entries[i]).next() {
-                return Err(WriteError::Busy(format!(
+                return Err(StoreError::Busy(format!(
                     "{}: image {id} is still tagged {t}",
                     a.path().display()
                 )));
@@ -254,7 +247,7 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
                 drop.extend(p.drop);
             }
             // the index may not list every image manifest.json does
-            Err(WriteError::NotFound(_)) => {}
+            Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -265,8 +258,9 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
     Ok(plan)
 }
 
-fn to_json(v: &Value) -> Result<Vec<u8>, WriteError> {
-    serde_json::to_vec(v).map_err(|e| WriteError::NotSupported(format!("cannot serialise: {e}")))
+fn to_json(v: &Value) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v)
+        .map_err(|e| StoreError::internal("manifest.json", format!("cannot serialise: {e}")))
 }
 
 /// The ID of a manifest.json entry: what its Config path names, else the hash of the

@@ -20,8 +20,8 @@ use tracing::warn;
 use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
 use super::shared::daemon;
 use super::{
-    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceError,
-    SourceKind, SourceOptions, StoreDir, StoreMeta, WriteError, Writer,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
@@ -51,7 +51,7 @@ pub static KIND: Kind = Kind {
     open,
 };
 
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let root = DockerRoot::open(
         &super::spec_path(spec),
         options.docker_host.as_deref(),
@@ -93,9 +93,9 @@ impl DockerRoot {
         root: &Path,
         docker_host: Option<&str>,
         limits: Limits,
-    ) -> Result<DockerRoot, SourceError> {
+    ) -> Result<DockerRoot, StoreError> {
         let dir =
-            StoreDir::open(root, "data root").map_err(|e| SourceError::new(root.display(), e))?;
+            StoreDir::open(root, "data root").map_err(|e| StoreError::io(root.display(), e))?;
         let is_dir = |rel: &str| dir.metadata(rel).ok().flatten().is_some_and(|m| m.is_dir());
         let mut drivers: Vec<String> = dir
             .entries("image", MAX_DIR_ENTRIES)
@@ -113,12 +113,10 @@ impl DockerRoot {
             } else {
                 ""
             };
-            return Err(SourceError::new(
-                root.display(),
-                format!(
-                    "no image/<driver>/imagedb: not a Docker data root, or one with no images{hint}"
-                ),
-            ));
+            return Err(StoreError::unsupported(format!(
+                "{}: no image/<driver>/imagedb: not a Docker data root, or one with no images{hint}",
+                root.display()
+            )));
         }
         if drivers.len() > 1 {
             let names: Vec<&str> = drivers
@@ -134,7 +132,7 @@ impl DockerRoot {
         let meta = dir
             .metadata(&drivers[0])
             .and_then(|m| m.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "missing")))
-            .map_err(|e| SourceError::new(dir.display(&drivers[0]), e))?;
+            .map_err(|e| StoreError::io(dir.display(&drivers[0]), e))?;
         Ok(DockerRoot {
             root: root.to_path_buf(),
             limits,
@@ -145,17 +143,17 @@ impl DockerRoot {
         })
     }
 
-    fn read_repositories(&self, driver: &str) -> Result<Value, String> {
+    fn read_repositories(&self, driver: &str) -> Result<Value, StoreError> {
         let rel = format!("{driver}/repositories.json");
         let bytes = match self.dir.read_own(&rel, self.limits.max_index_size) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(serde_json::json!({"Repositories": {}}));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(StoreError::io(self.dir.display(&rel), e)),
         };
         serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: not valid: {e}", self.dir.display(&rel)))
+            .map_err(|e| StoreError::format(self.dir.display(&rel), format!("not valid: {e}")))
     }
 
     /// Sum of the layer sizes of a config, through layerdb's chain IDs.
@@ -183,7 +181,7 @@ impl DockerRoot {
     fn with_daemon<T>(
         &self,
         call: impl AsyncFnOnce(&bollard::Docker) -> Result<T, bollard::errors::Error>,
-    ) -> Option<Result<T, WriteError>> {
+    ) -> Option<Result<T, StoreError>> {
         if !self.socket.exists() {
             return None;
         }
@@ -248,12 +246,10 @@ impl DockerRoot {
     fn edit_files(
         &self,
         edit: impl Fn(&mut serde_json::Map<String, Value>) -> bool,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), StoreError> {
         let mut changed_any = false;
         for driver in &self.drivers {
-            let mut repos = self
-                .read_repositories(driver)
-                .map_err(WriteError::NotSupported)?;
+            let mut repos = self.read_repositories(driver)?;
             let Some(map) = repos.get_mut("Repositories").and_then(Value::as_object_mut) else {
                 continue;
             };
@@ -263,21 +259,22 @@ impl DockerRoot {
             map.retain(|_, refs| refs.as_object().is_none_or(|r| !r.is_empty()));
             changed_any = true;
             let rel = format!("{driver}/repositories.json");
-            let bytes = serde_json::to_vec(&repos)
-                .map_err(|e| WriteError::NotSupported(format!("cannot serialise: {e}")))?;
+            let bytes = serde_json::to_vec(&repos).map_err(|e| {
+                StoreError::internal(self.dir.display(&rel), format!("cannot serialise: {e}"))
+            })?;
             self.dir
                 .replace(&rel, &bytes)
-                .map_err(|e| WriteError::io("write", e))?;
+                .map_err(|e| StoreError::io(self.dir.display(&rel), e))?;
         }
         if changed_any {
             Ok(())
         } else {
-            Err(WriteError::NotFound("no such tag or image".into()))
+            Err(StoreError::NotFound("no such tag or image".into()))
         }
     }
 }
 
-fn daemon_error(socket: &str, e: bollard::errors::Error) -> WriteError {
+fn daemon_error(socket: &str, e: bollard::errors::Error) -> StoreError {
     match e {
         bollard::errors::Error::DockerResponseServerError {
             status_code,
@@ -285,12 +282,12 @@ fn daemon_error(socket: &str, e: bollard::errors::Error) -> WriteError {
         } => {
             let msg = format!("dockerd ({socket}): {message}");
             match status_code {
-                404 => WriteError::NotFound(msg),
-                409 => WriteError::Busy(msg),
-                _ => WriteError::io(msg, io::Error::other(format!("HTTP {status_code}"))),
+                404 => StoreError::NotFound(msg),
+                409 => StoreError::Busy(msg),
+                _ => StoreError::io(msg, io::Error::other(format!("HTTP {status_code}"))),
             }
         }
-        other => WriteError::io(
+        other => StoreError::io(
             format!("dockerd ({socket})"),
             io::Error::other(other.to_string()),
         ),
@@ -333,7 +330,7 @@ impl Source for DockerRoot {
         Some(&self.root)
     }
 
-    fn scan(&self) -> Result<Inventory, SourceError> {
+    fn scan(&self) -> Result<Inventory, StoreError> {
         let mut inv = Inventory::default();
         let mut records: BTreeMap<String, ImageRecord> = BTreeMap::new();
         for driver in &self.drivers {
@@ -375,9 +372,7 @@ impl Source for DockerRoot {
                     ..Default::default()
                 });
             }
-            let repos = self
-                .read_repositories(driver)
-                .map_err(|e| SourceError::new(self.dir.display(driver), e))?;
+            let repos = self.read_repositories(driver)?;
             let empty = serde_json::Map::new();
             let repos = repos
                 .get("Repositories")
@@ -496,7 +491,7 @@ impl Source for DockerRoot {
 }
 
 impl Writer for DockerRoot {
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         match edit {
             Edit::Tag { id, tag } => self.tag(id, tag),
             Edit::Untag(tag) => self.untag(tag),
@@ -508,7 +503,7 @@ impl Writer for DockerRoot {
 
 /// The edits, one method each.
 impl DockerRoot {
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), WriteError> {
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), StoreError> {
         let (repo, t) = (tag.name(), tag.tag.clone());
         let daemon = self.with_daemon(async |d| {
             let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
@@ -527,7 +522,7 @@ impl DockerRoot {
         }
     }
 
-    fn untag(&self, tag: &TagRef) -> Result<(), WriteError> {
+    fn untag(&self, tag: &TagRef) -> Result<(), StoreError> {
         let name = tag.to_string();
         if self.socket.exists() {
             // Docker deletes an image with its last tag: refuse that, the image stays
@@ -536,7 +531,7 @@ impl DockerRoot {
                 && self.tags_of(id).len() <= 1
                 && self.with_daemon(async |_| Ok(())).is_some()
             {
-                return Err(WriteError::Busy(format!(
+                return Err(StoreError::Busy(format!(
                     "{name} is the last tag of {id}: dockerd would delete the image with it (docker rmi {name} does that)"
                 )));
             }
@@ -553,10 +548,10 @@ impl DockerRoot {
         }
     }
 
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), WriteError> {
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), StoreError> {
         let id = self
             .image_of(from)
-            .ok_or_else(|| WriteError::NotFound(format!("no tag {from}")))?;
+            .ok_or_else(|| StoreError::NotFound(format!("no tag {from}")))?;
         if self.with_daemon(async |_| Ok(())).is_some() {
             // through the daemon: tag, then untag (no longer the last tag)
             self.tag(&id, to)?;
@@ -570,7 +565,7 @@ impl DockerRoot {
         })
     }
 
-    fn delete_image(&self, id: &str) -> Result<(), WriteError> {
+    fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         let daemon = self.with_daemon(async |d| {
             d.remove_image(
                 id,
@@ -582,7 +577,7 @@ impl DockerRoot {
         });
         match daemon {
             Some(r) => r,
-            None => Err(WriteError::NotPermitted(format!(
+            None => Err(StoreError::NotPermitted(format!(
                 "{}: dockerd is not running: deleting an image (its layers are dockerd's) needs it",
                 self.root.display()
             ))),

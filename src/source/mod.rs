@@ -15,6 +15,7 @@ mod containerd_api;
 pub mod containers_storage;
 pub mod docker_archive;
 pub mod docker_root;
+mod error;
 pub mod oci;
 pub mod oci_archive;
 pub mod registry;
@@ -29,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::reference::TagRef;
 pub(crate) use crate::store_file::read_whole;
 pub use crate::store_file::{FileId, StoreDir};
+pub use error::StoreError;
 pub use shared::blob::{BlobReader, read_blob, sha256_id};
 pub use shared::label_from_file_name;
 
@@ -57,7 +59,7 @@ pub struct Kind {
     pub archive: Option<ArchiveKind>,
     /// Opens the stores `path` (the spec after the prefix) names: one, or (a
     /// containerd root given without `#namespace`) one per namespace.
-    pub open: fn(&str, &SourceOptions) -> Result<Vec<Opened>, SourceError>,
+    pub open: fn(&str, &SourceOptions) -> Result<Vec<Opened>, StoreError>,
 }
 
 /// How an archive kind takes an archive already indexed.
@@ -306,63 +308,6 @@ impl StoreMeta {
     }
 }
 
-/// A source failed as a whole (cannot be opened, or has no readable index).
-#[derive(Debug, thiserror::Error)]
-#[error("{location}: {message}")]
-pub struct SourceError {
-    /// The file the problem is in.
-    pub location: String,
-    pub message: String,
-}
-
-impl SourceError {
-    pub fn new(location: impl fmt::Display, message: impl fmt::Display) -> SourceError {
-        SourceError {
-            location: location.to_string(),
-            message: message.to_string(),
-        }
-    }
-}
-
-/// Why a write was refused; each maps to the errno the caller sees.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The source kind (or this store) cannot be written: EROFS.
-    #[error("{0}")]
-    NotSupported(String),
-    /// The source can write, but leaves this operation to its own tools: EPERM.
-    #[error("{0}")]
-    NotPermitted(String),
-    /// The image is in use (tagged, or held by a daemon): EBUSY.
-    #[error("{0}")]
-    Busy(String),
-    /// No such tag or image: ENOENT.
-    #[error("{0}")]
-    NotFound(String),
-    /// The store's own files failed us; the store is unchanged.
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
-}
-
-impl WriteError {
-    pub fn io(context: impl fmt::Display, source: io::Error) -> WriteError {
-        WriteError::Io {
-            context: context.to_string(),
-            source,
-        }
-    }
-
-    pub fn errno(&self) -> i32 {
-        match self {
-            WriteError::NotSupported(_) => libc::EROFS,
-            WriteError::NotPermitted(_) => libc::EPERM,
-            WriteError::Busy(_) => libc::EBUSY,
-            WriteError::NotFound(_) => libc::ENOENT,
-            WriteError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
-}
-
 /// One change a writer makes to its store.
 #[derive(Clone, Copy, Debug)]
 pub enum Edit<'a> {
@@ -377,8 +322,8 @@ pub enum Edit<'a> {
 }
 
 /// Why a source without a [`Writer`] refuses `what`.
-pub fn read_only(source: &dyn Source, what: &str) -> WriteError {
-    WriteError::NotSupported(format!(
+pub fn read_only(source: &dyn Source, what: &str) -> StoreError {
+    StoreError::Unsupported(format!(
         "{}: cannot {what}: writing {} sources is not supported yet",
         source.describe(),
         source.kind()
@@ -389,11 +334,11 @@ pub fn read_only(source: &dyn Source, what: &str) -> WriteError {
 pub trait Writer: Send + Sync {
     /// Completes or undoes what a crashed writer left (called once, before the first
     /// scan, on writable mounts).
-    fn recover(&self) -> Result<(), WriteError> {
+    fn recover(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError>;
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError>;
 }
 
 pub trait Source: Send + Sync {
@@ -409,7 +354,7 @@ pub trait Source: Send + Sync {
     }
 
     /// Reads the store's index into an inventory. Called once per (re)load.
-    fn scan(&self) -> Result<Inventory, SourceError>;
+    fn scan(&self) -> Result<Inventory, StoreError>;
 
     /// Reads blob bytes at `offset`; a short count only at the blob's end.
     fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
@@ -466,38 +411,44 @@ pub struct SourceOptions {
 pub type Opened = (Option<String>, Box<dyn Source>);
 
 /// Opens a source from a command-line spec with default options (one store).
-pub fn open(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+pub fn open(spec: &str) -> Result<Box<dyn Source>, StoreError> {
     open_all(spec, &SourceOptions::default())?
         .into_iter()
         .next()
         .map(|(_, s)| s)
-        .ok_or_else(|| SourceError::new(spec, "no store"))
+        .ok_or_else(|| StoreError::NotFound(format!("{spec}: no store")))
 }
 
 /// Opens every store a spec names (`kind:path`, or a bare path whose kind is
 /// detected): one, except for a containerd root given without `#namespace`, which is
 /// one store per namespace (namespaces are never merged).
-pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let (kind, path) = split_prefix(spec);
     match kind {
         Some(k) => (k.open)(path, options),
         // an archive is indexed once, and its kind read from the index
         None if Path::new(path).is_file() => {
             let archive = shared::tar_store::TarArchive::open(Path::new(path), options)?;
-            let kind = KINDS
-                .iter()
-                .filter_map(|k| k.archive.as_ref())
-                .find(|a| (a.holds)(&archive))
-                .ok_or_else(|| {
-                    SourceError::new(
-                        path,
-                        "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
-                    )
-                })?;
+            let (_, kind) = archive_kind(&archive)?;
             Ok(vec![(None, (kind.open)(archive))])
         }
         None => (detect(Path::new(path))?.open)(path, options),
     }
+}
+
+/// Which archive kind an indexed archive is, from its members.
+fn archive_kind(
+    archive: &shared::tar_store::TarArchive,
+) -> Result<(SourceKind, &'static ArchiveKind), StoreError> {
+    KINDS
+        .iter()
+        .find_map(|k| Some((*k, k.archive.as_ref().filter(|a| (a.holds)(archive))?)))
+        .ok_or_else(|| {
+            StoreError::format(
+                archive.path().display(),
+                "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
+            )
+        })
 }
 
 /// Splits a known transport prefix off `spec`. A path that merely contains a colon
@@ -515,38 +466,29 @@ pub fn split_prefix(spec: &str) -> (Option<SourceKind>, &str) {
 }
 
 /// Guesses the kind of the store at `path` (a directory, or an archive).
-pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
-    let meta = std::fs::metadata(path).map_err(|e| SourceError::new(path.display(), e))?;
+pub fn detect(path: &Path) -> Result<SourceKind, StoreError> {
+    let meta = std::fs::metadata(path).map_err(|e| StoreError::io(path.display(), e))?;
     if meta.is_dir() {
-        let dir = StoreDir::open(path, "store").map_err(|e| SourceError::new(path.display(), e))?;
+        let dir = StoreDir::open(path, "store").map_err(|e| StoreError::io(path.display(), e))?;
         return KINDS
             .iter()
             .copied()
             .find(|k| k.is_dir_store.is_some_and(|is| is(&dir)))
             .ok_or_else(|| {
-                SourceError::new(
-                    path.display(),
-                    "directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
-                )
+                StoreError::unsupported(format!(
+                    "{}: directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
+                    path.display()
+                ))
             });
     }
     if meta.is_file() {
         let archive = shared::tar_store::TarArchive::open(path, &SourceOptions::default())?;
-        return KINDS
-            .iter()
-            .copied()
-            .find(|k| k.archive.as_ref().is_some_and(|a| (a.holds)(&archive)))
-            .ok_or_else(|| {
-                SourceError::new(
-                    path.display(),
-                    "tar archive has neither manifest.json (docker-archive) nor index.json (oci-archive)",
-                )
-            });
+        return Ok(archive_kind(&archive)?.0);
     }
-    Err(SourceError::new(
-        path.display(),
-        "neither a regular file nor a directory",
-    ))
+    Err(StoreError::unsupported(format!(
+        "{}: neither a regular file nor a directory",
+        path.display()
+    )))
 }
 
 /// The path of a spec, for kinds that take one plainly.

@@ -10,8 +10,8 @@ use super::shared::blob::{read_file_blob, repin_file_blob};
 use super::shared::oci_index;
 use super::shared::oci_walk::{LayoutBlobs, blob_rel_path, repository_from_file_name, scan_layout};
 use super::{
-    BlobLocation, ChangeToken, Edit, Inventory, Kind, Opened, Source, SourceError, SourceKind,
-    SourceOptions, StoreDir, StoreMeta, WriteError, Writer, read_whole,
+    BlobLocation, ChangeToken, Edit, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
+    StoreDir, StoreError, StoreMeta, Writer, read_whole,
 };
 use crate::limits::Limits;
 
@@ -27,7 +27,7 @@ pub static KIND: Kind = Kind {
     open,
 };
 
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let layout = OciLayout::open(&super::spec_path(spec), options.limits)?;
     Ok(vec![(None, Box::new(layout) as Box<dyn Source>)])
 }
@@ -43,20 +43,22 @@ pub struct OciLayout {
 }
 
 impl OciLayout {
-    pub fn open(root: &Path, limits: Limits) -> Result<OciLayout, SourceError> {
+    pub fn open(root: &Path, limits: Limits) -> Result<OciLayout, StoreError> {
         let canonical_root = root
             .canonicalize()
-            .map_err(|e| SourceError::new(root.display(), e))?;
-        let dir =
-            StoreDir::open(root, "layout").map_err(|e| SourceError::new(root.display(), e))?;
+            .map_err(|e| StoreError::io(root.display(), e))?;
+        let dir = StoreDir::open(root, "layout").map_err(|e| StoreError::io(root.display(), e))?;
         dir.open_own("index.json", false).map_err(|e| {
-            SourceError::new(dir.display("index.json"), format!("not an OCI layout: {e}"))
+            StoreError::io(
+                format!("{}: not an OCI layout", dir.display("index.json")),
+                e,
+            )
         })?;
         // who may read and rename files in the layout directory may read and tag
         let meta = dir
             .metadata(".")
-            .map_err(|e| SourceError::new(root.display(), e))?
-            .ok_or_else(|| SourceError::new(root.display(), "missing"))?;
+            .map_err(|e| StoreError::io(root.display(), e))?
+            .ok_or_else(|| StoreError::NotFound(format!("{}: missing", root.display())))?;
         Ok(OciLayout {
             root: root.to_path_buf(),
             limits,
@@ -70,17 +72,17 @@ impl OciLayout {
     /// atomically; then (for a delete) remove the blobs no remaining entry uses. A
     /// crash before the rename leaves the old index, after it at worst unreferenced
     /// blobs, which every reader ignores.
-    fn edit(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn edit(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         let _lock = self
             .dir
             .lock(true)
-            .map_err(|e| WriteError::io(format!("{}: lock", self.root.display()), e))?;
+            .map_err(|e| StoreError::io(format!("{}: lock", self.root.display()), e))?;
         self.dir.remove_stale_temps("index.json");
         let edited = oci_index::apply(self, &edit)?;
         let garbage = oci_index::unshared_blobs(self, &edited.index, &edited.removed);
         self.dir
             .replace("index.json", &edited.index)
-            .map_err(|e| WriteError::io("write", e))?;
+            .map_err(|e| StoreError::io("write", e))?;
         for digest in garbage {
             if let Some(rel) = blob_rel_path(&digest) {
                 match self.dir.remove_file(&rel) {
@@ -95,26 +97,35 @@ impl OciLayout {
 }
 
 impl LayoutBlobs for OciLayout {
-    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String> {
-        self.dir.read_own(rel, limit).map_err(|e| e.to_string())
+    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        self.dir
+            .read_own(rel, limit)
+            .map_err(|e| StoreError::io(self.dir.display(rel), e))
     }
 
-    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
+    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError> {
         let Some(rel) = blob_rel_path(digest) else {
-            return Err(format!("malformed digest {digest:?}"));
+            return Err(malformed_digest(&self.dir, digest));
         };
-        let Some(meta) = self.dir.metadata(&rel).map_err(|e| e.to_string())? else {
+        let Some(meta) = self
+            .dir
+            .metadata(&rel)
+            .map_err(|e| StoreError::io(self.dir.display(&rel), e))?
+        else {
             return Ok(None);
         };
         if !meta.is_file() {
-            return Err(format!("{}: not a regular file", self.dir.display(&rel)));
+            return Err(StoreError::format(
+                self.dir.display(&rel),
+                "not a regular file",
+            ));
         }
         Ok(Some(BlobLocation::file(rel, &meta)))
     }
 
-    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, String> {
+    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError> {
         read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
-            .map_err(|e| format!("{}: {e}", location_display(&self.dir, loc)))
+            .map_err(|e| StoreError::io(location_display(&self.dir, loc), e))
     }
 
     fn display(&self, rel: &str) -> String {
@@ -128,6 +139,11 @@ impl LayoutBlobs for OciLayout {
     fn limits(&self) -> Limits {
         self.limits
     }
+}
+
+/// A digest no blob can be named by (in a descriptor of the store at `dir`).
+pub(crate) fn malformed_digest(dir: &StoreDir, digest: &str) -> StoreError {
+    StoreError::format(dir.display("."), format!("malformed digest {digest:?}"))
 }
 
 fn location_display(dir: &StoreDir, loc: &BlobLocation) -> String {
@@ -151,11 +167,11 @@ impl Source for OciLayout {
         Some(&self.root)
     }
 
-    fn scan(&self) -> Result<Inventory, SourceError> {
+    fn scan(&self) -> Result<Inventory, StoreError> {
         // flock on the layout directory: other imagefs mounts writing the same
         // layout hold it exclusively while they replace index.json.
         let _lock = self.dir.lock(false);
-        scan_layout(self).map_err(|e| SourceError::new(self.root.display(), e))
+        scan_layout(self)
     }
 
     fn writer(&self) -> Option<&dyn Writer> {
@@ -191,7 +207,7 @@ impl Source for OciLayout {
 }
 
 impl Writer for OciLayout {
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         self.edit(edit)
     }
 }

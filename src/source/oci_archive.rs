@@ -5,8 +5,8 @@ use super::shared::oci_index;
 use super::shared::oci_walk::{self as oci, LayoutBlobs};
 use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    ArchiveKind, BlobLocation, Edit, Inventory, Kind, Opened, Source, SourceError, SourceKind,
-    SourceOptions, WriteError,
+    ArchiveKind, BlobLocation, Edit, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
+    StoreError,
 };
 use crate::limits::Limits;
 
@@ -21,7 +21,7 @@ pub static KIND: Kind = Kind {
     open,
 };
 
-fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let source = ArchiveSource::open(&super::spec_path(spec), options, OciArchive)?;
     Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
 }
@@ -34,19 +34,19 @@ impl ArchiveFormat for OciArchive {
         &KIND
     }
 
-    fn scan(&self, a: &TarArchive) -> Result<Inventory, SourceError> {
-        let mut inv = oci::scan_layout(a).map_err(|e| SourceError::new(a.path().display(), e))?;
+    fn scan(&self, a: &TarArchive) -> Result<Inventory, StoreError> {
+        let mut inv = oci::scan_layout(a)?;
         inv.problems.splice(0..0, a.index.problems.iter().cloned());
         Ok(inv)
     }
 
-    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+    fn plan(&self, a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
         plan_index_edit(a, edit)
     }
 }
 
 /// The plan of an index.json edit inside an archive (also Docker 25+'s index).
-pub fn plan_index_edit(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError> {
+pub fn plan_index_edit(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
     let edited = oci_index::apply(a, edit)?;
     let drop = oci_index::unshared_blobs(a, &edited.index, &edited.removed)
         .iter()
@@ -60,19 +60,23 @@ pub fn plan_index_edit(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, Wri
 
 /// The layout inside a tar: also how Docker 25+ archives' OCI index is read.
 impl LayoutBlobs for TarArchive {
-    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String> {
+    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
         self.read_member(rel, limit)
     }
 
-    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String> {
-        let rel =
-            oci::blob_rel_path(digest).ok_or_else(|| format!("malformed digest {digest:?}"))?;
+    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError> {
+        let rel = oci::blob_rel_path(digest).ok_or_else(|| {
+            StoreError::format(
+                self.path().display(),
+                format!("malformed digest {digest:?}"),
+            )
+        })?;
         Ok(self.location(&rel))
     }
 
-    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, String> {
+    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError> {
         TarArchive::read_location(self, loc, limit)
-            .map_err(|e| format!("{}: {e}", self.path().display()))
+            .map_err(|e| StoreError::io(self.path().display(), e))
     }
 
     fn display(&self, rel: &str) -> String {

@@ -1,7 +1,7 @@
 //! `registry:`: an OCI distribution registry. Not read by this version: recognised,
 //! so that `registry:host/repo` is never taken for a path, and refused with a message.
 
-use super::{Kind, Opened, SourceError, SourceOptions};
+use super::{Kind, Opened, SourceOptions, StoreError};
 
 pub static KIND: Kind = Kind {
     prefix: "registry",
@@ -11,9 +11,8 @@ pub static KIND: Kind = Kind {
     open,
 };
 
-fn open(spec: &str, _: &SourceOptions) -> Result<Vec<Opened>, SourceError> {
-    Err(SourceError::new(
-        spec,
-        "registry: sources of this kind are not supported by this version of imagefs yet",
-    ))
+fn open(spec: &str, _: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
+    Err(StoreError::unsupported(format!(
+        "registry:{spec}: sources of this kind are not supported by this version of imagefs yet"
+    )))
 }

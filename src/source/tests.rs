@@ -206,7 +206,9 @@ fn a_blob_symlinked_out_of_the_layout_is_not_read() {
     let layout = oci::OciLayout::open(&root, Default::default()).unwrap();
     use crate::source::shared::oci_walk::LayoutBlobs;
     let err = layout.blob(&cfg).unwrap_err();
-    assert!(err.contains("outside the layout"), "{err}");
+    assert!(err.to_string().contains("outside the layout"), "{err}");
+    // a link out of the store is the store's I/O failing, not a read-only store
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
 }
 
 /// What Docker before 25 writes: `<id>.json` configs, `<v1id>/layer.tar` layers as
@@ -271,4 +273,32 @@ fn chain_ids_are_dockers_and_containerds() {
         ["x", "y"]
     );
     assert!(crate::source::shared::blob::diff_ids(b"not json").is_empty());
+}
+
+/// A write over an index.json that turned bad after the scan is refused for what it
+/// is (the store's file is broken, or cannot be read), never as a read-only store.
+#[test]
+fn a_write_over_a_broken_index_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("layout");
+    std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+    write(
+        &root,
+        "index.json",
+        br#"{"schemaVersion": 2, "manifests": []}"#,
+    );
+    let src = open(&format!("oci:{}", root.display())).unwrap();
+    let writer = src.writer().expect("a layout is writable");
+    let tag = match crate::reference::parse("localhost/app:1") {
+        Ok(crate::reference::Parsed::Tag(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    write(&root, "index.json", b"{ not json");
+    let e = writer.write(Edit::Untag(&tag)).unwrap_err();
+    assert!(matches!(e, StoreError::Format { .. }), "{e:?}");
+    assert!(e.to_string().contains("index.json"), "{e}");
+    std::fs::remove_file(root.join("index.json")).unwrap();
+    std::fs::create_dir(root.join("index.json")).unwrap();
+    let e = writer.write(Edit::Untag(&tag)).unwrap_err();
+    assert!(matches!(e, StoreError::Io { .. }), "{e:?}");
 }

@@ -5,13 +5,13 @@
 
 use std::future::Future;
 
-use crate::source::WriteError;
+use crate::source::StoreError;
 
 /// Runs `call` to completion on a single-threaded runtime, with I/O and timers.
-pub fn block_on<F: Future>(call: F) -> Result<F::Output, WriteError> {
+pub fn block_on<F: Future>(call: F) -> Result<F::Output, StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| WriteError::io("cannot start a runtime for the daemon's API", e))?;
+        .map_err(|e| StoreError::io("cannot start a runtime for the daemon's API", e))?;
     Ok(runtime.block_on(call))
 }

@@ -17,7 +17,7 @@ use super::oci_walk::{
     blob_rel_path, references_of, resolve_descriptor,
 };
 use crate::reference::TagRef;
-use crate::source::{Edit, WriteError};
+use crate::source::{Edit, StoreError};
 
 /// The new index.json, and the descriptors an image deletion removed.
 pub struct Edited {
@@ -30,31 +30,26 @@ struct Entry {
     tag: Option<TagRef>,
 }
 
-pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteError> {
+pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, StoreError> {
     let name = layout.display("index.json");
     let limits = layout.limits();
-    let bytes = layout
-        .read_file("index.json", limits.max_index_size)
-        .map_err(WriteError::NotSupported)?;
+    let bytes = layout.read_file("index.json", limits.max_index_size)?;
     // Counted before the whole index is held as a JSON tree: a write must see every
     // entry (it rewrites them all), so an index over the bound is not written.
-    let counted =
-        super::json_limits::field_list::<serde::de::IgnoredAny>(&bytes, "manifests", 0)
-            .map_err(|e| WriteError::NotSupported(format!("{name}: not a valid OCI index: {e}")))?;
+    let counted = super::json_limits::field_list::<serde::de::IgnoredAny>(&bytes, "manifests", 0)
+        .map_err(|e| StoreError::format(&name, format!("not a valid OCI index: {e}")))?;
     if let Some(c) = counted
         && c.total > limits.max_images
     {
-        return Err(WriteError::NotSupported(format!(
+        return Err(StoreError::Unsupported(format!(
             "{}: not written",
             limits.too_many_images(&name, c.total)
         )));
     }
     let mut index: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| WriteError::NotSupported(format!("{name}: not a valid OCI index: {e}")))?;
+        .map_err(|e| StoreError::format(&name, format!("not a valid OCI index: {e}")))?;
     let Some(manifests) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
-        return Err(WriteError::NotSupported(format!(
-            "{name}: no \"manifests\" list"
-        )));
+        return Err(StoreError::format(&name, "no \"manifests\" list"));
     };
     let mut sink = Vec::new();
     let entries: Vec<Entry> = manifests
@@ -82,13 +77,13 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteE
     match edit {
         Edit::Untag(tag) => {
             if !entries.iter().any(|e| e.tag.as_ref() == Some(*tag)) {
-                return Err(WriteError::NotFound(format!("{name}: no tag {tag}")));
+                return Err(StoreError::NotFound(format!("{name}: no tag {tag}")));
             }
             drop_name(manifests, &entries, &mut remove, tag);
         }
         Edit::Retag { from, to } => {
             if !entries.iter().any(|e| e.tag.as_ref() == Some(*from)) {
-                return Err(WriteError::NotFound(format!("{name}: no tag {from}")));
+                return Err(StoreError::NotFound(format!("{name}: no tag {from}")));
             }
             drop_name(manifests, &entries, &mut remove, to);
             for (i, e) in entries.iter().enumerate() {
@@ -99,7 +94,7 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteE
         }
         Edit::Tag { id, tag } => {
             let Some(template) = entries.iter().position(|e| resolves_to(e, id)) else {
-                return Err(WriteError::NotFound(format!(
+                return Err(StoreError::NotFound(format!(
                     "{name}: no entry for image {id}"
                 )));
             };
@@ -126,12 +121,12 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteE
                 .filter(|&i| resolves_to(&entries[i], id))
                 .collect();
             if mine.is_empty() {
-                return Err(WriteError::NotFound(format!(
+                return Err(StoreError::NotFound(format!(
                     "{name}: no entry for image {id}"
                 )));
             }
             if let Some(i) = mine.iter().find(|&&i| entries[i].tag.is_some()) {
-                return Err(WriteError::Busy(format!(
+                return Err(StoreError::Busy(format!(
                     "{name}: image {id} is still tagged {}",
                     entries[*i]
                         .tag
@@ -153,7 +148,7 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, WriteE
         keep
     });
     let index = serde_json::to_vec(&index)
-        .map_err(|e| WriteError::NotSupported(format!("{name}: cannot serialise: {e}")))?;
+        .map_err(|e| StoreError::internal(&name, format!("cannot serialise: {e}")))?;
     Ok(Edited { index, removed })
 }
 

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::json_limits;
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
-use crate::source::{BlobLocation, ImageRecord, Inventory};
+use crate::source::{BlobLocation, ImageRecord, Inventory, StoreError};
 
 /// Manifests and nested indexes are small (registries refuse more than 4 MiB);
 /// index.json's bounds are the mount's [`Limits`].
@@ -97,10 +97,10 @@ pub fn host_platform() -> Platform {
 /// What the index walk needs from a layout, in a directory or in a tar.
 pub trait LayoutBlobs {
     /// Reads a layout file (`index.json`) by its path in the layout.
-    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, String>;
+    fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, StoreError>;
     /// Where the blob of `digest` is; `Ok(None)` when it is not in the layout.
-    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, String>;
-    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, String>;
+    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError>;
+    fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError>;
     /// How messages name a file of the layout.
     fn display(&self, rel: &str) -> String;
     /// The repository a bare-tag `ref.name` belongs to.
@@ -119,13 +119,13 @@ pub fn blob_rel_path(digest: &str) -> Option<String> {
 
 /// Walks `index.json` into an inventory. Fails only when index.json itself cannot be
 /// read or parsed; every problem below it is reported and the rest still shown.
-pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, String> {
+pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
     let index_name = layout.display("index.json");
     let limits = layout.limits();
     let bytes = layout.read_file("index.json", limits.max_index_size)?;
     let listed = json_limits::field_list::<Descriptor>(&bytes, "manifests", limits.max_images)
-        .map_err(|e| format!("{index_name}: not a valid OCI index: {e}"))?
-        .ok_or_else(|| format!("{index_name}: no \"manifests\" list"))?;
+        .map_err(|e| StoreError::format(&index_name, format!("not a valid OCI index: {e}")))?
+        .ok_or_else(|| StoreError::format(&index_name, "no \"manifests\" list"))?;
     let mut inv = Inventory::default();
     if listed.truncated() {
         inv.problems
@@ -382,7 +382,7 @@ impl Walk<'_> {
         let location = match self.layout.blob(&config.digest) {
             Ok(l) => l,
             Err(e) => {
-                self.problems.push(e);
+                self.problems.push(e.to_string());
                 None
             }
         };
@@ -408,17 +408,18 @@ impl Walk<'_> {
     }
 
     /// Reads a manifest or index blob and checks it hashes to its digest.
-    fn read_verified(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, String> {
+    fn read_verified(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
         let loc = self
             .layout
             .blob(digest)?
-            .ok_or_else(|| format!("{blob_name}: blob missing"))?;
+            .ok_or_else(|| StoreError::NotFound(format!("{blob_name}: blob missing")))?;
         let bytes = self.layout.read_location(&loc, MANIFEST_LIMIT)?;
         if let Some(hex) = digest.strip_prefix("sha256:") {
             let actual = hex::encode(Sha256::digest(&bytes));
             if actual != hex {
-                return Err(format!(
-                    "{blob_name}: content hashes to sha256:{actual}, not to its name"
+                return Err(StoreError::format(
+                    blob_name,
+                    format!("content hashes to sha256:{actual}, not to its name"),
                 ));
             }
         }

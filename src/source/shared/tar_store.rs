@@ -19,10 +19,9 @@ use super::tar_rewrite::{self, WriteStats};
 use crate::kept::{Kept, KeptKind};
 use crate::limits::Limits;
 use crate::source::{
-    BlobChanged, BlobLocation, ChangeToken, FileId, Source, SourceError, SourceKind, StoreDir,
-    StoreMeta,
+    BlobChanged, BlobLocation, ChangeToken, Edit, FileId, Inventory, Source, SourceKind,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
 };
-use crate::source::{Edit, Inventory, SourceOptions, WriteError, Writer};
 use crate::store_file::FileLock;
 use crate::tar_index::{MemberKind, TarIndex};
 
@@ -50,17 +49,22 @@ pub struct ArchiveFile {
 }
 
 impl ArchiveFile {
-    pub fn locate(path: &Path, options: &SourceOptions) -> Result<ArchiveFile, SourceError> {
-        let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
-        let canonical = path.canonicalize().map_err(|e| fail(&e))?;
+    pub fn locate(path: &Path, options: &SourceOptions) -> Result<ArchiveFile, StoreError> {
+        let fail = |e| StoreError::io(path.display(), e);
+        let canonical = path.canonicalize().map_err(fail)?;
         let (Some(parent), Some(name)) = (canonical.parent(), canonical.file_name()) else {
-            return Err(fail(&"not a file"));
+            return Err(StoreError::unsupported(format!(
+                "{}: not a file",
+                path.display()
+            )));
         };
         let name = name
             .to_str()
-            .ok_or_else(|| fail(&"the file name is not UTF-8"))?
+            .ok_or_else(|| {
+                StoreError::unsupported(format!("{}: the file name is not UTF-8", path.display()))
+            })?
             .to_string();
-        let dir = StoreDir::open(parent, "archive's directory").map_err(|e| fail(&e))?;
+        let dir = StoreDir::open(parent, "archive's directory").map_err(fail)?;
         Ok(ArchiveFile {
             dir,
             name,
@@ -99,14 +103,14 @@ pub struct TarArchive {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl TarArchive {
-    pub fn open(path: &Path, options: &SourceOptions) -> Result<TarArchive, SourceError> {
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<TarArchive, StoreError> {
         TarArchive::open_at(Arc::new(ArchiveFile::locate(path, options)?))
     }
 
-    pub fn open_at(at: Arc<ArchiveFile>) -> Result<TarArchive, SourceError> {
+    pub fn open_at(at: Arc<ArchiveFile>) -> Result<TarArchive, StoreError> {
         let file = at
             .open(false)
-            .map_err(|e| SourceError::new(at.shown.display(), e))?;
+            .map_err(|e| StoreError::io(at.shown.display(), e))?;
         // A shared lock while indexing: a writer holding the exclusive lock (a later
         // imagefs write, or a tool honouring flock) is waited for, never read half-done.
         let _lock = FileLock::on(&file, false).ok();
@@ -114,16 +118,19 @@ impl TarArchive {
     }
 
     /// Indexes an archive already opened (and, by a writer, locked).
-    pub fn open_file(at: Arc<ArchiveFile>, file: File) -> Result<TarArchive, SourceError> {
+    pub fn open_file(at: Arc<ArchiveFile>, file: File) -> Result<TarArchive, StoreError> {
         let path = at.shown.as_path();
-        let fail = |e: &dyn std::fmt::Display| SourceError::new(path.display(), e);
-        let meta = file.metadata().map_err(|e| fail(&e))?;
+        let fail = |e| StoreError::io(path.display(), e);
+        let meta = file.metadata().map_err(fail)?;
         if !meta.is_file() {
-            return Err(fail(&"not a regular file"));
+            return Err(StoreError::unsupported(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
         }
         let mut magic = [0u8; 6];
-        let n = read_up_to(&file, &mut magic).map_err(|e| fail(&e))?;
-        (&file).seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
+        let n = read_up_to(&file, &mut magic).map_err(fail)?;
+        (&file).seek(SeekFrom::Start(0)).map_err(fail)?;
         let compression = Compression::sniff(&magic[..n]);
         let (data, index) = match compression {
             Compression::None => {
@@ -135,14 +142,15 @@ impl TarArchive {
                         index
                     }
                 };
-                (
-                    TarData::Plain(file.try_clone().map_err(|e| fail(&e))?),
-                    index,
-                )
+                (TarData::Plain(file.try_clone().map_err(fail)?), index)
             }
             c => {
-                let (tar, index) = CompressedTar::open(&at, &file, c)
-                    .map_err(|e| fail(&format!("cannot index the {c:?} archive: {e}")))?;
+                let (tar, index) = CompressedTar::open(&at, &file, c).map_err(|e| {
+                    StoreError::format(
+                        path.display(),
+                        format!("cannot index the {c:?} archive: {e}"),
+                    )
+                })?;
                 (TarData::Compressed(tar), index)
             }
         };
@@ -152,7 +160,10 @@ impl TarArchive {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| "empty archive".into());
-            return Err(fail(&format!("not a tar archive: {why}")));
+            return Err(StoreError::format(
+                path.display(),
+                format!("not a tar archive: {why}"),
+            ));
         }
         Ok(TarArchive {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -245,12 +256,12 @@ impl TarArchive {
     }
 
     /// Reads a whole member (links followed), at most `limit` bytes.
-    pub fn read_member(&self, name: &str, limit: u64) -> Result<Vec<u8>, String> {
-        let loc = self
-            .location(name)
-            .ok_or_else(|| format!("{}: no such member", self.member_display(name)))?;
+    pub fn read_member(&self, name: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let loc = self.location(name).ok_or_else(|| {
+            StoreError::NotFound(format!("{}: no such member", self.member_display(name)))
+        })?;
         self.read_location(&loc, limit)
-            .map_err(|e| format!("{}: {e}", self.member_display(name)))
+            .map_err(|e| StoreError::io(self.member_display(name), e))
     }
 
     pub fn read_location(&self, loc: &BlobLocation, limit: u64) -> io::Result<Vec<u8>> {
@@ -390,7 +401,7 @@ impl ArchiveStore {
     }
 
     /// The archive as it is now: reindexed if the file changed since.
-    pub fn refresh(&self) -> Result<Arc<TarArchive>, SourceError> {
+    pub fn refresh(&self) -> Result<Arc<TarArchive>, StoreError> {
         let mut indexed_at = self.indexed_at.lock();
         let now = self.at.change_token().ok();
         if now.is_some() && *indexed_at == now {
@@ -473,7 +484,7 @@ impl ArchiveStore {
 
     /// Finishes what a crashed write left half done (see tar_rewrite), under the
     /// exclusive lock. Only for writable mounts; a read-only mount reads either state.
-    pub fn recover(&self) -> Result<(), WriteError> {
+    pub fn recover(&self) -> Result<(), StoreError> {
         let at = &self.at;
         let current = self.current();
         if current.compression != Compression::None {
@@ -485,12 +496,12 @@ impl ArchiveStore {
         {
             return Ok(());
         }
-        let io_err = |e: io::Error| WriteError::io(format!("{}: recover", at.shown.display()), e);
+        let io_err = |e: io::Error| StoreError::io(format!("{}: recover", at.shown.display()), e);
         let file = at.open(true).map_err(io_err)?;
         let _lock = FileLock::on(&file, true).map_err(io_err)?;
         at.dir.remove_stale_temps(&at.name);
         let fresh = TarArchive::open_file(at.clone(), file.try_clone().map_err(io_err)?)
-            .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+            .map_err(|e| StoreError::Unsupported(e.to_string()))?;
         let repaired = tar_rewrite::finish_interrupted(&file, &fresh.index).map_err(io_err)?;
         for name in repaired {
             warn!(archive = %at.shown.display(), member = %name, "completed a write a crash interrupted: the older copy is now a spare");
@@ -503,14 +514,14 @@ impl ArchiveStore {
     /// one cannot be replaced in place).
     pub fn write(
         &self,
-        plan: impl FnOnce(&TarArchive) -> Result<WritePlan, WriteError>,
-    ) -> Result<WriteStats, WriteError> {
+        plan: impl FnOnce(&TarArchive) -> Result<WritePlan, StoreError>,
+    ) -> Result<WriteStats, StoreError> {
         let at = &self.at;
         let path = &at.shown;
         let io_err =
-            |what: &str, e: io::Error| WriteError::io(format!("{}: {what}", path.display()), e);
+            |what: &str, e: io::Error| StoreError::io(format!("{}: {what}", path.display()), e);
         if self.current().compression != Compression::None {
-            return Err(WriteError::NotSupported(format!(
+            return Err(StoreError::Unsupported(format!(
                 "{}: compressed archives are read-only here (decompress it to write to it)",
                 path.display()
             )));
@@ -520,9 +531,9 @@ impl ArchiveStore {
         at.dir.remove_stale_temps(&at.name);
         let fresh =
             TarArchive::open_file(at.clone(), file.try_clone().map_err(|e| io_err("open", e))?)
-                .map_err(|e| WriteError::NotSupported(e.to_string()))?;
+                .map_err(|e| StoreError::Unsupported(e.to_string()))?;
         if let Some(p) = fresh.index.problems.first() {
-            return Err(WriteError::NotSupported(format!(
+            return Err(StoreError::Unsupported(format!(
                 "{}: not written, the archive is damaged: {p}",
                 path.display()
             )));
@@ -544,7 +555,7 @@ impl ArchiveStore {
                         at.clone(),
                         file.try_clone().map_err(|e| io_err("open", e))?,
                     )
-                    .map_err(|e| WriteError::NotSupported(e.to_string()))?
+                    .map_err(|e| StoreError::Unsupported(e.to_string()))?
                     .index;
                     tar_rewrite::rewrite(at, &file, &index, |_| true, &updates)
                         .map_err(|e| io_err("rewrite", e))?
@@ -572,10 +583,10 @@ impl ArchiveStore {
 pub trait ArchiveFormat: Send + Sync + 'static {
     fn kind(&self) -> SourceKind;
     /// Reads the archive's index files (called under the archive's shared lock).
-    fn scan(&self, archive: &TarArchive) -> Result<Inventory, SourceError>;
+    fn scan(&self, archive: &TarArchive) -> Result<Inventory, StoreError>;
     /// What `edit` does to the archive, planned on a fresh index under its
     /// exclusive lock.
-    fn plan(&self, archive: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, WriteError>;
+    fn plan(&self, archive: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError>;
 }
 
 /// An archive of format `F` as a source: the tar store does everything but the
@@ -586,7 +597,7 @@ pub struct ArchiveSource<F> {
 }
 
 impl<F: ArchiveFormat> ArchiveSource<F> {
-    pub fn open(path: &Path, options: &SourceOptions, format: F) -> Result<Self, SourceError> {
+    pub fn open(path: &Path, options: &SourceOptions, format: F) -> Result<Self, StoreError> {
         Ok(ArchiveSource::new(TarArchive::open(path, options)?, format))
     }
 
@@ -611,7 +622,7 @@ impl<F: ArchiveFormat> Source for ArchiveSource<F> {
         Some(self.store.path())
     }
 
-    fn scan(&self) -> Result<Inventory, SourceError> {
+    fn scan(&self) -> Result<Inventory, StoreError> {
         let _lock = self.store.scan_lock();
         let archive = self.store.refresh()?;
         self.format.scan(&archive)
@@ -647,11 +658,11 @@ impl<F: ArchiveFormat> Source for ArchiveSource<F> {
 }
 
 impl<F: ArchiveFormat> Writer for ArchiveSource<F> {
-    fn recover(&self) -> Result<(), WriteError> {
+    fn recover(&self) -> Result<(), StoreError> {
         self.store.recover()
     }
 
-    fn write(&self, edit: Edit<'_>) -> Result<(), WriteError> {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
         self.store.write(|a| self.format.plan(a, &edit)).map(|_| ())
     }
 }
