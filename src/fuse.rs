@@ -4,11 +4,9 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
@@ -18,6 +16,7 @@ use fuser::{
 };
 
 use crate::fs::{self, Attr, FileKind, ImageFs, XattrReply};
+use crate::notify::Listings;
 
 /// How long the kernel may keep entries and attributes. The content of a by-id file
 /// never changes (its name is its hash); names change only through a reload, which
@@ -26,151 +25,13 @@ pub const TTL: Duration = Duration::from_secs(10);
 
 pub struct FuseAdapter {
     fs: Arc<ImageFs>,
-    /// To the [`Prefetcher`]'s thread: batches of listed files to push.
-    prefetch: Option<SyncSender<PrefetchBatch>>,
-    /// Listed files not yet handed to the prefetcher: that waits for a first READ,
-    /// so that listings nobody reads from (`ls -l`, `find -links 1`) push nothing.
-    listed: parking_lot::Mutex<Vec<PrefetchBatch>>,
-    any_listed: std::sync::atomic::AtomicBool,
+    /// What listings made known, for the page-cache prefetcher.
+    listings: Listings,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<ImageFs>, prefetch: Option<SyncSender<PrefetchBatch>>) -> FuseAdapter {
-        FuseAdapter {
-            fs,
-            prefetch,
-            listed: Default::default(),
-            any_listed: Default::default(),
-        }
-    }
-}
-
-/// When a listing was answered, and the files in it.
-pub type PrefetchBatch = (Instant, Vec<u64>);
-
-/// The listed batches reordered to start just after `ino` (when listed), wrapping
-/// round to the ones before it.
-fn ahead_of(batches: Vec<PrefetchBatch>, ino: u64) -> Vec<PrefetchBatch> {
-    let Some((b, i)) = batches
-        .iter()
-        .enumerate()
-        .find_map(|(b, (_, files))| files.iter().position(|&f| f == ino).map(|i| (b, i)))
-    else {
-        return batches;
-    };
-    let mut out = Vec::with_capacity(batches.len() + 1);
-    let mut before = Vec::new();
-    for (k, (sent, files)) in batches.into_iter().enumerate() {
-        match k.cmp(&b) {
-            std::cmp::Ordering::Less => before.push((sent, files)),
-            std::cmp::Ordering::Equal => {
-                let (head, tail) = files.split_at(i + 1);
-                out.push((sent, tail.to_vec()));
-                before.push((sent, head.to_vec()));
-            }
-            std::cmp::Ordering::Greater => out.push((sent, files)),
-        }
-    }
-    out.extend(before);
-    out
-}
-
-/// Configs up to this size are pushed into the kernel's page cache.
-const PREFETCH_MAX: u64 = 64 * 1024;
-/// How long after a listing's reply its files are pushed.
-const PREFETCH_DELAY: Duration = Duration::from_millis(3);
-
-/// Pushes by-id files' bytes into the kernel's page cache (FUSE_NOTIFY_STORE), from a
-/// thread of its own, once a directory listing has made their inodes known and a
-/// first READ says that someone reads configs (`cat by-id/*`, `sha256sum`). A
-/// `cat` or `sha256sum` over by-id then reads from the page cache: a READ round trip
-/// costs tens of microseconds in a VM (two cross-CPU wakeups), a push a few, with no
-/// reader waiting on it. A config's bytes never change (they are its name's
-/// preimage), so a pushed page is never stale. Only small configs are pushed, once
-/// each; a push the kernel refuses (inode not there yet, or forgotten) is simply
-/// left to the READ path.
-pub struct Prefetcher {
-    fs: Arc<ImageFs>,
-    notifier: fuser::Notifier,
-    pushed: HashSet<u64>,
-}
-
-impl Prefetcher {
-    pub fn channel() -> (SyncSender<PrefetchBatch>, Receiver<PrefetchBatch>) {
-        // Bounded: when the thread lags, listings drop their batch instead of waiting.
-        std::sync::mpsc::sync_channel(256)
-    }
-
-    pub fn spawn(
-        fs: Arc<ImageFs>,
-        notifier: fuser::Notifier,
-        rx: Receiver<PrefetchBatch>,
-    ) -> std::io::Result<()> {
-        let mut p = Prefetcher {
-            fs,
-            notifier,
-            pushed: HashSet::new(),
-        };
-        std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || {
-                while let Ok((sent, batch)) = rx.recv() {
-                    // A push that lands while the listing's reader is still turning
-                    // the reply into inodes is lost (the page never shows up), so
-                    // each batch waits until its reader has very likely finished.
-                    let ready = sent + PREFETCH_DELAY;
-                    let now = Instant::now();
-                    if ready > now {
-                        std::thread::sleep(ready - now);
-                    }
-                    let mut retry = Vec::new();
-                    for ino in batch {
-                        if !p.push(ino) {
-                            retry.push(ino);
-                        }
-                    }
-                    if !retry.is_empty() {
-                        // The listing's reader may not have made the inodes yet.
-                        std::thread::sleep(PREFETCH_DELAY);
-                        for ino in retry {
-                            p.push(ino);
-                        }
-                    }
-                }
-            })
-            .map(|_| ())
-    }
-
-    /// False when the kernel did not take it (worth one retry).
-    fn push(&mut self, ino: u64) -> bool {
-        if self.pushed.contains(&ino) {
-            return true;
-        }
-        let Ok(attr) = self.fs.getattr(ino) else {
-            return true;
-        };
-        if attr.kind != FileKind::File || attr.size > PREFETCH_MAX {
-            self.pushed.insert(ino);
-            return true;
-        }
-        let Ok(data) = self.fs.read(ino, 0, attr.size as u32) else {
-            return true;
-        };
-        match self.notifier.store(INodeNo(ino), 0, &data) {
-            Ok(()) => {
-                tracing::trace!(ino, "pushed");
-                self.fs
-                    .counters
-                    .pushed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.pushed.insert(ino);
-                true
-            }
-            Err(e) => {
-                tracing::trace!(ino, "page cache push refused: {e}");
-                false
-            }
-        }
+    pub fn new(fs: Arc<ImageFs>, listings: Listings) -> FuseAdapter {
+        FuseAdapter { fs, listings }
     }
 }
 
@@ -424,17 +285,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.fs.counters.reads.fetch_add(1, Ordering::Relaxed);
-        // Someone reads configs: push what was listed, ahead of the reader. Readers go
-        // in listing order (`cat by-id/*`), so the pushes start just after the file
-        // being read, and the files before it come last.
-        if self.any_listed.swap(false, Ordering::AcqRel)
-            && let Some(tx) = &self.prefetch
-        {
-            let batches = std::mem::take(&mut *self.listed.lock());
-            for batch in ahead_of(batches, ino.0) {
-                let _ = tx.try_send(batch);
-            }
-        }
+        self.listings.reading(ino.0);
         match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(fail("read", ino.0, e)),
@@ -484,14 +335,7 @@ impl Filesystem for FuseAdapter {
         match r {
             Ok(()) => {
                 reply.ok();
-                if self.prefetch.is_some() && !files.is_empty() {
-                    let mut listed = self.listed.lock();
-                    // bounded: a listing of a huge store keeps its first 64 batches
-                    if listed.len() < 64 {
-                        listed.push((Instant::now(), files));
-                        self.any_listed.store(true, Ordering::Release);
-                    }
-                }
+                self.listings.listed(files);
             }
             Err(e) => reply.error(fail("readdirplus", ino.0, e)),
         }
@@ -556,22 +400,5 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         reply.error(fail("create", parent.0, self.fs.refuse_write()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefetch_starts_after_the_file_being_read() {
-        let t = Instant::now();
-        let order = |batches: Vec<PrefetchBatch>| -> Vec<u64> {
-            batches.into_iter().flat_map(|(_, f)| f).collect()
-        };
-        let listed = vec![(t, vec![1, 2, 3]), (t, vec![4, 5]), (t, vec![6])];
-        assert_eq!(order(ahead_of(listed.clone(), 2)), [3, 4, 5, 6, 1, 2]);
-        assert_eq!(order(ahead_of(listed.clone(), 6)), [1, 2, 3, 4, 5, 6]);
-        assert_eq!(order(ahead_of(listed, 9)), [1, 2, 3, 4, 5, 6]);
     }
 }

@@ -4,22 +4,34 @@
 //!
 //! Data flows one way: a [`source`] scans its store into an inventory, the
 //! [`catalog`] verifies it into images and tags, [`fs`] answers the kernel's questions
-//! from the tree of all catalogs, and [`fuse`] only speaks FUSE. Dependencies point
+//! from the tree of all catalogs, and [`fuse`] only speaks FUSE, with [`notify`] beside it telling the kernel what it
+//! did not ask. Dependencies point
 //! the same way: source → catalog → fs → fuse, with [`main`](../imagefs/index.html)
 //! and [`cli`] above them all (the only readers of the environment), and below them
 //! all [`store_file`] (the containment layer every store path goes through, and the one
 //! notion of "the same file"), [`kept`] (files kept between mounts), [`limits`],
 //! [`reference`], [`tar_index`] and [`bbolt`].
 
-pub mod bbolt;
-pub mod catalog;
+// The surface: what the command (main), the fuzz targets and the documentation
+// need. Everything else is the crate's own.
 pub mod cli;
-pub mod config_cache;
 pub mod fs;
 pub mod fuse;
-pub mod kept;
-pub mod limits;
-pub mod reference;
+pub mod fuzzing;
+pub mod notify;
 pub mod source;
-pub mod store_file;
-pub mod tar_index;
+
+pub use config_cache::ConfigCache;
+pub use kept::Kept;
+pub use limits::Limits;
+pub use reference::TagRef;
+pub use store_file::crash_after;
+
+mod bbolt;
+mod catalog;
+mod config_cache;
+mod kept;
+mod limits;
+mod reference;
+mod store_file;
+mod tar_index;

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use imagefs::ConfigCache;
+use imagefs::Kept;
 use imagefs::cli::{self, Args, MountOptions};
-use imagefs::config_cache::ConfigCache;
 use imagefs::fs::{FsOptions, ImageFs, Store};
-use imagefs::fuse::{FuseAdapter, Prefetcher};
-use imagefs::kept::Kept;
+use imagefs::fuse::FuseAdapter;
+use imagefs::notify::{Listings, Prefetcher};
 use imagefs::source;
 
 fn main() -> ExitCode {
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        imagefs::store_file::crash_after(n);
+        imagefs::crash_after(n);
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,13 +201,15 @@ fn open_sources(args: &[String], options: &source::SourceOptions) -> Result<Vec<
     let specs = cli::parse_sources(args)?;
     let mut stores = Vec::new();
     for s in specs {
-        for (namespace, source) in source::open_all(&s.spec, options).map_err(|e| e.to_string())? {
+        for source::Opened { namespace, source } in
+            source::open_all(&s.spec, options).map_err(|e| e.to_string())?
+        {
             let label = match namespace {
                 Some(ns) => format!("{}-{ns}", s.label),
                 None => s.label.clone(),
             };
             let label = cli::unique_label(&label, |l| stores.iter().any(|s: &Store| s.label == l));
-            stores.push(Store { label, source });
+            stores.push(Store::new(label, source));
         }
     }
     Ok(stores)
@@ -229,14 +232,14 @@ fn discover_stores(options: &source::SourceOptions) -> Result<Vec<Store>, String
                     .and_then(|v| v.into_iter().next())
                     .map(|s| s.label)
                     .unwrap_or_else(|| kind.to_string());
-                for (namespace, source) in found {
+                for source::Opened { namespace, source } in found {
                     let label = match namespace {
                         Some(ns) => format!("{base}-{ns}"),
                         None => base.clone(),
                     };
                     let label =
                         cli::unique_label(&label, |l| stores.iter().any(|s: &Store| s.label == l));
-                    stores.push(Store { label, source });
+                    stores.push(Store::new(label, source));
                 }
             }
             Err(e) => {
@@ -369,7 +372,7 @@ fn serve(
     let signals = block_termination_signals();
     let (prefetch_tx, prefetch_rx) = Prefetcher::channel();
     let mut session = fuser::Session::new(
-        FuseAdapter::new(fs.clone(), Some(prefetch_tx)),
+        FuseAdapter::new(fs.clone(), Listings::new(Some(prefetch_tx))),
         mountpoint,
         config,
     )
@@ -390,7 +393,8 @@ fn serve(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    spawn_watcher(fs.clone(), session.notifier())?;
+    imagefs::notify::spawn_watcher(fs.clone(), session.notifier())
+        .map_err(|e| format!("cannot start the store watcher: {e}"))?;
     info!(mountpoint = %mountpoint.display(), stores = fs.stores().len(), "mounted");
     // The parent reads until EOF: closing our end is what lets it exit.
     if let Some(mut pipe) = status_pipe.take() {
@@ -407,51 +411,6 @@ fn serve(
     // A mount shorter than a watcher tick still leaves its catalogs for the next one.
     fs.keep_catalogs();
     ended
-}
-
-/// How often the stores' change tokens are checked: a change made by another program
-/// shows within this (plus a reload).
-const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Watches the stores for changes made by other programs, reloads them, and tells the
-/// kernel what to forget (outside any request, so the kernel can take its locks); also
-/// tells it at once what writes through the mount queued. Keeps the catalogs scanned
-/// since its last check.
-fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> Result<(), String> {
-    use imagefs::fs::Invalidation;
-    let tell = move |invalidations: Vec<Invalidation>| {
-        for inv in invalidations {
-            let r = match &inv {
-                Invalidation::Entry { parent, name } => {
-                    notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name))
-                }
-                Invalidation::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
-            };
-            // ENOENT: the kernel had nothing cached for it, which is fine
-            if let Err(e) = r
-                && e.raw_os_error() != Some(libc::ENOENT)
-            {
-                tracing::debug!("invalidate {inv:?}: {e}");
-            }
-        }
-    };
-    std::thread::Builder::new()
-        .name("watcher".into())
-        .spawn(move || {
-            let mut next_check = std::time::Instant::now() + WATCH_INTERVAL;
-            loop {
-                let wait = next_check.saturating_duration_since(std::time::Instant::now());
-                tell(fs.wait_for_queued(wait));
-                if std::time::Instant::now() >= next_check {
-                    tell(fs.refresh_changed());
-                    // what the mount and any reload since scanned, for the next mount
-                    fs.keep_catalogs();
-                    next_check = std::time::Instant::now() + WATCH_INTERVAL;
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the store watcher: {e}"))
 }
 
 /// SIGTERM, SIGINT and SIGHUP are taken by the signal thread alone: blocked here,

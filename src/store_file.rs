@@ -604,14 +604,6 @@ pub fn read_limited(file: &File, limit: u64) -> io::Result<Vec<u8>> {
     read_whole(len, limit, |off, buf| file.read_at(buf, off))
 }
 
-/// The directory a path is in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let db = imagefs::bbolt::BoltFile::from_bytes(data.to_vec());
-    let _ = db.meta();
-    let _ = db.walk_all();
-});
+fuzz_target!(|data: &[u8]| imagefs::fuzzing::bbolt(data));

@@ -46,26 +46,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// Opens `spec`, scans it, builds its catalog and reads every config, as a mount
 /// does.
 pub fn mount_like(spec: &str) {
-    let Ok(source) = imagefs::source::open(spec) else {
-        return;
-    };
-    let Ok(inventory) = source.scan() else {
-        return;
-    };
-    let cache = imagefs::config_cache::ConfigCache::new(1 << 20);
-    let catalog = imagefs::catalog::Catalog::build(
-        0,
-        source.as_ref(),
-        inventory,
-        &cache,
-        &imagefs::limits::Limits::default(),
-    );
-    for image in &catalog.images {
-        let _ = imagefs::source::read_blob(source.as_ref(), &image.config, 1 << 20);
-        for tag in &image.tags {
-            let _ = tag.file_name();
-        }
-    }
+    imagefs::fuzzing::mount_like(spec)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

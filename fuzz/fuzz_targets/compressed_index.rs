@@ -5,6 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = imagefs::source::shared::compressed::fuzz_index_payload(data);
-});
+fuzz_target!(|data: &[u8]| imagefs::fuzzing::compressed_index(data));

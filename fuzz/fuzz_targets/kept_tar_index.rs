@@ -4,6 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = imagefs::source::shared::tar_store::fuzz_kept_tar_index(data);
-});
+fuzz_target!(|data: &[u8]| imagefs::fuzzing::kept_tar_index(data));

@@ -9,8 +9,8 @@ use sha2::{Digest as _, Sha256};
 use super::*;
 use crate::reference::{Parsed, TagRef};
 use crate::source::{
-    BlobLocation, ChangeToken, ImageRecord, Inventory, Source, SourceKind, StoreError, StoreMeta,
-    Writer,
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Source, SourceKind, StoreError,
+    StoreMeta, Writer,
 };
 
 /// Blobs are addressed as `Member { offset: index, size }`. Writable: tags live in
@@ -235,10 +235,7 @@ const API: &[u8] =
 fn mount(sources: Vec<(&str, MemSource)>) -> ImageFs {
     let stores = sources
         .into_iter()
-        .map(|(label, s)| Store {
-            label: label.into(),
-            source: Box::new(s),
-        })
+        .map(|(label, s)| Store::new(label, Box::new(s)))
         .collect();
     ImageFs::new(stores, ConfigCache::new(1 << 20), FsOptions::default()).unwrap()
 }
@@ -402,10 +399,7 @@ fn attributes_follow_the_config_and_the_store() {
     // on a read-only mount no one may
     let mut s = MemSource::new();
     s.image(API, &["localhost/x:1"]);
-    let stores = vec![Store {
-        label: "ro".into(),
-        source: Box::new(s),
-    }];
+    let stores = vec![Store::new("ro", Box::new(s))];
     let options = FsOptions {
         read_only: true,
         ..Default::default()
@@ -681,10 +675,7 @@ fn names_must_be_canonical_tags_and_directories_must_hold_them() {
 fn read_only_mounts_and_read_only_sources_answer_erofs() {
     let mut s = MemSource::new();
     let id = s.image(API, &["localhost/app:1"]);
-    let stores = vec![Store {
-        label: "s".into(),
-        source: Box::new(s),
-    }];
+    let stores = vec![Store::new("s", Box::new(s))];
     let fs = ImageFs::new(
         stores,
         ConfigCache::new(1 << 20),
@@ -830,10 +821,7 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
             },
             ..Default::default()
         };
-        let stores = vec![Store {
-            label: "only".into(),
-            source: Box::new(s),
-        }];
+        let stores = vec![Store::new("only", Box::new(s))];
         let fs = ImageFs::new(stores, ConfigCache::new(1 << 20), options).unwrap();
         (fs, blobs, scans)
     };

@@ -64,7 +64,7 @@ pub struct StoreView<'a> {
     pub catalog: &'a Arc<Catalog>,
     /// by-tag/ directories that exist without a tag below them (made by mkdir, or
     /// left empty by an rm through the mount), by path.
-    pub extra_dirs: &'a BTreeSet<String>,
+    pub held_dirs: &'a BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -72,10 +72,35 @@ pub struct Tree {
     nodes: FastMap<u64, Node>,
 }
 
-/// Directories under construction: parent, store, role, and (name, child, is_dir) in
-/// the order added. Sorted once at the end (a by-id directory of 10,000 IDs costs a
-/// tenth of what keeping it sorted on every insert did); the first of a name wins.
-type DirMap = FastMap<u64, (u64, Option<usize>, NodeRole, Vec<(String, u64, bool)>)>;
+/// A directory under construction: its children in the order added, sorted once at
+/// the end (a by-id directory of 10,000 IDs costs a tenth of what keeping it sorted
+/// on every insert did); the first of a name wins.
+struct DirBuild {
+    parent: u64,
+    store: Option<usize>,
+    role: NodeRole,
+    children: Vec<ChildBuild>,
+}
+
+struct ChildBuild {
+    name: String,
+    ino: u64,
+    is_dir: bool,
+}
+
+impl DirBuild {
+    fn new(parent: u64, store: Option<usize>, role: NodeRole) -> DirBuild {
+        DirBuild {
+            parent,
+            store,
+            role,
+            children: Vec::new(),
+        }
+    }
+}
+
+/// The directories of a tree under construction, by inode.
+type DirMap = FastMap<u64, DirBuild>;
 
 impl Tree {
     pub fn len(&self) -> usize {
@@ -109,22 +134,22 @@ impl Tree {
     pub fn build(stores: &[StoreView<'_>], inodes: &mut InodeTable) -> Tree {
         let mut dirs: DirMap = FastMap::default();
         let mut leaves: FastMap<u64, Node> = FastMap::default();
-        dirs.insert(ROOT_INO, (ROOT_INO, None, NodeRole::Root, Vec::new()));
+        dirs.insert(ROOT_INO, DirBuild::new(ROOT_INO, None, NodeRole::Root));
         let single = stores.len() == 1;
         for (s, view) in stores.iter().enumerate() {
             let root = inodes.ino(NodeKey::StoreRoot(s));
             if !single {
                 add_child(&mut dirs, ROOT_INO, view.label, root, true);
-                dirs.insert(root, (ROOT_INO, Some(s), NodeRole::Root, Vec::new()));
+                dirs.insert(root, DirBuild::new(ROOT_INO, Some(s), NodeRole::Root));
             } else if let Some(d) = dirs.get_mut(&ROOT_INO) {
-                d.1 = Some(s);
+                d.store = Some(s);
             }
             let by_id = inodes.ino(NodeKey::ById(s));
             let by_tag = inodes.ino(NodeKey::ByTag(s));
-            dirs.insert(by_id, (root, Some(s), NodeRole::ById, Vec::new()));
+            dirs.insert(by_id, DirBuild::new(root, Some(s), NodeRole::ById));
             dirs.insert(
                 by_tag,
-                (root, Some(s), NodeRole::TagDir(String::new()), Vec::new()),
+                DirBuild::new(root, Some(s), NodeRole::TagDir(String::new())),
             );
             add_child(&mut dirs, root, "by-id", by_id, true);
             add_child(&mut dirs, root, "by-tag", by_tag, true);
@@ -178,32 +203,37 @@ impl Tree {
                 );
                 add_child(&mut dirs, parent, name, ino, false);
             }
-            for path in view.extra_dirs {
+            for path in view.held_dirs {
                 let comps: Vec<String> = path.split('/').map(str::to_string).collect();
                 let (parent, name) = tag_parent(&mut dirs, inodes, s, by_tag, &comps);
                 let ino = inodes.ino(NodeKey::TagDir(s, path.clone()));
                 if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
-                    e.insert((parent, Some(s), NodeRole::TagDir(path.clone()), Vec::new()));
+                    e.insert(DirBuild::new(
+                        parent,
+                        Some(s),
+                        NodeRole::TagDir(path.clone()),
+                    ));
                     add_child(&mut dirs, parent, name, ino, true);
                 }
             }
         }
         let mut nodes = leaves;
-        for (ino, (parent, store, role, mut children)) in dirs {
+        for (ino, mut dir) in dirs {
             // stable: among equal names the first added stays first, and is kept
-            children.sort_by(|a, b| a.0.cmp(&b.0));
-            children.dedup_by(|later, first| later.0 == first.0);
-            let subdirs = children.iter().filter(|c| c.2).count() as u32;
+            dir.children.sort_by(|a, b| a.name.cmp(&b.name));
+            dir.children
+                .dedup_by(|later, first| later.name == first.name);
+            let subdirs = dir.children.iter().filter(|c| c.is_dir).count() as u32;
             nodes.insert(
                 ino,
                 Node {
-                    parent,
+                    parent: dir.parent,
                     kind: NodeKind::Dir {
-                        children: children.into_iter().map(|(n, i, _)| (n, i)).collect(),
+                        children: dir.children.into_iter().map(|c| (c.name, c.ino)).collect(),
                         subdirs,
                     },
-                    store,
-                    role,
+                    store: dir.store,
+                    role: dir.role,
                 },
             );
         }
@@ -213,8 +243,12 @@ impl Tree {
 
 /// Takes the name as given: an owned one (a tag's file name) is not copied again.
 fn add_child(dirs: &mut DirMap, parent: u64, name: impl Into<String>, ino: u64, is_dir: bool) {
-    if let Some((_, _, _, children)) = dirs.get_mut(&parent) {
-        children.push((name.into(), ino, is_dir));
+    if let Some(dir) = dirs.get_mut(&parent) {
+        dir.children.push(ChildBuild {
+            name: name.into(),
+            ino,
+            is_dir,
+        });
     }
 }
 
@@ -239,11 +273,10 @@ fn tag_parent(
         path.push_str(c);
         let ino = inodes.ino(NodeKey::TagDir(store, path.clone()));
         if let std::collections::hash_map::Entry::Vacant(e) = dirs.entry(ino) {
-            e.insert((
+            e.insert(DirBuild::new(
                 parent,
                 Some(store),
                 NodeRole::TagDir(path.clone()),
-                Vec::new(),
             ));
             add_child(dirs, parent, c.as_str(), ino, true);
         }

@@ -84,7 +84,10 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
                 options.containerd_address.as_deref(),
                 options.limits,
             )?;
-            Ok(((!single).then_some(n), Box::new(store) as Box<dyn Source>))
+            Ok(Opened {
+                namespace: (!single).then_some(n),
+                source: Box::new(store),
+            })
         })
         .collect()
 }
@@ -255,10 +258,6 @@ impl Containerd {
             };
             client.delete(request(req, ns)).await.map(|_| ())
         })
-    }
-
-    pub fn namespace(&self) -> &str {
-        &self.namespace
     }
 
     /// A container of the namespace that uses image `id`: one whose image name is one

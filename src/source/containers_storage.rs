@@ -58,7 +58,7 @@ const DRIVERS: [&str; 4] = ["vfs", "overlay", "btrfs", "zfs"];
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let store = ContainersStorage::open(&super::spec_path(spec), options.limits)?;
-    Ok(vec![(None, Box::new(store) as Box<dyn Source>)])
+    Ok(vec![Opened::one(store)])
 }
 /// layers.json may list this many layers per image the store may hold.
 const LAYERS_PER_IMAGE: usize = 16;
@@ -341,7 +341,7 @@ impl ContainersStorage {
             );
         }
         layers
-            .kept
+            .items
             .iter()
             .filter_map(|l| {
                 let id = l.get("id")?.as_str()?.to_string();
@@ -380,7 +380,7 @@ impl ContainersStorage {
                     .too_many_images(&self.dir.display(&rel), listed.total)
             )));
         }
-        let mut images = listed.kept;
+        let mut images = listed.items;
         // names a stale write dropped since imagefs last looked go back first, in
         // this same write: once it is written, the drop could no longer be seen
         let dropped = self.stale_drops(&images);
@@ -559,14 +559,14 @@ impl Source for ContainersStorage {
             self.read_images()
         };
         let mut images = read()?;
-        if !self.stale_drops(&images.kept).is_empty() {
+        if !self.stale_drops(&images.items).is_empty() {
             // a write of nothing: it gives the dropped names back (see edit_names)
             if let Err(e) = self.edit_names(|_, _| Ok(())) {
                 warn!(store = %self.root.display(), "names a stale write dropped could not be added back: {e}");
             }
             images = read()?;
         }
-        *self.names_seen.lock() = names_by_id(&images.kept);
+        *self.names_seen.lock() = names_by_id(&images.items);
         let mut inv = Inventory::default();
         if images.truncated() {
             inv.problems.push(
@@ -574,7 +574,7 @@ impl Source for ContainersStorage {
                     .too_many_images(&self.dir.display(&self.images_json()), images.total),
             );
         }
-        let images = images.kept;
+        let images = images.items;
         let layers = self.layer_sizes();
         // manifest digest → image, for manifest lists, whose instances are images of
         // the same store
@@ -755,11 +755,11 @@ impl ContainersStorage {
                 .map(str::to_string);
             for (i, image) in images.iter_mut().enumerate() {
                 if i != target {
-                    let kept: Vec<String> = names(image)
+                    let left: Vec<String> = names(image)
                         .into_iter()
                         .filter(|n| !is_tag(n, tag))
                         .collect();
-                    set_names(image, kept);
+                    set_names(image, left);
                 }
             }
             let image = &mut images[target];
@@ -784,11 +784,11 @@ impl ContainersStorage {
             let mut found = false;
             for image in images.iter_mut() {
                 let before = names(image);
-                let kept: Vec<String> =
+                let left: Vec<String> =
                     before.iter().filter(|n| !is_tag(n, tag)).cloned().collect();
-                if kept.len() != before.len() {
+                if left.len() != before.len() {
                     found = true;
-                    set_names(image, kept);
+                    set_names(image, left);
                 }
             }
             if found {
@@ -812,11 +812,11 @@ impl ContainersStorage {
                 .and_then(Value::as_str)
                 .map(str::to_string);
             for image in images.iter_mut() {
-                let kept: Vec<String> = names(image)
+                let left: Vec<String> = names(image)
                     .into_iter()
                     .filter(|n| !is_tag(n, to) && !is_tag(n, from))
                     .collect();
-                set_names(image, kept);
+                set_names(image, left);
             }
             let image = &mut images[owner];
             let mut new = names(image);

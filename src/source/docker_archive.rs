@@ -18,8 +18,7 @@ use super::shared::json_limits;
 use super::shared::oci_walk::scan_layout;
 use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    ArchiveKind, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
-    StoreError,
+    ArchiveKind, Edit, ImageRecord, Inventory, Kind, Opened, SourceKind, SourceOptions, StoreError,
 };
 use crate::reference::{self, Parsed, TagRef};
 
@@ -38,7 +37,7 @@ pub static KIND: Kind = Kind {
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let source = ArchiveSource::open(&super::spec_path(spec), options, DockerArchive)?;
-    Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
+    Ok(vec![Opened::one(source)])
 }
 
 #[derive(Deserialize, Debug)]
@@ -90,7 +89,7 @@ impl ArchiveFormat for DockerArchive {
             inv.problems
                 .push(limits.too_many_images(&a.member_display("manifest.json"), listed.total));
         }
-        let entries = listed.kept;
+        let entries = listed.items;
         // Entries naming one config are one record: a manifest.json repeating a
         // config a million times holds one record, not a million.
         let mut by_config: HashMap<&str, usize> = HashMap::new();
@@ -182,7 +181,7 @@ fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
             limits.too_many_images(&a.member_display("manifest.json"), listed.total)
         )));
     }
-    let mut entries = listed.kept;
+    let mut entries = listed.items;
     let ids: Vec<String> = entries.iter().map(|e| entry_id(a, e)).collect();
     let mut repositories: Option<serde_json::Map<String, Value>> = a
         .read_member("repositories", limits.max_index_size)
@@ -363,7 +362,7 @@ fn set_repository(
 
 /// The members only the deleted entry used: its config, its layers (and the links
 /// and targets they go through), and the legacy `<v1id>/` directories of those layers.
-fn unshared_members(a: &TarArchive, gone: &Value, kept: &[Value]) -> HashSet<String> {
+fn unshared_members(a: &TarArchive, gone: &Value, remaining: &[Value]) -> HashSet<String> {
     let names_of = |e: &Value| -> Vec<String> {
         let config = e.get("Config").and_then(Value::as_str).map(str::to_string);
         let layers = e
@@ -387,8 +386,11 @@ fn unshared_members(a: &TarArchive, gone: &Value, kept: &[Value]) -> HashSet<Str
         }
         out
     };
-    let keep = closure(kept.iter().flat_map(names_of).collect());
-    let mut drop: HashSet<String> = closure(names_of(gone)).difference(&keep).cloned().collect();
+    let still_used = closure(remaining.iter().flat_map(names_of).collect());
+    let mut drop: HashSet<String> = closure(names_of(gone))
+        .difference(&still_used)
+        .cloned()
+        .collect();
     // `<v1id>/layer.tar` that was or pointed at a dropped layer: its whole directory
     let dirs: HashSet<String> = a
         .index
@@ -398,8 +400,8 @@ fn unshared_members(a: &TarArchive, gone: &Value, kept: &[Value]) -> HashSet<Str
             let dir = name.strip_suffix("/layer.tar")?;
             let target = a.index.resolve(name).map(|(t, _)| t.to_string());
             let dropped = drop.contains(name) || target.is_some_and(|t| drop.contains(&t));
-            let kept_dir = keep.iter().any(|k| k.starts_with(&format!("{dir}/")));
-            (dropped && !kept_dir).then(|| dir.to_string())
+            let dir_still_used = still_used.iter().any(|k| k.starts_with(&format!("{dir}/")));
+            (dropped && !dir_still_used).then(|| dir.to_string())
         })
         .collect();
     for (name, _) in a.index.entries() {

@@ -57,7 +57,7 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
         options.docker_host.as_deref(),
         options.limits,
     )?;
-    Ok(vec![(None, Box::new(root) as Box<dyn Source>)])
+    Ok(vec![Opened::one(root)])
 }
 
 pub struct DockerRoot {

@@ -8,18 +8,18 @@
 //! what its store *claims* (this config digest is this image, with these tags) and the
 //! catalog verifies it.
 
-pub mod containerd;
+pub(crate) mod containerd;
 #[rustfmt::skip]
 #[allow(clippy::all)]
 mod containerd_api;
-pub mod containers_storage;
-pub mod docker_archive;
-pub mod docker_root;
+pub(crate) mod containers_storage;
+pub(crate) mod docker_archive;
+pub(crate) mod docker_root;
 mod error;
-pub mod oci;
-pub mod oci_archive;
-pub mod registry;
-pub mod shared;
+pub(crate) mod oci;
+pub(crate) mod oci_archive;
+pub(crate) mod registry;
+pub(crate) mod shared;
 
 use std::fmt;
 use std::io;
@@ -408,14 +408,28 @@ pub struct SourceOptions {
 }
 
 /// A store opened from a spec, with the containerd namespace it stands for, if any.
-pub type Opened = (Option<String>, Box<dyn Source>);
+pub struct Opened {
+    /// The containerd namespace this store is, when a root was opened whole.
+    pub namespace: Option<String>,
+    pub source: Box<dyn Source>,
+}
+
+impl Opened {
+    /// A store that is all its spec names.
+    pub fn one(source: impl Source + 'static) -> Opened {
+        Opened {
+            namespace: None,
+            source: Box::new(source),
+        }
+    }
+}
 
 /// Opens a source from a command-line spec with default options (one store).
 pub fn open(spec: &str) -> Result<Box<dyn Source>, StoreError> {
     open_all(spec, &SourceOptions::default())?
         .into_iter()
         .next()
-        .map(|(_, s)| s)
+        .map(|o| o.source)
         .ok_or_else(|| StoreError::NotFound(format!("{spec}: no store")))
 }
 
@@ -430,7 +444,10 @@ pub fn open_all(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, Stor
         None if Path::new(path).is_file() => {
             let archive = shared::tar_store::TarArchive::open(Path::new(path), options)?;
             let (_, kind) = archive_kind(&archive)?;
-            Ok(vec![(None, (kind.open)(archive))])
+            Ok(vec![Opened {
+                namespace: None,
+                source: (kind.open)(archive),
+            }])
         }
         None => (detect(Path::new(path))?.open)(path, options),
     }

@@ -29,7 +29,7 @@ pub static KIND: Kind = Kind {
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let layout = OciLayout::open(&super::spec_path(spec), options.limits)?;
-    Ok(vec![(None, Box::new(layout) as Box<dyn Source>)])
+    Ok(vec![Opened::one(layout)])
 }
 
 /// An OCI image layout directory.

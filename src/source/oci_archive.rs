@@ -5,8 +5,7 @@ use super::shared::oci_index;
 use super::shared::oci_walk::{self as oci, LayoutBlobs};
 use super::shared::tar_store::{ArchiveFormat, ArchiveSource, TarArchive, WritePlan};
 use super::{
-    ArchiveKind, BlobLocation, Edit, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
-    StoreError,
+    ArchiveKind, BlobLocation, Edit, Inventory, Kind, Opened, SourceKind, SourceOptions, StoreError,
 };
 use crate::limits::Limits;
 
@@ -23,7 +22,7 @@ pub static KIND: Kind = Kind {
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let source = ArchiveSource::open(&super::spec_path(spec), options, OciArchive)?;
-    Ok(vec![(None, Box::new(source) as Box<dyn Source>)])
+    Ok(vec![Opened::one(source)])
 }
 
 /// The OCI layout format inside a tar, over the shared tar store.

@@ -780,11 +780,11 @@ mod tests {
         // the archive this index was made from
         let other = dir.path().join("other.gz");
         std::fs::write(&other, gzip(b"not this one")).unwrap();
-        let kept_aside = dir.path().join("kept.gz");
-        std::fs::rename(&path, &kept_aside).unwrap();
+        let moved_aside = dir.path().join("kept.gz");
+        std::fs::rename(&path, &moved_aside).unwrap();
         std::fs::rename(&other, &path).unwrap();
         assert_eq!(read_member(&ct, &index, "big.tar"), big);
-        std::fs::rename(&kept_aside, &path).unwrap();
+        std::fs::rename(&moved_aside, &path).unwrap();
         assert_eq!(read_member(&ct, &index, "c.json"), b"{}");
         // (the renames moved the archive's ctime: it is another file now, and indexed
         // again)

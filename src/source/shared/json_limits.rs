@@ -1,4 +1,4 @@
-//! JSON lists read from store indexes with a bound on what is kept: a store that lists
+//! JSON lists read from store indexes with a bound on what is items: a store that lists
 //! a million entries in a few MiB (each becoming a record, a tag and a tree node)
 //! cannot make imagefs hold more than [`crate::limits::Limits::max_images`] of them.
 //! Elements past the bound are parsed (the JSON must still be valid) and dropped.
@@ -8,15 +8,15 @@ use std::marker::PhantomData;
 
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// What was kept, and how many elements the list had.
+/// What was items, and how many elements the list had.
 pub struct Limited<T> {
-    pub kept: Vec<T>,
+    pub items: Vec<T>,
     pub total: usize,
 }
 
 impl<T> Limited<T> {
     pub fn truncated(&self) -> bool {
-        self.total > self.kept.len()
+        self.total > self.items.len()
     }
 }
 
@@ -38,12 +38,12 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<T> {
         f.write_str("a list")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Limited<T>, A::Error> {
-        let mut kept = Vec::new();
+        let mut items = Vec::new();
         let mut total = 0usize;
         loop {
-            if kept.len() < self.max {
+            if items.len() < self.max {
                 match seq.next_element::<T>()? {
-                    Some(x) => kept.push(x),
+                    Some(x) => items.push(x),
                     None => break,
                 }
             } else if seq.next_element::<IgnoredAny>()?.is_none() {
@@ -51,11 +51,11 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<T> {
             }
             total += 1;
         }
-        Ok(Limited { kept, total })
+        Ok(Limited { items, total })
     }
 }
 
-/// A top-level JSON list, at most `max` elements kept.
+/// A top-level JSON list, at most `max` elements items.
 pub fn list<T: DeserializeOwned>(bytes: &[u8], max: usize) -> serde_json::Result<Limited<T>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = ListSeed {
@@ -95,7 +95,7 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for FieldSeed<'_, T> {
 }
 
 /// The list under `field` of a top-level JSON object (`None` when it has none), at
-/// most `max` elements kept; the other fields are skipped.
+/// most `max` elements items; the other fields are skipped.
 pub fn field_list<T: DeserializeOwned>(
     bytes: &[u8],
     field: &str,
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn lists_keep_at_most_max_and_count_all() {
         let l: Limited<u32> = list(b"[1,2,3,4,5]", 3).unwrap();
-        assert_eq!((l.kept, l.total), (vec![1, 2, 3], 5));
+        assert_eq!((l.items, l.total), (vec![1, 2, 3], 5));
         let l: Limited<u32> = list(b"[1,2]", 3).unwrap();
         assert!(!l.truncated());
         assert!(list::<u32>(b"[1,2,", 3).is_err());
@@ -133,7 +133,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((f.kept.len(), f.total), (2, 3));
+        assert_eq!((f.items.len(), f.total), (2, 3));
         assert!(
             field_list::<String>(br#"{"x":1}"#, "manifests", 2)
                 .unwrap()

@@ -143,9 +143,9 @@ pub fn apply(layout: &dyn LayoutBlobs, edit: &Edit<'_>) -> Result<Edited, StoreE
     }
     let mut i = 0;
     manifests.retain(|_| {
-        let keep = !remove[i];
+        let stays = !remove[i];
         i += 1;
-        keep
+        stays
     });
     let index = serde_json::to_vec(&index)
         .map_err(|e| StoreError::internal(&name, format!("cannot serialise: {e}")))?;
@@ -190,7 +190,7 @@ fn set_name(entry: &mut Value, tag: Option<&TagRef>) {
     }
 }
 
-/// Takes `tag` off every entry: an entry whose digest another kept entry also
+/// Takes `tag` off every entry: an entry whose digest another remaining entry also
 /// lists is removed, the last one only loses its name.
 fn drop_name(manifests: &mut [Value], entries: &[Entry], remove: &mut [bool], tag: &TagRef) {
     for i in 0..entries.len() {
@@ -270,7 +270,7 @@ pub fn unshared_blobs(
     for d in removed {
         reachable(layout, d, &mut gone);
     }
-    let mut kept = HashSet::new();
+    let mut reachable_from_rest = HashSet::new();
     let Ok(v) = serde_json::from_slice::<Value>(new_index) else {
         return Vec::new();
     };
@@ -282,7 +282,7 @@ pub fn unshared_blobs(
     {
         // what the walk did not see may be in use: remove nothing
         if let Ok(d) = Descriptor::deserialize(m)
-            && !reachable(layout, &d, &mut kept)
+            && !reachable(layout, &d, &mut reachable_from_rest)
         {
             tracing::warn!(
                 "{}: more than {MAX_REACHABLE} blobs reachable: no blob removed",
@@ -292,7 +292,7 @@ pub fn unshared_blobs(
         }
     }
     let mut out: Vec<String> = gone
-        .difference(&kept)
+        .difference(&reachable_from_rest)
         .filter(|d| blob_rel_path(d).is_some())
         .cloned()
         .collect();

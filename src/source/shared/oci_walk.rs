@@ -131,7 +131,7 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
         inv.problems
             .push(limits.too_many_images(&index_name, listed.total));
     }
-    let entries = listed.kept;
+    let entries = listed.items;
     let host = host_platform();
     // One walk per distinct descriptor: an index may name one manifest many times
     // (20,000 entries of one 4 MiB manifest took two minutes when each read and

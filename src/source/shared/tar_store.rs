@@ -151,6 +151,12 @@ impl TarArchive {
                         format!("cannot index the {c:?} archive: {e}"),
                     )
                 })?;
+                tracing::debug!(
+                    archive = %path.display(),
+                    tar_bytes = tar.tar_len,
+                    index = ?tar.index_path,
+                    "compressed archive opened"
+                );
                 (TarData::Compressed(tar), index)
             }
         };

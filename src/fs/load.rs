@@ -1,0 +1,217 @@
+//! Reading stores into the mount: at mount (a catalog kept by an earlier mount, or a
+//! scan) and at every reload, through one path; and keeping scanned catalogs for the
+//! next mount.
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tracing::{debug, info, warn};
+
+use super::*;
+use crate::catalog::Catalog;
+use crate::kept::{Kept, KeptKind};
+use crate::source::{Source, StoreError, StoreMeta};
+
+/// What a kept catalog stands for: the store as named and where it is.
+fn catalog_what(source: &dyn Source) -> String {
+    format!(
+        "{}\n{}",
+        source.describe(),
+        source
+            .path()
+            .map(crate::kept::canonical)
+            .unwrap_or_default()
+    )
+}
+
+/// The key a kept catalog must carry to stand for `source` now, read under `limits`
+/// (a catalog cut short by a lower limit is not one for a higher); `None` when its
+/// catalog is not kept. Taken before a scan: a change during it makes the key stale,
+/// which costs the next mount a scan and never shows a wrong catalog.
+fn catalog_key(kept: &Kept, source: &dyn Source, limits: &crate::limits::Limits) -> Option<String> {
+    if !kept.is_on() {
+        return None;
+    }
+    let content = source.content_key()?;
+    Some(format!(
+        "{}\n{}\n{limits:?}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        source.describe(),
+        content
+    ))
+}
+
+/// The catalog kept for `source` under `key`, its locations made valid for this
+/// opening of the store.
+fn load_catalog(kept: &Kept, source: &dyn Source, key: &str) -> Option<Catalog> {
+    let mut catalog: Catalog = kept.load(KeptKind::Catalog, &catalog_what(source), key)?;
+    for image in &mut catalog.images {
+        source.rebind(&mut image.config);
+    }
+    Some(catalog)
+}
+
+/// A catalog scanned but not yet kept for the next mount, with the key it was read
+/// under.
+pub(super) struct UnkeptCatalog {
+    store: usize,
+    key: String,
+    catalog: Arc<Catalog>,
+}
+
+/// One store, read.
+struct Loaded {
+    state: StoreState,
+    unkept: Option<UnkeptCatalog>,
+}
+
+/// Reads store `i`: from the catalog an earlier mount kept, when `reuse` and its key
+/// still holds, else by a scan. Mount and reload both come here.
+fn load_store(
+    i: usize,
+    source: &dyn Source,
+    cache: &ConfigCache,
+    options: &FsOptions,
+    reuse: bool,
+) -> Result<Loaded, StoreError> {
+    let token = source.change_token().ok();
+    // Taken before the scan: a change during it makes the key stale, which costs the
+    // next mount a scan and never shows a wrong catalog.
+    let key = catalog_key(&options.kept, source, &options.limits);
+    let started = std::time::Instant::now();
+    let meta = source.meta().unwrap_or(StoreMeta::NOT_LOCAL);
+    let kept = key
+        .as_ref()
+        .filter(|_| reuse)
+        .and_then(|key| load_catalog(&options.kept, source, key));
+    if let Some(catalog) = kept {
+        catalog.log_problems(&source.describe());
+        info!(
+            store = %source.describe(),
+            images = catalog.images.len(),
+            dangling = catalog.dangling.len(),
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            "store read from the catalog kept by an earlier mount"
+        );
+        return Ok(Loaded {
+            state: StoreState::new(Arc::new(catalog), meta, token),
+            unkept: None,
+        });
+    }
+    let inv = source.scan()?;
+    let scanned = started.elapsed();
+    let catalog = Arc::new(Catalog::build(i, source, inv, cache, &options.limits));
+    catalog.log_problems(&source.describe());
+    info!(
+        store = %source.describe(),
+        images = catalog.images.len(),
+        dangling = catalog.dangling.len(),
+        scan_ms = scanned.as_secs_f64() * 1e3,
+        catalog_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
+        "store read"
+    );
+    Ok(Loaded {
+        unkept: key.map(|key| UnkeptCatalog {
+            store: i,
+            key,
+            catalog: catalog.clone(),
+        }),
+        state: StoreState::new(catalog, meta, token),
+    })
+}
+
+impl ImageFs {
+    /// Reads every store. Fails with the first store that cannot be read at all; a
+    /// store's partial problems are logged and the rest of it shown.
+    pub fn new(
+        stores: Vec<Store>,
+        cache: ConfigCache,
+        options: FsOptions,
+    ) -> Result<ImageFs, StoreError> {
+        let mut states = Vec::with_capacity(stores.len());
+        let mut unkept = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            let source = store.source.as_ref();
+            if !options.read_only
+                && let Some(writer) = source.writer()
+                && let Err(e) = writer.recover()
+            {
+                warn!(store = %source.describe(), "cannot recover from an interrupted write: {e}");
+            }
+            let loaded = load_store(i, source, &cache, &options, true)?;
+            states.push(loaded.state);
+            unkept.extend(loaded.unkept);
+        }
+        let mut state = State {
+            stores: states,
+            tree: Tree::default(),
+            inodes: InodeTable::new(stores.len() == 1),
+        };
+        let started = std::time::Instant::now();
+        state.rebuild(&stores);
+        debug!(
+            nodes = state.tree.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "tree built"
+        );
+        Ok(ImageFs {
+            stores,
+            state: RwLock::new(state),
+            cache,
+            options,
+            counters: KernelCounters::default(),
+            unkept: Mutex::new(unkept),
+            queued: Mutex::new(Vec::new()),
+            queued_wake: parking_lot::Condvar::new(),
+            repinned: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Keeps the catalogs scanned since the last call (at mount, or by a reload) for
+    /// the next mount (see `crate::kept`). Called off the request path: by the
+    /// watcher, and once more after unmount.
+    pub fn keep_catalogs(&self) {
+        let kept = &self.options.kept;
+        if !kept.is_on() {
+            return;
+        }
+        // Held throughout, so that the call after unmount waits for one under way.
+        let mut pending = self.unkept.lock();
+        for UnkeptCatalog {
+            store,
+            key,
+            catalog,
+        } in pending.drain(..)
+        {
+            // Only the store's current catalog: a reload's newer one is queued too.
+            if Arc::ptr_eq(&self.state.read().stores[store].catalog, &catalog) {
+                let source = self.stores[store].source.as_ref();
+                kept.store(
+                    KeptKind::Catalog,
+                    &catalog_what(source),
+                    &key,
+                    catalog.as_ref(),
+                );
+            }
+        }
+    }
+
+    /// Rescans store `store` and rebuilds the tree; inode numbers are kept. Returns
+    /// the tree as it was, for telling the kernel what changed.
+    pub fn reload(&self, store: usize) -> Result<Tree, StoreError> {
+        let source = self.stores[store].source.as_ref();
+        // configs are located again: what the cache holds of this store is stale
+        self.cache.forget_store(store);
+        self.repinned.lock().retain(|(s, _), _| *s != store);
+        let loaded = load_store(store, source, &self.cache, &self.options, false)?;
+        // Queued, not kept here: a reload may run inside a write request.
+        self.unkept.lock().extend(loaded.unkept);
+        let mut state = self.state.write();
+        let held = std::mem::take(&mut state.stores[store].held_dirs);
+        state.stores[store] = StoreState {
+            held_dirs: held,
+            ..loaded.state
+        };
+        Ok(state.rebuild(&self.stores))
+    }
+}
