@@ -2,226 +2,33 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use super::*;
 use crate::reference::{Parsed, TagRef};
-use crate::source::{
-    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Source, SourceKind, StoreError,
-    StoreMeta, Writer,
-};
+use crate::source::mem::{MemStore, Writes};
+use crate::source::{ImageRecord, StoreError, StoreMeta};
 
-/// Blobs are addressed as `Member { offset: index, size }`. Writable: tags live in
-/// `records`, behind a lock, as a store's index would.
-struct MemSource {
-    path: PathBuf,
-    /// Shared, so that a test can rewrite a blob "in place" under a mount.
-    blobs: std::sync::Arc<parking_lot::RwLock<Vec<Vec<u8>>>>,
-    records: Vec<ImageRecord>,
-    /// Shared, so that a test can change the store behind the mount, as another
-    /// program would.
-    live: std::sync::Arc<parking_lot::Mutex<Option<Vec<ImageRecord>>>>,
-    /// What `content_key` answers (`None`: the catalog is never kept).
-    key: Option<String>,
-    /// How writes go.
-    writes: Writes,
-    scans: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// How a [`MemSource`] answers writes.
-#[derive(Clone, Copy)]
-enum Writes {
-    /// Applied to the records.
-    Apply,
-    /// No writer: a read-only kind.
-    None,
-    /// Refused with this error, the records unchanged.
-    Fail(fn() -> StoreError),
-}
-
-impl MemSource {
-    fn new() -> MemSource {
-        MemSource {
-            path: PathBuf::from("/mem"),
-            blobs: Default::default(),
-            records: vec![],
-            live: Default::default(),
-            key: None,
-            writes: Writes::Apply,
-            scans: Default::default(),
-        }
-    }
-
-    /// Runs `f` on the current records (the initial ones until the first write).
-    fn edit<T>(&self, f: impl FnOnce(&mut Vec<ImageRecord>) -> T) -> T {
-        let mut live = self.live.lock();
-        let records = live.get_or_insert_with(|| self.records.clone());
-        f(records)
-    }
-
-    /// Adds a config; returns its location and digest.
-    fn blob(&mut self, bytes: &[u8]) -> (BlobLocation, String) {
-        let mut blobs = self.blobs.write();
-        blobs.push(bytes.to_vec());
-        let loc = BlobLocation::Member {
-            archive: 0,
-            offset: (blobs.len() - 1) as u64,
-            size: bytes.len() as u64,
-            // as the store's own files: uid 7, gid 8, 0644
-            pin: crate::source::FileId {
-                uid: 7,
-                gid: 8,
-                mode: 0o644,
-                ..Default::default()
-            },
-        };
-        (
-            loc,
-            format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
-        )
-    }
-
-    fn image(&mut self, config: &[u8], tags: &[&str]) -> String {
-        let (loc, id) = self.blob(config);
-        self.records.push(ImageRecord {
-            claimed_id: id.clone(),
-            config: Some(loc),
-            config_name: format!("mem:{id}"),
-            tags: tags.iter().map(|t| tag(t)).collect(),
-            layers_size: Some(1234),
-            ..Default::default()
-        });
-        id
-    }
-}
-
-fn tag(s: &str) -> TagRef {
-    match crate::reference::parse(s) {
-        Ok(Parsed::Tag(t)) => t,
-        other => panic!("{s}: {other:?}"),
-    }
-}
-
-impl Source for MemSource {
-    fn kind(&self) -> SourceKind {
-        &crate::source::docker_archive::KIND
-    }
-    fn describe(&self) -> String {
-        format!("mem:{}", self.path.display())
-    }
-    fn path(&self) -> Option<&Path> {
-        Some(&self.path)
-    }
-    fn scan(&self) -> Result<Inventory, StoreError> {
-        self.scans
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Inventory {
-            images: self.edit(|r| r.clone()),
-            problems: vec![],
-        })
-    }
-    fn writer(&self) -> Option<&dyn Writer> {
-        match self.writes {
-            Writes::None => None,
-            _ => Some(self),
-        }
-    }
-    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let BlobLocation::Member { offset: i, .. } = blob else {
-            return Err(io::Error::other("not mine"));
-        };
-        let blobs = self.blobs.read();
-        let b = &blobs[*i as usize];
-        let start = (offset as usize).min(b.len());
-        let n = buf.len().min(b.len() - start);
-        buf[..n].copy_from_slice(&b[start..start + n]);
-        Ok(n)
-    }
-    fn repin(&self, blob: &BlobLocation) -> io::Result<BlobLocation> {
-        Ok(blob.clone())
-    }
-    /// Moves with every change to the records, as a store's own token does.
-    fn change_token(&self) -> io::Result<ChangeToken> {
-        let records = self.edit(|r| format!("{r:?}"));
-        Ok(ChangeToken(hex::encode(Sha256::digest(records))))
-    }
-    fn content_key(&self) -> Option<String> {
-        self.key.clone()
-    }
-    fn meta(&self) -> Option<StoreMeta> {
-        Some(StoreMeta {
+/// The store the core's tests mount: in memory, owned by uid 7, gid 8, mode 0644.
+fn mem() -> MemStore {
+    let s = MemStore::new("/mem");
+    s.change(|st| {
+        st.meta = Some(StoreMeta {
             uid: 7,
             gid: 8,
             mode: 0o644,
             mtime: SystemTime::UNIX_EPOCH,
             via_daemon: false,
         })
-    }
+    });
+    s
 }
 
-impl Writer for MemSource {
-    fn write(&self, edit: Edit<'_>) -> Result<(), crate::source::StoreError> {
-        if let Writes::Fail(error) = self.writes {
-            return Err(error());
-        }
-        match edit {
-            Edit::Tag { id, tag } => self.tag(id, tag),
-            Edit::Untag(tag) => self.untag(tag),
-            Edit::Retag { from, to } => self.retag(from, to),
-            Edit::Delete(id) => self.delete_image(id),
-        }
-    }
-}
-
-impl MemSource {
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), crate::source::StoreError> {
-        self.edit(|records| {
-            for r in records.iter_mut() {
-                r.tags.retain(|t| t != tag);
-            }
-            let r = records
-                .iter_mut()
-                .find(|r| r.claimed_id == id)
-                .ok_or_else(|| crate::source::StoreError::NotFound(id.into()))?;
-            r.tags.push(tag.clone());
-            Ok(())
-        })
-    }
-    fn untag(&self, tag: &TagRef) -> Result<(), crate::source::StoreError> {
-        self.edit(|records| {
-            let before: usize = records.iter().map(|r| r.tags.len()).sum();
-            for r in records.iter_mut() {
-                r.tags.retain(|t| t != tag);
-            }
-            let after: usize = records.iter().map(|r| r.tags.len()).sum();
-            if before == after {
-                return Err(crate::source::StoreError::NotFound(tag.to_string()));
-            }
-            Ok(())
-        })
-    }
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), crate::source::StoreError> {
-        self.edit(|records| {
-            for r in records.iter_mut() {
-                r.tags.retain(|t| t != to);
-            }
-            for r in records.iter_mut() {
-                for t in r.tags.iter_mut() {
-                    if t == from {
-                        *t = to.clone();
-                    }
-                }
-            }
-            Ok(())
-        })
-    }
-    fn delete_image(&self, id: &str) -> Result<(), crate::source::StoreError> {
-        self.edit(|records| {
-            records.retain(|r| r.claimed_id != id);
-            Ok(())
-        })
+fn tag(s: &str) -> TagRef {
+    match crate::reference::parse(s) {
+        Ok(Parsed::Tag(t)) => t,
+        other => panic!("{s}: {other:?}"),
     }
 }
 
@@ -232,7 +39,7 @@ const WEB_V2: &[u8] =
 const API: &[u8] =
     br#"{"created":"2023-05-05T05:05:05+02:00","architecture":"amd64","os":"linux"}"#;
 
-fn mount(sources: Vec<(&str, MemSource)>) -> ImageFs {
+fn mount(sources: Vec<(&str, MemStore)>) -> ImageFs {
     let stores = sources
         .into_iter()
         .map(|(label, s)| Store::new(label, Box::new(s)))
@@ -272,7 +79,7 @@ fn missing_config() -> ImageRecord {
 }
 
 fn sample() -> (ImageFs, String, String, String) {
-    let mut s = MemSource::new();
+    let s = mem();
     let v1 = s.image(WEB_V1, &[]);
     let v2 = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
     let api = s.image(
@@ -283,7 +90,7 @@ fn sample() -> (ImageFs, String, String, String) {
             "busybox",
         ],
     );
-    s.records.push(missing_config());
+    s.change(|st| st.records.push(missing_config()));
     (mount(vec![("only", s)]), v1, v2, api)
 }
 
@@ -397,7 +204,7 @@ fn attributes_follow_the_config_and_the_store() {
     let d = resolve(&fs, "by-tag").unwrap();
     assert_eq!((d.uid, d.gid, d.perm), (7, 8, 0o755));
     // on a read-only mount no one may
-    let mut s = MemSource::new();
+    let s = mem();
     s.image(API, &["localhost/x:1"]);
     let stores = vec![Store::new("ro", Box::new(s))];
     let options = FsOptions {
@@ -455,15 +262,17 @@ fn xattrs_answer_like_a_table_would() {
 
 #[test]
 fn a_config_that_does_not_match_its_digest_is_not_that_image() {
-    let mut s = MemSource::new();
+    let s = mem();
     let (loc, _) = s.blob(br#"{"tampered":true}"#);
     let claimed = format!("sha256:{}", "a".repeat(64));
-    s.records.push(ImageRecord {
-        claimed_id: claimed.clone(),
-        config: Some(loc),
-        config_name: "mem:tampered.json".into(),
-        tags: vec![tag("localhost/evil:1")],
-        ..Default::default()
+    s.change(|st| {
+        st.records.push(ImageRecord {
+            claimed_id: claimed.clone(),
+            config: Some(loc),
+            config_name: "mem:tampered.json".into(),
+            tags: vec![tag("localhost/evil:1")],
+            ..Default::default()
+        })
     });
     let good = s.image(API, &["localhost/good:1"]);
     let fs = mount(vec![("s", s)]);
@@ -482,9 +291,9 @@ fn a_config_that_does_not_match_its_digest_is_not_that_image() {
 
 #[test]
 fn several_stores_are_self_contained_directories() {
-    let mut a = MemSource::new();
+    let a = mem();
     let id = a.image(API, &["localhost/app:1"]);
-    let mut b = MemSource::new();
+    let b = mem();
     b.image(API, &["localhost/app:1", "localhost/app:2"]);
     let fs = mount(vec![("cache", a), ("runtime", b)]);
     assert_eq!(names(&fs, ""), [".", "..", "cache", "runtime"]);
@@ -584,13 +393,12 @@ fn writes_tag_untag_retag_and_delete() {
 
 #[test]
 fn writes_queue_what_the_kernel_must_forget_beyond_their_own_name() {
-    let mut s = MemSource::new();
+    let s = mem();
     let v1 = s.image(WEB_V1, &["localhost/whoami/web:1"]);
     s.image(WEB_V2, &[]);
-    let all = s.records.clone();
     // the store holds v1 alone at mount; another program adds v2 later
-    *s.live.lock() = Some(all[..1].to_vec());
-    let live = s.live.clone();
+    let v2 = s.change(|st| st.records.pop()).unwrap();
+    let live = s.clone();
     let fs = mount(vec![("only", s)]);
     let now = std::time::Duration::ZERO;
     let by_id = resolve(&fs, "by-id").unwrap().ino;
@@ -604,7 +412,7 @@ fn writes_queue_what_the_kernel_must_forget_beyond_their_own_name() {
 
     // a write's reload also reads what changed behind the mount since the last
     // look, which the watcher will not see (the reload took the new token): queued
-    live.lock().as_mut().unwrap().push(all[1].clone());
+    live.change(|st| st.records.push(v2));
     fs.unlink(whoami, OsStr::new("web:2")).unwrap();
     let queued = fs.wait_for_queued(now);
     // the kernel keeps listings: by-id's changed, and the tag directory's
@@ -673,7 +481,7 @@ fn names_must_be_canonical_tags_and_directories_must_hold_them() {
 
 #[test]
 fn read_only_mounts_and_read_only_sources_answer_erofs() {
-    let mut s = MemSource::new();
+    let s = mem();
     let id = s.image(API, &["localhost/app:1"]);
     let stores = vec![Store::new("s", Box::new(s))];
     let fs = ImageFs::new(
@@ -707,8 +515,8 @@ fn read_only_mounts_and_read_only_sources_answer_erofs() {
     );
 
     // a source that cannot write answers EROFS even on a writable mount, and says so
-    let mut s = MemSource::new();
-    s.writes = Writes::None;
+    let s = mem();
+    s.change(|st| st.writes = Writes::None);
     s.image(API, &["localhost/app:1"]);
     let fs = mount(vec![("s", s)]);
     let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;
@@ -768,8 +576,8 @@ fn store_errors_keep_their_cause_to_the_caller() {
         ),
     ];
     for (error, errno, reason) in cases {
-        let mut s = MemSource::new();
-        s.writes = Writes::Fail(error);
+        let s = mem();
+        s.change(|st| st.writes = Writes::Fail(error));
         s.image(API, &["localhost/app:1"]);
         let fs = mount(vec![("s", s)]);
         let dir = resolve(&fs, "by-tag/localhost").unwrap().ino;
@@ -804,15 +612,15 @@ fn unknown_inodes_and_names_are_enoent() {
 fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     let dir = tempfile::tempdir().unwrap();
     let store = |key: &str| {
-        let mut s = MemSource::new();
+        let s = mem();
         let web = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
         let api = s.image(API, &["localhost/whoami/api:1.0", "busybox"]);
-        s.records.push(missing_config());
-        s.key = Some(key.into());
+        s.change(|st| st.records.push(missing_config()));
+        s.change(|st| st.content_key = Some(key.into()));
         (s, web, api)
     };
-    let open = |s: MemSource, rescan: bool| {
-        let (blobs, scans) = (s.blobs.clone(), s.scans.clone());
+    let open = |s: MemStore, rescan: bool| {
+        let handle = s.clone();
         let options = FsOptions {
             kept: if rescan {
                 Kept::in_dir(dir.path().to_path_buf()).ignoring_kept()
@@ -823,10 +631,7 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
         };
         let stores = vec![Store::new("only", Box::new(s))];
         let fs = ImageFs::new(stores, ConfigCache::new(1 << 20), options).unwrap();
-        (fs, blobs, scans)
-    };
-    let scans_of = |n: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
-        n.load(std::sync::atomic::Ordering::Relaxed)
+        (fs, handle)
     };
     let tree = |fs: &ImageFs| {
         let mut out = names(fs, "by-id");
@@ -842,14 +647,14 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     };
 
     let (s, _, _) = store("k1");
-    let (first, _, scans) = open(s, false);
-    assert_eq!(scans_of(&scans), 1);
+    let (first, handle) = open(s, false);
+    assert_eq!(handle.scans(), 1);
     let want = tree(&first);
     first.keep_catalogs();
 
     let (s, _, api) = store("k1");
-    let (second, _, scans) = open(s, false);
-    assert_eq!(scans_of(&scans), 0, "an unchanged store is not scanned");
+    let (second, handle) = open(s, false);
+    assert_eq!(handle.scans(), 0, "an unchanged store is not scanned");
     assert_eq!(tree(&second), want);
     let api_attr = resolve(&second, &format!("by-id/{api}")).unwrap();
     assert_eq!(api_attr.nlink, 3);
@@ -863,8 +668,8 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     second.keep_catalogs();
 
     let (s, web, _) = store("k1");
-    let (third, blobs, scans) = open(s, false);
-    assert_eq!(scans_of(&scans), 0);
+    let (third, handle) = open(s, false);
+    assert_eq!(handle.scans(), 0);
     assert_eq!(
         resolve(&third, "by-tag/localhost/whoami/api:kept")
             .unwrap()
@@ -873,28 +678,33 @@ fn kept_catalogs_are_reused_while_the_key_holds_and_reads_stay_checked() {
     );
     // rewritten in place, same length: refused when read
     let web_ino = resolve(&third, &format!("by-id/{web}")).unwrap().ino;
-    blobs.write()[0][2] ^= 0x20;
+    handle.tamper(|st| {
+        let blob = st.blobs.get_mut(&web).unwrap();
+        let mut bytes = blob.to_vec();
+        bytes[2] ^= 0x20;
+        *blob = bytes.into();
+    });
     assert_eq!(third.read(web_ino, 0, 1 << 16), Err(Errno::EIO.into()));
 
     let (s, _, _) = store("k2");
-    let (_, _, scans) = open(s, false);
-    assert_eq!(scans_of(&scans), 1, "another key scans");
+    let (_, handle) = open(s, false);
+    assert_eq!(handle.scans(), 1, "another key scans");
     let (s, _, _) = store("k1");
-    let (_, _, scans) = open(s, true);
-    assert_eq!(scans_of(&scans), 1, "rescan scans");
+    let (_, handle) = open(s, true);
+    assert_eq!(handle.scans(), 1, "rescan scans");
 }
 
 /// A tag given to two images goes to the last, as `docker load` leaves it, in every
 /// store; the loser is logged.
 #[test]
 fn a_tag_given_twice_names_the_last_image() {
-    let mut s = MemSource::new();
+    let s = mem();
     let first = s.image(WEB_V1, &["localhost/x:1", "localhost/x:only-first"]);
     let last = s.image(API, &["localhost/x:1"]);
     // a missing config claims a tag last: the tag dangles
     let mut gone = missing_config();
     gone.tags = vec![tag("localhost/x:only-first")];
-    s.records.push(gone);
+    s.change(|st| st.records.push(gone));
     let fs = mount(vec![("only", s)]);
     let x1 = resolve(&fs, "by-tag/localhost/x:1").unwrap();
     assert_eq!(x1.ino, resolve(&fs, &format!("by-id/{last}")).unwrap().ino);
@@ -920,7 +730,7 @@ fn a_tag_given_twice_names_the_last_image() {
 fn tags_longer_than_a_file_name_are_listed_not_shown() {
     let long_repo = format!("localhost/{}", "r".repeat(200));
     let long_tag = format!("{long_repo}:{}", "t".repeat(100));
-    let mut s = MemSource::new();
+    let s = mem();
     let id = s.image(API, &[&long_tag, "localhost/x:1"]);
     let fs = mount(vec![("only", s)]);
     let img = resolve(&fs, &format!("by-id/{id}")).unwrap();

@@ -16,6 +16,7 @@ pub(crate) mod containers_storage;
 pub(crate) mod docker_archive;
 pub(crate) mod docker_root;
 mod error;
+pub mod mem;
 pub(crate) mod oci;
 pub(crate) mod oci_archive;
 pub(crate) mod registry;
@@ -44,6 +45,7 @@ pub static KINDS: &[&Kind] = &[
     &docker_root::KIND,
     &containerd::KIND,
     &registry::KIND,
+    &mem::KIND,
 ];
 
 /// A store kind: its name (the transport prefix), what it reads, and how a store of

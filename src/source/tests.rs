@@ -302,3 +302,49 @@ fn a_write_over_a_broken_index_says_why() {
     let e = writer.write(Edit::Untag(&tag)).unwrap_err();
     assert!(matches!(e, StoreError::Io { .. }), "{e:?}");
 }
+
+/// A kind is one file and one line of KINDS: `mem:` is found by its prefix, opens its
+/// description, and serves blobs that are no files, with a token that is no stat.
+#[test]
+fn a_registry_shaped_kind_is_one_file_and_one_table_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = dir.path().join("store.json");
+    std::fs::write(
+        &desc,
+        br#"{"images": [{"config": {"architecture": "amd64", "os": "linux"}, "tags": ["localhost/app:1"]}],
+            "dangling": [{"tag": "localhost/gone:1", "id": "sha256:0000000000000000000000000000000000000000000000000000000000000000"}]}"#,
+    )
+    .unwrap();
+    let src = open(&format!("mem:{}", desc.display())).unwrap();
+    assert_eq!(src.kind(), &mem::KIND);
+    assert!(src.path().is_none(), "no path on this machine");
+    let inv = src.scan().unwrap();
+    assert_eq!(inv.images.len(), 2);
+    let image = &inv.images[0];
+    assert!(matches!(image.config, Some(BlobLocation::Digest { .. })));
+    let bytes = read_blob(src.as_ref(), image.config.as_ref().unwrap(), 1 << 20).unwrap();
+    assert_eq!(sha256_id(&bytes), image.claimed_id);
+    assert_eq!(tags(image), ["localhost/app:1"]);
+    assert!(
+        inv.images[1].config.is_none(),
+        "the dangling tag's image is not there"
+    );
+    // a write moves the token, and is seen by the next scan
+    let before = src.change_token().unwrap();
+    let tag = match crate::reference::parse("localhost/app:2") {
+        Ok(crate::reference::Parsed::Tag(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    let id = image.claimed_id.clone();
+    src.writer()
+        .unwrap()
+        .write(Edit::Tag { id: &id, tag: &tag })
+        .unwrap();
+    assert_ne!(src.change_token().unwrap(), before);
+    assert_eq!(
+        tags(&src.scan().unwrap().images[0]),
+        ["localhost/app:1", "localhost/app:2"]
+    );
+    // never detected: a bare path is not taken for one
+    assert!(open(desc.to_str().unwrap()).is_err());
+}
