@@ -361,4 +361,6 @@ fn image_at(state: &State, store: usize, index: usize) -> FsResult<&Image> {
 }
 
 #[cfg(test)]
+mod reference_model;
+#[cfg(test)]
 mod tests;

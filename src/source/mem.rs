@@ -301,7 +301,11 @@ impl Writer for MemStore {
             return Err(error());
         }
         let name = self.describe();
-        self.change(|s| apply(&mut s.records, edit, &name))
+        let mut state = self.state.lock();
+        apply(&mut state.records, edit, &name)?;
+        // a refused edit changed nothing, so the token stays, as a store's file stays
+        state.generation += 1;
+        Ok(())
     }
 }
 

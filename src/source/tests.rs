@@ -345,6 +345,11 @@ fn a_registry_shaped_kind_is_one_file_and_one_table_line() {
         tags(&src.scan().unwrap().images[0]),
         ["localhost/app:1", "localhost/app:2"]
     );
+    // a refused edit changes nothing, its token included
+    let after = src.change_token().unwrap();
+    let e = src.writer().unwrap().write(Edit::Delete("sha256:nothing"));
+    assert!(matches!(e, Err(StoreError::NotFound(_))), "{e:?}");
+    assert_eq!(src.change_token().unwrap(), after);
     // never detected: a bare path is not taken for one
     assert!(open(desc.to_str().unwrap()).is_err());
 }
