@@ -430,7 +430,7 @@ pub fn varint(b: &[u8]) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// imagefs itself opens meta.db through the containment layer; tests by path.
     fn open_db(path: &std::path::Path) -> io::Result<BoltFile> {
         Ok(BoltFile::from_file(File::open(path)?))
@@ -473,6 +473,99 @@ mod tests {
             data += k.len() + v.len();
         }
         p
+    }
+
+    /// What a bucket holds, for building a database: values and nested buckets.
+    pub(crate) enum Entry {
+        Value(Vec<u8>),
+        Bucket(Items),
+    }
+
+    /// A bucket's (key, entry) pairs, in any order.
+    pub(crate) type Items = Vec<(Vec<u8>, Entry)>;
+
+    /// A database file as bbolt writes one: two metas (the newer at `txid`), then one
+    /// leaf page per bucket, the root bucket's first.
+    pub(crate) fn database(root: Vec<(Vec<u8>, Entry)>, txid: u64) -> Vec<u8> {
+        const PS: usize = 4096;
+        fn put(items: Vec<(Vec<u8>, Entry)>, pages: &mut Vec<Vec<u8>>) -> u64 {
+            let id = 2 + pages.len() as u64;
+            pages.push(Vec::new());
+            let mut leaf: Vec<(Vec<u8>, Vec<u8>, bool)> = items
+                .into_iter()
+                .map(|(key, entry)| match entry {
+                    Entry::Value(v) => (key, v, false),
+                    Entry::Bucket(children) => {
+                        let mut header = put(children, pages).to_le_bytes().to_vec();
+                        header.extend_from_slice(&[0u8; 8]);
+                        (key, header, true)
+                    }
+                })
+                .collect();
+            leaf.sort_by(|a, b| a.0.cmp(&b.0));
+            let refs: Vec<(&[u8], &[u8], bool)> = leaf
+                .iter()
+                .map(|(k, v, b)| (k.as_slice(), v.as_slice(), *b))
+                .collect();
+            pages[(id - 2) as usize] = leaf_page(id, PS, &refs);
+            id
+        }
+        let mut pages = Vec::new();
+        let root = put(root, &mut pages);
+        let high = 2 + pages.len() as u64;
+        let mut file = [
+            meta_page(PS as u32, root, high, txid - 1),
+            meta_page(PS as u32, root, high, txid),
+        ]
+        .concat();
+        // each meta goes in the slot its txid picks
+        if txid % 2 == 0 {
+            let (a, b) = file.split_at(PS);
+            file = [b, a].concat();
+        }
+        file.extend(pages.concat());
+        file
+    }
+
+    /// Go's signed varint, as containerd writes sizes.
+    pub(crate) fn put_varint(v: i64) -> Vec<u8> {
+        let mut u = ((v << 1) ^ (v >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            if u < 0x80 {
+                out.push(u as u8);
+                return out;
+            }
+            out.push((u as u8) | 0x80);
+            u >>= 7;
+        }
+    }
+
+    #[test]
+    fn a_built_database_reads_back() {
+        let db = database(
+            vec![(
+                b"v1".to_vec(),
+                Entry::Bucket(vec![
+                    (b"b".to_vec(), Entry::Value(put_varint(-3))),
+                    (
+                        b"a".to_vec(),
+                        Entry::Bucket(vec![(b"k".to_vec(), Entry::Value(put_varint(300)))]),
+                    ),
+                ]),
+            )],
+            8,
+        );
+        let f = BoltFile::from_bytes(db);
+        assert_eq!(f.meta().unwrap().txid, 8);
+        let (a, b) = f
+            .read(|tx| {
+                let v1 = tx.bucket(&tx.root(), b"v1")?.unwrap();
+                let a = tx.bucket(&v1, b"a")?.unwrap();
+                Ok((tx.get(&a, b"k")?.unwrap(), tx.get(&v1, b"b")?.unwrap()))
+            })
+            .unwrap();
+        assert_eq!((varint(&a), varint(&b)), (Some(300), Some(-3)));
     }
 
     fn inline_bucket(items: &[(&[u8], &[u8], bool)]) -> Vec<u8> {

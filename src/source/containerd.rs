@@ -611,3 +611,253 @@ fn request<T>(message: T, namespace: &str) -> tonic::Request<T> {
 fn is_tag_name(name: &str) -> bool {
     !name.starts_with("moby-dangling@") && matches!(reference::parse(name), Ok(Parsed::Tag(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    //! meta.db's image records, built as containerd writes them, read back with their
+    //! content store: which names are tags, which dangle, and what is reported.
+
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::bbolt::tests::{Entry, Items, database, put_varint};
+    use crate::source::sha256_id;
+
+    /// Writes a blob into the content store; its digest.
+    fn blob(root: &Path, value: &Value) -> (String, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = sha256_id(&bytes);
+        let dir = root.join(CONTENT).join("blobs/sha256");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(&digest[7..]), &bytes).unwrap();
+        (digest, bytes.len())
+    }
+
+    fn record(name: &str, digest: &str, media_type: &str, size: i64) -> (Vec<u8>, Entry) {
+        let target = vec![
+            (b"digest".to_vec(), Entry::Value(digest.as_bytes().to_vec())),
+            (
+                b"mediatype".to_vec(),
+                Entry::Value(media_type.as_bytes().to_vec()),
+            ),
+            (b"size".to_vec(), Entry::Value(put_varint(size))),
+        ];
+        (
+            name.as_bytes().to_vec(),
+            Entry::Bucket(vec![
+                (b"target".to_vec(), Entry::Bucket(target)),
+                (b"createdat".to_vec(), Entry::Value(vec![1, 2, 3])),
+            ]),
+        )
+    }
+
+    fn write_db(root: &Path, namespaces: Vec<(&str, Option<Items>)>, txid: u64) {
+        let ns = namespaces
+            .into_iter()
+            .map(|(name, images)| {
+                let mut buckets = vec![(b"leases".to_vec(), Entry::Bucket(vec![]))];
+                if let Some(images) = images {
+                    buckets.push((b"images".to_vec(), Entry::Bucket(images)));
+                }
+                (name.as_bytes().to_vec(), Entry::Bucket(buckets))
+            })
+            .collect();
+        let db = database(
+            vec![
+                (b"v1".to_vec(), Entry::Bucket(ns)),
+                (b"version".to_vec(), Entry::Value(b"3".to_vec())),
+            ],
+            txid,
+        );
+        let path = root.join(META_DB);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, db).unwrap();
+    }
+
+    const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+    /// An image in the content store: its config's digest, and its manifest's.
+    fn image(root: &Path, n: u32) -> (String, (String, usize)) {
+        let (config, config_size) = blob(
+            root,
+            &json!({"architecture": "amd64", "os": "linux", "n": n}),
+        );
+        let manifest = blob(
+            root,
+            &json!({"schemaVersion": 2, "mediaType": MT_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config, "size": config_size},
+                "layers": []}),
+        );
+        (config, manifest)
+    }
+
+    #[test]
+    fn image_records_become_tags_ids_and_dangling_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (app, (app_manifest, app_size)) = image(root, 1);
+        let (untagged, (untagged_manifest, untagged_size)) = image(root, 2);
+        let platform = crate::source::shared::oci_walk::host_platform();
+        let (index, index_size) = blob(
+            root,
+            &json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [
+                {"mediaType": MT_MANIFEST, "digest": app_manifest, "size": app_size,
+                 "platform": {"os": platform.os, "architecture": platform.architecture}}]}),
+        );
+        let missing = format!("sha256:{}", "c".repeat(64));
+        let index_size = index_size as i64;
+        write_db(
+            root,
+            vec![
+                (
+                    "k8s.io",
+                    Some(vec![
+                        record("docker.io/library/app:1", &index, MT_INDEX, index_size),
+                        // CRI's own records: the ID and the digest reference, no tags
+                        record(&app, &index, MT_INDEX, index_size),
+                        record(
+                            &format!("docker.io/library/app@{index}"),
+                            &index,
+                            MT_INDEX,
+                            index_size,
+                        ),
+                        // Docker's containerd store names an untagged image so
+                        record(
+                            &format!("moby-dangling@{untagged_manifest}"),
+                            &untagged_manifest,
+                            MT_MANIFEST,
+                            untagged_size as i64,
+                        ),
+                        // a tag whose content was garbage-collected dangles
+                        record("localhost/gone:1", &missing, MT_MANIFEST, 10),
+                        record("No Such Name!", &app_manifest, MT_MANIFEST, app_size as i64),
+                    ]),
+                ),
+                ("default", Some(vec![])),
+                ("no-images", None),
+            ],
+            41,
+        );
+        assert_eq!(namespaces(root).unwrap(), ["default", "k8s.io"]);
+        let store = Containerd::open(root, "k8s.io", None, Limits::default()).unwrap();
+        assert_eq!(store.change_token().unwrap(), ChangeToken("41".into()));
+        let inv = store.scan().unwrap();
+        let named = |tag: &str| {
+            inv.images
+                .iter()
+                .find(|r| r.tags.iter().any(|t| t.to_string() == tag))
+                .unwrap_or_else(|| panic!("{tag}: {:?}", inv.images))
+        };
+        let app_record = named("docker.io/library/app:1");
+        assert_eq!(app_record.claimed_id, app);
+        assert_eq!(
+            app_record.manifest_digests,
+            [index.clone(), app_manifest.clone()]
+        );
+        assert!(app_record.config.is_some());
+        let gone = named("localhost/gone:1");
+        assert_eq!(gone.claimed_id, missing);
+        assert!(gone.config.is_none(), "the name dangles at what it names");
+        // every record is an image; only two give tags
+        assert_eq!(inv.images.len(), 6);
+        let tagged: usize = inv.images.iter().map(|r| r.tags.len()).sum();
+        assert_eq!(tagged, 2, "{:?}", inv.images);
+        assert!(
+            inv.images
+                .iter()
+                .any(|r| r.claimed_id == untagged && r.tags.is_empty()),
+            "moby-dangling@ is an untagged image"
+        );
+        assert!(
+            inv.images
+                .iter()
+                .any(|r| r.digest_refs == [format!("docker.io/library/app@{index}")])
+        );
+        let problems = inv.problems.join("\n");
+        assert!(problems.contains("No Such Name!"), "{problems}");
+        assert!(problems.contains("blob missing"), "{problems}");
+        // a namespace without records is empty, not an error
+        let empty = Containerd::open(root, "default", None, Limits::default()).unwrap();
+        assert!(empty.scan().unwrap().images.is_empty());
+    }
+
+    #[test]
+    fn a_content_blob_that_is_no_regular_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (_, (manifest, size)) = image(root, 1);
+        // the manifest replaced by a link to a file outside the store
+        let outside = dir.path().join("outside.json");
+        std::fs::write(&outside, b"{}").unwrap();
+        let path = root.join(CONTENT).join("blobs/sha256").join(&manifest[7..]);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        write_db(
+            root,
+            vec![(
+                "default",
+                Some(vec![record(
+                    "localhost/app:1",
+                    &manifest,
+                    MT_MANIFEST,
+                    size as i64,
+                )]),
+            )],
+            6,
+        );
+        let store = Containerd::open(root, "default", None, Limits::default()).unwrap();
+        let inv = store.scan().unwrap();
+        assert!(inv.images[0].config.is_none());
+        assert!(
+            inv.problems
+                .iter()
+                .any(|p| p.contains("not a regular file")),
+            "{:?}",
+            inv.problems
+        );
+        // a malformed digest names no file at all
+        assert!(store.blob("sha256:../../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn namespaces_and_sockets_are_named_as_containerd_names_them() {
+        assert_eq!(
+            split_namespace("/var/lib/containerd#k8s.io"),
+            ("/var/lib/containerd", Some("k8s.io"))
+        );
+        assert_eq!(
+            split_namespace("/var/lib/containerd"),
+            ("/var/lib/containerd", None)
+        );
+        assert_eq!(
+            split_namespace("/x#a/b"),
+            ("/x#a/b", None),
+            "a namespace has no slash"
+        );
+        assert_eq!(split_namespace("/x#"), ("/x#", None));
+        assert_eq!(
+            default_address(Path::new("/var/lib/rancher/k3s/agent/containerd")),
+            Path::new("/run/k3s/containerd/containerd.sock")
+        );
+        assert_eq!(
+            default_address(Path::new("/var/lib/containerd")),
+            Path::new("/run/containerd/containerd.sock")
+        );
+        assert!(is_tag_name("docker.io/library/app:1"));
+        for not_a_tag in [
+            "moby-dangling@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "docker.io/library/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(!is_tag_name(not_a_tag), "{not_a_tag}");
+        }
+        // a root that is not containerd's says which file is missing
+        let dir = tempfile::tempdir().unwrap();
+        let e = namespaces(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("meta.db"), "{e}");
+    }
+}

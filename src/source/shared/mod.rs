@@ -12,6 +12,9 @@ pub mod oci_walk;
 pub mod tar_rewrite;
 pub mod tar_store;
 
+#[cfg(test)]
+mod tests;
+
 /// A source's label from its file name: `cache.tar.gz` → `cache`.
 pub fn label_from_file_name(name: &str) -> String {
     let mut s = name.trim_end_matches('/');
