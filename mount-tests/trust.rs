@@ -4,7 +4,7 @@
 //! outside the store is read, written or deleted, and that nothing blocks. These
 //! inputs are built by hand from the real fixtures: no tool makes them.
 
-use super::*;
+use crate::common::*;
 
 fn mkfifo(path: &Path) {
     ok(&format!("mkfifo '{}'", path.display()));

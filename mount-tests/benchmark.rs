@@ -1,0 +1,57 @@
+//! The benchmark must keep working: run on tiny inputs, nothing asserted about time.
+
+use crate::common::*;
+
+#[test]
+fn benchmark_runs_on_tiny_inputs() {
+    let f = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let walk = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/header_walk");
+    assert!(walk.is_file(), "cargo test builds the examples: {walk:?}");
+    let out = ok(&format!(
+        "python3 {SCRIPTS}/bench/bench.py --tiny --runs 1 --bin '{BIN}' --walk '{}' \
+         --cs-template '{}' '{}'",
+        walk.display(),
+        f.path("cs"),
+        work.path().display()
+    ));
+    for title in [
+        "(a) docker-archive",
+        "(b) the same, gzip",
+        "(c) docker-archive",
+        "(d) OCI layout",
+        "(e) containers-storage",
+    ] {
+        assert!(out.contains(title), "no table for {title}:\n{out}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+    // (a) and (c) show the floor: the same commands on a tmpfs copy, no mount
+    let floors = out
+        .lines()
+        .filter(|l| l.contains("on a tmpfs copy of the tree"))
+        .filter(|l| {
+            l.split('|')
+                .nth(3)
+                .is_some_and(|w| w.trim().parse::<f64>().is_ok())
+        })
+        .count();
+    assert_eq!(floors, 2, "{out}");
+    // every imagefs row of the tool tables has a warm time, every fixed cost a figure
+    let (tools, fixed): (Vec<&str>, Vec<&str>) = out
+        .lines()
+        .filter(|l| l.starts_with("| imagefs"))
+        .partition(|l| l.split('|').count() > 4);
+    assert!(tools.len() >= 7 && fixed.len() >= 2, "{out}");
+    for r in tools {
+        let warm = r.split('|').nth(3).unwrap_or_default().trim();
+        assert!(warm.parse::<f64>().is_ok_and(|t| t > 0.0), "{r}");
+    }
+    for r in fixed {
+        let ms = r.split('|').nth(2).unwrap_or_default().trim();
+        assert!(ms.parse::<f64>().is_ok_and(|t| t > 0.0), "{r}");
+    }
+    assert!(work.path().join("results.md").is_file());
+}
