@@ -2,11 +2,12 @@
 //! options, and the sources as labelled store specs.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 
 use crate::config_cache::DEFAULT_CACHE_SIZE;
-use crate::source::{self, SourceKind};
+use crate::source::{self, RegistryOptions, SourceKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,6 +96,15 @@ pub struct MountOptions {
     pub containerd_address: Option<String>,
     /// `max_members=`, `max_images=`, `max_index_size=`, `max_config_size=`.
     pub limits: crate::limits::Limits,
+    /// `registry_ca=FILE`: a CA a registry's certificate may chain to, beside the
+    /// system's.
+    pub registry_ca: Vec<PathBuf>,
+    /// `registry_insecure`: plain HTTP, and unverified certificates, to any registry.
+    pub registry_insecure: bool,
+    /// `registry_parallel=N`, `registry_timeout=`, `registry_refresh=`.
+    pub registry_parallel: usize,
+    pub registry_timeout: Duration,
+    pub registry_refresh: Duration,
 }
 
 impl Default for MountOptions {
@@ -112,6 +122,11 @@ impl Default for MountOptions {
             docker_host: None,
             containerd_address: None,
             limits: crate::limits::Limits::default(),
+            registry_ca: Vec::new(),
+            registry_insecure: false,
+            registry_parallel: RegistryOptions::default().parallel,
+            registry_timeout: RegistryOptions::default().timeout,
+            registry_refresh: RegistryOptions::default().refresh,
         }
     }
 }
@@ -168,6 +183,11 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("max_images", Some(v)) => out.limits.max_images = parse_count(key, v)?,
             ("max_index_size", Some(v)) => out.limits.max_index_size = parse_size(v)?,
             ("max_config_size", Some(v)) => out.limits.max_config_size = parse_size(v)?,
+            ("registry_ca", Some(v)) => out.registry_ca.push(PathBuf::from(v)),
+            ("registry_insecure", None) => out.registry_insecure = true,
+            ("registry_parallel", Some(v)) => out.registry_parallel = parse_count(key, v)?,
+            ("registry_timeout", Some(v)) => out.registry_timeout = parse_duration(key, v)?,
+            ("registry_refresh", Some(v)) => out.registry_refresh = parse_duration(key, v)?,
             ("subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
@@ -184,6 +204,31 @@ fn parse_count(key: &str, v: &str) -> Result<usize, String> {
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("bad {key}={v:?}: use a positive whole number"))
+}
+
+/// `30s`, `500ms`, `2m`, `1h`; a bare number is seconds. Never zero.
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad {key}={v:?}: use a duration such as 30s, 500ms or 2m"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "bad {key}={v:?}: use a duration such as 30s, 500ms or 2m"
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("bad {key}={v:?}: must be more than zero"));
+    }
+    Ok(d)
 }
 
 /// `64M`, `1G`, `4096`, `512k`.
@@ -276,6 +321,46 @@ pub fn kept_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|d| d.join("imagefs"))
+}
+
+/// Where registry credentials are looked for, in podman's order, then Docker's:
+/// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// `~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json` (else
+/// `~/.docker/config.json`).
+pub fn registry_auth_files() -> Vec<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = var("HOME");
+    let mut files = Vec::new();
+    files.extend(var("REGISTRY_AUTH_FILE"));
+    files.extend(var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
+    files.extend(
+        home.as_ref()
+            .map(|h| h.join(".config/containers/auth.json")),
+    );
+    match var("DOCKER_CONFIG") {
+        Some(d) => files.push(d.join("config.json")),
+        None => files.extend(home.as_ref().map(|h| h.join(".docker/config.json"))),
+    }
+    files
+}
+
+/// The system's CA bundle: `$SSL_CERT_FILE`, else the first of the usual places.
+pub fn system_ca_file() -> Option<PathBuf> {
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(f));
+    }
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// dockerd's socket when `-o docker_host=` does not say: `DOCKER_HOST`, as the docker

@@ -178,6 +178,17 @@ fn read_and_serve(
         containerd_address: options.containerd_address.clone(),
         limits: options.limits,
         kept: kept.clone(),
+        registry: source::RegistryOptions {
+            ca_files: cli::system_ca_file()
+                .into_iter()
+                .chain(options.registry_ca.iter().cloned())
+                .collect(),
+            insecure: options.registry_insecure,
+            parallel: options.registry_parallel,
+            timeout: options.registry_timeout,
+            refresh: options.registry_refresh,
+            auth_files: cli::registry_auth_files(),
+        },
     };
     let stores = if positional.is_empty() {
         discover_stores(&source_options)?

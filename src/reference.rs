@@ -166,6 +166,12 @@ fn split_domain(name: &str) -> (String, String) {
     (domain, path)
 }
 
+/// A repository path on a registry (`team/app`): path components, as a reference's,
+/// within a name's length.
+pub fn is_repository_path(s: &str) -> bool {
+    s.len() <= MAX_NAME_LEN && !s.is_empty() && s.split('/').all(is_path_component)
+}
+
 /// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
 fn is_path_component(s: &str) -> bool {
     let b = s.as_bytes();

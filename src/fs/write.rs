@@ -133,6 +133,16 @@ impl ImageFs {
                 self.run_write(store, &format!("untag {tag}"), Edit::Untag(&tag))
             }
             (NodeRole::ById, NodeRole::Image) => {
+                if let Some(why) = self.stores[store]
+                    .source
+                    .writer()
+                    .and_then(|w| w.no_image_deletes())
+                {
+                    return Err(Error::new(
+                        Errno::EPERM,
+                        format!("{name}: not deleted: {why}"),
+                    ));
+                }
                 if child.nlink > 1 {
                     return Err(Error::new(
                         Errno::EBUSY,

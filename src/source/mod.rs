@@ -20,6 +20,7 @@ pub mod mem;
 pub(crate) mod oci;
 pub(crate) mod oci_archive;
 pub(crate) mod registry;
+pub use registry::RegistryOptions;
 pub(crate) mod shared;
 
 use std::fmt;
@@ -341,6 +342,12 @@ pub trait Writer: Send + Sync {
     }
 
     fn write(&self, edit: Edit<'_>) -> Result<(), StoreError>;
+
+    /// Why this store never deletes an image as such (`rm by-id/…`), whatever its tags:
+    /// a registry, whose images are there only through their tags. `None`: it does.
+    fn no_image_deletes(&self) -> Option<String> {
+        None
+    }
 }
 
 pub trait Source: Send + Sync {
@@ -407,6 +414,8 @@ pub struct SourceOptions {
     pub limits: crate::limits::Limits,
     /// Where tar indexes and compressed indexes are kept between mounts.
     pub kept: crate::kept::Kept,
+    /// How registries are reached (`registry_*` options, CAs, credential files).
+    pub registry: registry::RegistryOptions,
 }
 
 /// A store opened from a spec, with the containerd namespace it stands for, if any.

@@ -1,18 +1,1059 @@
-//! `registry:`: an OCI distribution registry. Not read by this version: recognised,
-//! so that `registry:host/repo` is never taken for a path, and refused with a message.
+//! `registry:`: an OCI distribution registry, one store per repository.
+//! `registry:HOST[:PORT]/REPO` is one repository, `registry:HOST[:PORT]/PREFIX/` every
+//! repository the catalog API lists under the prefix, `registry:HOST[:PORT]` all of
+//! them. Where the distribution protocol is spoken.
+//!
+//! A scan lists the tags (paged by `n=` and `Link`), fetches each tag's manifest (with
+//! the OCI and Docker media types in `Accept`), resolves indexes to the host platform
+//! through the same descriptor walk as every OCI store, and fetches each distinct
+//! config once, in parallel, verified against its digest. Nothing but configs and
+//! manifests is ever read: layers stay in the registry.
+//!
+//! The change token is the digest of every (tag, manifest digest) pair, polled by a
+//! thread of the store's own every `registry_refresh`, so that asking for it never
+//! waits on the network.
 
-use super::{Kind, Opened, SourceOptions, StoreError};
+mod client;
+mod credentials;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info, warn};
+use ureq::http::Method;
+
+pub use client::RegistryOptions;
+use client::{Client, Reply};
+
+use super::shared::oci_walk::{Descriptor, LayoutBlobs, MANIFEST_LIMIT, resolve_record};
+use super::{
+    BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
+    SourceOptions, StoreError, StoreMeta, Writer,
+};
+use crate::limits::Limits;
+use crate::reference::{self, TagRef};
 
 pub static KIND: Kind = Kind {
     prefix: "registry",
-    about: "an OCI distribution registry (recognised, not read yet)",
+    about: "an OCI distribution registry: HOST[:PORT]/REPO, HOST/PREFIX/ (every repository under it), or HOST",
     is_dir_store: None,
     archive: None,
     open,
 };
 
-fn open(spec: &str, _: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
-    Err(StoreError::unsupported(format!(
-        "registry:{spec}: sources of this kind are not supported by this version of imagefs yet"
-    )))
+/// The media types a manifest is asked for in, the image ones first.
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Tags and repositories asked for per page.
+const PAGE: usize = 1000;
+/// Verified configs held by a store for the catalog's reads, at most.
+const CONFIG_BYTES: usize = 64 << 20;
+
+/// What a `registry:` spec names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Repository(String),
+    /// Every repository under this prefix (`""`: all of them).
+    Prefix(String),
+}
+
+fn parse_spec(spec: &str) -> Result<(String, Target), StoreError> {
+    let bad = |why: &str| {
+        StoreError::unsupported(format!(
+            "registry:{spec}: {why} (registry:HOST[:PORT]/REPO, registry:HOST/PREFIX/ or registry:HOST)"
+        ))
+    };
+    let spec = spec.strip_prefix("//").unwrap_or(spec);
+    let (host, rest) = spec.split_once('/').unwrap_or((spec, ""));
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@' || c == '?') {
+        return Err(bad("no registry host"));
+    }
+    if rest.is_empty() || rest.ends_with('/') {
+        let prefix = rest.trim_end_matches('/');
+        if !prefix.is_empty() && !reference::is_repository_path(prefix) {
+            return Err(bad("not a repository prefix"));
+        }
+        return Ok((host.to_string(), Target::Prefix(prefix.to_string())));
+    }
+    if !reference::is_repository_path(rest) {
+        return Err(bad("not a repository name (lowercase, no tag)"));
+    }
+    Ok((host.to_string(), Target::Repository(rest.to_string())))
+}
+
+fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
+    let (host, target) = parse_spec(spec)?;
+    match target {
+        Target::Repository(repo) => Ok(vec![Opened::one(Registry::open(&host, &repo, options)?)]),
+        Target::Prefix(prefix) => {
+            let repos = catalog(&host, &prefix, options)?;
+            if repos.is_empty() {
+                return Err(StoreError::NotFound(format!(
+                    "registry {host}: no repository{} in its catalog",
+                    if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" under {prefix}/")
+                    }
+                )));
+            }
+            repos
+                .into_iter()
+                .map(|repo| {
+                    Ok(Opened {
+                        namespace: Some(repo.replace('/', "_")),
+                        source: Box::new(Registry::open(&host, &repo, options)?),
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+/// The repositories the catalog API lists under `prefix`.
+fn catalog(host: &str, prefix: &str, options: &SourceOptions) -> Result<Vec<String>, StoreError> {
+    let creds = credentials::find(&options.registry.auth_files, host, prefix);
+    let client = Client::new(host, &options.registry, creds)?;
+    let mut repos = Vec::new();
+    let mut next = Some(format!("/v2/_catalog?n={PAGE}"));
+    while let Some(path) = next {
+        let reply = client.request(
+            Method::GET,
+            &path,
+            &[],
+            None,
+            "registry:catalog:*",
+            options.limits.max_index_size,
+        )?;
+        if !reply.ok() {
+            return Err(StoreError::NotPermitted(format!(
+                "registry {host}: the catalog API is refused ({}{}): name the repositories, as registry:{host}/REPO",
+                reply.status,
+                registry_message(&reply)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Vec<String>,
+        }
+        let page: Page = serde_json::from_slice(&reply.body).map_err(|e| {
+            StoreError::format(
+                format!("registry {host}: catalog"),
+                format!("not a catalog page: {e}"),
+            )
+        })?;
+        let count = page.repositories.len();
+        repos.extend(page.repositories.into_iter().filter(|r| {
+            reference::is_repository_path(r)
+                && (prefix.is_empty() || r.starts_with(&format!("{prefix}/")) || r == prefix)
+        }));
+        if repos.len() > options.limits.max_images {
+            return Err(StoreError::format(
+                format!("registry {host}: catalog"),
+                format!("more than {} repositories", options.limits.max_images),
+            ));
+        }
+        next = if count == 0 {
+            None
+        } else {
+            next_page(&reply, &path)
+        };
+    }
+    repos.sort();
+    repos.dedup();
+    Ok(repos)
+}
+
+/// The next page a `Link: <…>; rel="next"` names, resolved against the request's
+/// path; only a path on the same registry is followed.
+fn next_page(reply: &Reply, path: &str) -> Option<String> {
+    let link = reply.header("link")?;
+    for part in link.split(',') {
+        let (target, params) = part.split_once(';').unwrap_or((part, ""));
+        if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+            continue;
+        }
+        let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+        if target.starts_with('/') {
+            return Some(target.to_string());
+        }
+        if let Some(rest) = target
+            .strip_prefix("https://")
+            .or_else(|| target.strip_prefix("http://"))
+        {
+            // an absolute link is followed only on the same host
+            return rest.find('/').map(|i| rest[i..].to_string());
+        }
+        if target.starts_with('?') {
+            let base = path.split('?').next().unwrap_or(path);
+            return Some(format!("{base}{target}"));
+        }
+        let base = path.rsplit_once('/').map_or("", |(b, _)| b);
+        return Some(format!("{base}/{target}"));
+    }
+    None
+}
+
+/// The registry's own words for an error answer: `: MANIFEST_UNKNOWN manifest unknown`.
+fn registry_message(reply: &Reply) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Errors>(&reply.body) {
+        Ok(e) if !e.errors.is_empty() => {
+            let words: Vec<String> = e
+                .errors
+                .iter()
+                .take(3)
+                .map(|i| format!("{} {}", i.code, i.message).trim().to_string())
+                .collect();
+            // a registry's words, shown in a log line: no control characters
+            let words = words.join("; ");
+            format!(
+                ": {}",
+                words
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Runs `f` over `items` on at most `n` threads; the results in the items' order.
+fn parallel<T: Sync, R: Send>(items: &[T], n: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|s| {
+        for _ in 0..n.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    done.lock().push((i, r));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A tag's manifest as the registry served it.
+#[derive(Clone, Debug)]
+struct Served {
+    digest: String,
+    media_type: String,
+}
+
+/// What the last scan saw: each tag's manifest, each top-level manifest's bytes (what
+/// `ln` puts under a new tag), and which image each resolved to.
+#[derive(Default)]
+struct Seen {
+    tags: BTreeMap<String, Served>,
+    manifests: HashMap<String, Arc<[u8]>>,
+    images: HashMap<String, String>,
+}
+
+struct Inner {
+    client: Client,
+    host: String,
+    repo: String,
+    parallel: usize,
+    refresh: Duration,
+    limits: Limits,
+    seen: Mutex<Seen>,
+    /// Manifests and indexes fetched during a scan, by digest.
+    fetched: Mutex<HashMap<String, Arc<[u8]>>>,
+    /// Verified configs, by digest.
+    configs: Mutex<ConfigBytes>,
+    token: Mutex<ChangeToken>,
+    poller: Mutex<bool>,
+    /// Whether the registry deletes a tag by its name (distribution 2.8 deletes only
+    /// by digest); learnt at the first `rm`.
+    deletes_by_tag: Mutex<Option<bool>>,
+    meta: StoreMeta,
+}
+
+/// Config bytes held for the catalog's reads, bounded by their total size.
+struct ConfigBytes {
+    lru: LruCache<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl ConfigBytes {
+    fn get(&mut self, digest: &str) -> Option<Arc<[u8]>> {
+        self.lru.get(digest).cloned()
+    }
+
+    fn put(&mut self, digest: String, bytes: Arc<[u8]>) {
+        if bytes.len() > CONFIG_BYTES {
+            return;
+        }
+        self.bytes += bytes.len();
+        if let Some(old) = self.lru.put(digest, bytes) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > CONFIG_BYTES {
+            match self.lru.pop_lru() {
+                Some((_, b)) => self.bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    pub fn open(host: &str, repo: &str, options: &SourceOptions) -> Result<Registry, StoreError> {
+        let creds = credentials::find(&options.registry.auth_files, host, repo);
+        let has_creds = creds.is_some();
+        let client = Client::new(host, &options.registry, creds)?;
+        // SAFETY: geteuid and getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                client,
+                host: host.to_string(),
+                repo: repo.to_string(),
+                parallel: options.registry.parallel.max(1),
+                refresh: options.registry.refresh,
+                limits: options.limits,
+                seen: Mutex::new(Seen::default()),
+                fetched: Mutex::new(HashMap::new()),
+                configs: Mutex::new(ConfigBytes {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                }),
+                token: Mutex::new(ChangeToken(String::new())),
+                poller: Mutex::new(false),
+                deletes_by_tag: Mutex::new(None),
+                // The mounting user's, as the credentials are: with credentials, no
+                // one else may read through the mount what they open.
+                meta: StoreMeta {
+                    uid,
+                    gid,
+                    mode: if has_creds { 0o600 } else { 0o644 },
+                    mtime: SystemTime::now(),
+                    via_daemon: true,
+                },
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn describe(&self) -> String {
+        format!("registry:{}/{}", self.host, self.repo)
+    }
+
+    fn pull(&self) -> String {
+        format!("repository:{}:pull", self.repo)
+    }
+
+    fn push(&self) -> String {
+        format!("repository:{}:pull,push", self.repo)
+    }
+
+    fn refused(&self, what: &str, reply: &Reply) -> StoreError {
+        let why = format!(
+            "{}: {what}: {}{}",
+            self.describe(),
+            reply.status,
+            registry_message(reply)
+        );
+        match reply.status {
+            401 | 403 => StoreError::NotPermitted(why),
+            404 => StoreError::NotFound(why),
+            405 => StoreError::Unsupported(why),
+            _ => StoreError::io(
+                self.describe(),
+                io::Error::other(format!(
+                    "{what}: {}{}",
+                    reply.status,
+                    registry_message(reply)
+                )),
+            ),
+        }
+    }
+
+    /// Every tag of the repository, page by page.
+    fn list_tags(&self) -> Result<Vec<String>, StoreError> {
+        let mut tags = Vec::new();
+        let mut next = Some(format!("/v2/{}/tags/list?n={PAGE}", self.repo));
+        let mut pages = 0;
+        while let Some(path) = next {
+            pages += 1;
+            let reply = self.client.request(
+                Method::GET,
+                &path,
+                &[],
+                None,
+                &self.pull(),
+                self.limits.max_index_size,
+            )?;
+            if reply.status == 404 {
+                // a repository with no tags yet (or none at all): nothing to show
+                debug!("{}: no such repository: no tags", self.describe());
+                return Ok(tags);
+            }
+            if !reply.ok() {
+                return Err(self.refused("tags list", &reply));
+            }
+            #[derive(serde::Deserialize)]
+            struct Page {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let page: Page = serde_json::from_slice(&reply.body).map_err(|e| {
+                StoreError::format(
+                    format!("{}: tags list", self.describe()),
+                    format!("not a tags page: {e}"),
+                )
+            })?;
+            let page = page.tags.unwrap_or_default();
+            let empty = page.is_empty();
+            tags.extend(page);
+            if tags.len() > self.limits.max_images.saturating_mul(4) || pages > 100_000 {
+                break;
+            }
+            next = if empty {
+                None
+            } else {
+                next_page(&reply, &path)
+            };
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// A tag's manifest: its digest (as served, else of its bytes), media type and
+    /// bytes.
+    fn fetch_tag(&self, tag: &str) -> Result<(Served, Arc<[u8]>), StoreError> {
+        let what = format!("manifest of :{tag}");
+        let reply = self.client.request(
+            Method::GET,
+            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &[("Accept", ACCEPT)],
+            None,
+            &self.pull(),
+            MANIFEST_LIMIT,
+        )?;
+        if !reply.ok() {
+            return Err(self.refused(&what, &reply));
+        }
+        let digest = match reply.header("docker-content-digest") {
+            Some(d) if reference::is_digest(d) => d.to_string(),
+            _ => sha256_of(&reply.body),
+        };
+        let media_type = reply
+            .header("content-type")
+            .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
+            .unwrap_or_default();
+        Ok((Served { digest, media_type }, Arc::from(reply.body)))
+    }
+
+    /// A tag's manifest digest, by HEAD.
+    fn head_tag(&self, tag: &str) -> Result<Option<String>, StoreError> {
+        let reply = self.client.request(
+            Method::HEAD,
+            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &[("Accept", ACCEPT)],
+            None,
+            &self.pull(),
+            0,
+        )?;
+        match reply.status {
+            404 => Ok(None),
+            s if (200..300).contains(&s) => Ok(reply
+                .header("docker-content-digest")
+                .filter(|d| reference::is_digest(d))
+                .map(str::to_string)),
+            _ => Err(self.refused(&format!("HEAD of :{tag}"), &reply)),
+        }
+    }
+
+    fn fetch_config(&self, digest: &str) -> Result<Arc<[u8]>, StoreError> {
+        if let Some(b) = self.configs.lock().get(digest) {
+            return Ok(b);
+        }
+        let name = format!("{}: config {digest}", self.describe());
+        let reply = self.client.request(
+            Method::GET,
+            &format!("/v2/{}/blobs/{digest}", self.repo),
+            &[],
+            None,
+            &self.pull(),
+            self.limits.max_config_size,
+        )?;
+        if !reply.ok() {
+            return Err(self.refused(&format!("config {digest}"), &reply));
+        }
+        let actual = sha256_of(&reply.body);
+        if digest.starts_with("sha256:") && actual != digest {
+            warn!("{name}: the registry served bytes that hash to {actual}: not shown");
+            return Err(StoreError::format(
+                name,
+                format!("content hashes to {actual}, not to its name"),
+            ));
+        }
+        let bytes: Arc<[u8]> = Arc::from(reply.body);
+        self.configs.lock().put(digest.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The token of a (tag → manifest digest) map.
+    fn token_of<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> ChangeToken {
+        let mut h = Sha256::new();
+        for (t, d) in pairs {
+            h.update(t.as_bytes());
+            h.update(b" ");
+            h.update(d.as_bytes());
+            h.update(b"\n");
+        }
+        ChangeToken(hex::encode(h.finalize()))
+    }
+
+    /// Asks the registry what each tag names now; `None` when it does not answer.
+    fn poll(&self) -> Option<ChangeToken> {
+        let tags = match self.list_tags() {
+            Ok(t) => t,
+            Err(e) => {
+                debug!("{}: not polled: {e}", self.describe());
+                return None;
+            }
+        };
+        let digests = parallel(&tags, self.parallel, |t| self.head_tag(t));
+        let mut pairs = BTreeMap::new();
+        for (t, d) in tags.iter().zip(digests) {
+            match d {
+                Ok(Some(d)) => {
+                    pairs.insert(t.clone(), d);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!("{}: not polled: {e}", self.describe());
+                    return None;
+                }
+            }
+        }
+        Some(Inner::token_of(pairs.iter()))
+    }
+}
+
+/// Polls the registry every `refresh` while the store is mounted (the thread ends with
+/// the store), so that the change token is there at once when the watcher asks.
+fn start_poller(inner: &Arc<Inner>) {
+    let mut started = inner.poller.lock();
+    if *started {
+        return;
+    }
+    *started = true;
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let refresh = inner.refresh;
+    let spawned = std::thread::Builder::new()
+        .name("registry-poll".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(refresh);
+                let Some(inner) = weak.upgrade() else { return };
+                if let Some(token) = inner.poll() {
+                    let mut now = inner.token.lock();
+                    if *now != token {
+                        info!("{}: tags changed in the registry", inner.describe());
+                        *now = token;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(
+            "{}: no poller ({e}): changes in the registry are not shown",
+            inner.describe()
+        );
+    }
+}
+
+/// The registry seen as an OCI layout for the descriptor walk: manifests come from
+/// its manifests endpoint, configs are named by their descriptor and read only when
+/// the catalog asks.
+impl LayoutBlobs for Inner {
+    fn read_file(&self, rel: &str, _limit: u64) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::NotFound(format!(
+            "{}: a registry has no {rel}",
+            self.describe()
+        )))
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError> {
+        Ok(Some(BlobLocation::Digest {
+            digest: digest.to_string(),
+            size: 0,
+        }))
+    }
+
+    fn read_location(&self, loc: &BlobLocation, _limit: u64) -> Result<Vec<u8>, StoreError> {
+        match loc {
+            BlobLocation::Digest { digest, .. } => Ok(self.fetch_config(digest)?.to_vec()),
+            other => Err(StoreError::internal(
+                self.describe(),
+                format!("not a registry blob: {other:?}"),
+            )),
+        }
+    }
+
+    fn display(&self, rel: &str) -> String {
+        let digest = rel
+            .strip_prefix("blobs/sha256/")
+            .map(|h| format!("sha256:{h}"));
+        format!("{} {}", self.describe(), digest.as_deref().unwrap_or(rel))
+    }
+
+    fn bare_tag_repository(&self) -> String {
+        format!("{}/{}", self.host, self.repo)
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn manifest_bytes(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
+        if let Some(b) = self.fetched.lock().get(digest) {
+            return Ok(b.to_vec());
+        }
+        let reply = self.client.request(
+            Method::GET,
+            &format!("/v2/{}/manifests/{digest}", self.repo),
+            &[("Accept", ACCEPT)],
+            None,
+            &self.pull(),
+            MANIFEST_LIMIT,
+        )?;
+        if reply.status == 404 {
+            return Err(StoreError::NotFound(format!(
+                "{blob_name}: not in the registry"
+            )));
+        }
+        if !reply.ok() {
+            return Err(self.refused(&format!("manifest {digest}"), &reply));
+        }
+        let bytes: Arc<[u8]> = Arc::from(reply.body);
+        self.fetched
+            .lock()
+            .insert(digest.to_string(), bytes.clone());
+        Ok(bytes.to_vec())
+    }
+
+    fn config_blob(&self, config: &Descriptor) -> Result<Option<BlobLocation>, StoreError> {
+        Ok(Some(BlobLocation::Digest {
+            digest: config.digest.clone(),
+            size: config.size.max(0) as u64,
+        }))
+    }
+}
+
+impl Source for Registry {
+    fn kind(&self) -> SourceKind {
+        &KIND
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn scan(&self) -> Result<Inventory, StoreError> {
+        let inner = &self.inner;
+        let mut inv = Inventory::default();
+        let mut tags = inner.list_tags()?;
+        if tags.len() > inner.limits.max_images {
+            inv.problems
+                .push(inner.limits.too_many_images(&inner.describe(), tags.len()));
+            tags.truncate(inner.limits.max_images);
+        }
+        inner.fetched.lock().clear();
+        let served = parallel(&tags, inner.parallel, |t| inner.fetch_tag(t));
+        // tags grouped by the manifest they name: each is resolved once
+        let mut by_manifest: BTreeMap<String, (Served, Vec<String>)> = BTreeMap::new();
+        let mut seen = Seen::default();
+        for (tag, got) in tags.iter().zip(served) {
+            match got {
+                Ok((s, bytes)) => {
+                    inner.fetched.lock().insert(s.digest.clone(), bytes.clone());
+                    seen.manifests.insert(s.digest.clone(), bytes);
+                    seen.tags.insert(tag.clone(), s.clone());
+                    by_manifest
+                        .entry(s.digest.clone())
+                        .or_insert_with(|| (s, Vec::new()))
+                        .1
+                        .push(tag.clone());
+                }
+                // gone between the list and the fetch: not there
+                Err(StoreError::NotFound(e)) => debug!("{e}"),
+                Err(e) => inv.problems.push(format!(":{tag}: {e}")),
+            }
+        }
+        let groups: Vec<(Served, Vec<String>)> = by_manifest.into_values().collect();
+        let resolved = parallel(&groups, inner.parallel, |(s, _)| {
+            let desc = Descriptor {
+                media_type: s.media_type.clone(),
+                digest: s.digest.clone(),
+                size: -1,
+                annotations: None,
+                platform: None,
+            };
+            resolve_record(
+                inner.as_ref(),
+                &desc,
+                &format!("{} manifest {}", inner.describe(), s.digest),
+            )
+        });
+        let mut configs = Vec::new();
+        for ((s, tag_names), (record, problems)) in groups.into_iter().zip(resolved) {
+            inv.problems.extend(problems);
+            let mut record = record.unwrap_or_else(|| ImageRecord {
+                // the manifest or its index cannot be followed: its tags dangle
+                claimed_id: s.digest.clone(),
+                config: None,
+                config_name: format!("{} manifest {}", inner.describe(), s.digest),
+                ..Default::default()
+            });
+            if let Some(BlobLocation::Digest { digest, .. }) = &record.config {
+                configs.push(digest.clone());
+                seen.images.insert(digest.clone(), s.digest.clone());
+            }
+            for t in &tag_names {
+                let name = format!("{}/{}:{t}", inner.host, inner.repo);
+                record.add_name(&name, &inner.describe(), &mut inv.problems);
+            }
+            inv.images.push(record);
+        }
+        configs.sort();
+        configs.dedup();
+        // The catalog reads each config once, one at a time: fetched here, in
+        // parallel, so that its reads find them. A failure is left for its read to say.
+        parallel(&configs, inner.parallel, |d| {
+            let _ = inner.fetch_config(d);
+        });
+        inner.fetched.lock().clear();
+        *inner.token.lock() = Inner::token_of(seen.tags.iter().map(|(t, s)| (t, &s.digest)));
+        *inner.seen.lock() = seen;
+        start_poller(inner);
+        Ok(inv)
+    }
+
+    fn read_at(&self, blob: &BlobLocation, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let BlobLocation::Digest { digest, .. } = blob else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {blob:?} is not a registry blob", self.describe()),
+            ));
+        };
+        let bytes = self
+            .inner
+            .fetch_config(digest)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let n = buf.len().min(bytes.len() - start);
+        buf[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    }
+
+    fn change_token(&self) -> io::Result<ChangeToken> {
+        Ok(self.inner.token.lock().clone())
+    }
+
+    fn meta(&self) -> Option<StoreMeta> {
+        Some(self.inner.meta)
+    }
+
+    fn writer(&self) -> Option<&dyn Writer> {
+        Some(self)
+    }
+}
+
+impl Inner {
+    /// The tag's name in this repository, or why it cannot be written here.
+    fn own_tag(&self, tag: &TagRef) -> Result<String, StoreError> {
+        let full = tag.to_string();
+        let prefix = format!("{}/{}:", self.host, self.repo);
+        match full.strip_prefix(&prefix) {
+            Some(t) if !t.is_empty() => Ok(t.to_string()),
+            _ => Err(StoreError::Unsupported(format!(
+                "{}: {full} is not a tag of this repository: a tag goes into another repository only through that repository's own store",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// PUTs `bytes` (a manifest of `media_type`) under `tag`.
+    fn put_manifest(&self, tag: &str, media_type: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let content_type = if media_type.is_empty() {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            media_type
+        };
+        let reply = self.client.request(
+            Method::PUT,
+            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &[("Content-Type", content_type)],
+            Some(bytes),
+            &self.push(),
+            1 << 20,
+        )?;
+        if !reply.ok() {
+            return Err(self.refused(&format!("PUT :{tag}"), &reply));
+        }
+        Ok(())
+    }
+
+    fn delete_manifest(&self, reference: &str) -> Result<Reply, StoreError> {
+        self.client.request(
+            Method::DELETE,
+            &format!("/v2/{}/manifests/{reference}", self.repo),
+            &[],
+            None,
+            &self.push(),
+            1 << 20,
+        )
+    }
+
+    /// Takes `tag` off the registry. By name where the registry can; else by digest,
+    /// which takes every tag of that manifest with it: refused (EBUSY) while another
+    /// tag still names it.
+    fn untag(&self, tag: &str) -> Result<(), StoreError> {
+        let digest = self
+            .head_tag(tag)?
+            .ok_or_else(|| StoreError::NotFound(format!("{}: no tag {tag}", self.describe())))?;
+        if *self.deletes_by_tag.lock() != Some(false) {
+            let reply = self.delete_manifest(tag)?;
+            if reply.ok() {
+                *self.deletes_by_tag.lock() = Some(true);
+                return Ok(());
+            }
+            if !matches!(reply.status, 400 | 405) {
+                return Err(self.refused(&format!("DELETE :{tag}"), &reply));
+            }
+            debug!(
+                "{}: deletes only by digest{}",
+                self.describe(),
+                registry_message(&reply)
+            );
+            *self.deletes_by_tag.lock() = Some(false);
+        }
+        let others: Vec<String> = self
+            .seen
+            .lock()
+            .tags
+            .iter()
+            .filter(|(t, s)| *t != tag && s.digest == digest)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for other in others {
+            if self.head_tag(&other)?.as_deref() == Some(digest.as_str()) {
+                return Err(StoreError::Busy(format!(
+                    "{}: :{tag} is the same manifest as :{other}, and this registry deletes only by digest, which would take both: rm :{other} first",
+                    self.describe()
+                )));
+            }
+        }
+        let reply = self.delete_manifest(&digest)?;
+        if !reply.ok() {
+            return Err(self.refused(&format!("DELETE {digest} (:{tag})"), &reply));
+        }
+        Ok(())
+    }
+
+    /// The bytes and media type of the manifest a tag of the last scan named.
+    fn manifest_of_image(&self, id: &str) -> Result<(String, Arc<[u8]>), StoreError> {
+        let seen = self.seen.lock();
+        let found = seen.images.get(id).and_then(|digest| {
+            let media_type = seen
+                .tags
+                .values()
+                .find(|s| &s.digest == digest)
+                .map(|s| s.media_type.clone())?;
+            Some((media_type, seen.manifests.get(digest)?.clone()))
+        });
+        found.ok_or_else(|| {
+            StoreError::NotFound(format!("{}: no manifest for image {id}", self.describe()))
+        })
+    }
+
+    fn manifest_of_tag(&self, tag: &str) -> Result<(String, Arc<[u8]>), StoreError> {
+        let (served, bytes) = self.fetch_tag(tag).map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                StoreError::NotFound(format!("{}: no tag {tag}", self.describe()))
+            }
+            other => other,
+        })?;
+        Ok((served.media_type, bytes))
+    }
+}
+
+impl Writer for Registry {
+    fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        match edit {
+            Edit::Tag { id, tag } => {
+                let t = inner.own_tag(tag)?;
+                let (media_type, bytes) = inner.manifest_of_image(id)?;
+                inner.put_manifest(&t, &media_type, &bytes)
+            }
+            Edit::Untag(tag) => inner.untag(&inner.own_tag(tag)?),
+            Edit::Retag { from, to } => {
+                let (f, t) = (inner.own_tag(from)?, inner.own_tag(to)?);
+                let (media_type, bytes) = inner.manifest_of_tag(&f)?;
+                if *inner.deletes_by_tag.lock() == Some(true) {
+                    // the new name first: a failure in between leaves both
+                    inner.put_manifest(&t, &media_type, &bytes)?;
+                    return inner.untag(&f);
+                }
+                // Deleting by digest would take the new name too: the old goes first,
+                // then the same bytes are put under the new name (the blobs stay).
+                inner.untag(&f)?;
+                inner
+                    .put_manifest(&t, &media_type, &bytes)
+                    .inspect_err(|_| {
+                        if let Err(e) = inner.put_manifest(&f, &media_type, &bytes) {
+                            warn!("{}: :{f} could not be put back: {e}", inner.describe());
+                        }
+                    })
+            }
+            Edit::Delete(id) => Err(StoreError::NotPermitted(format!(
+                "{}: {id}: {}",
+                inner.describe(),
+                NO_IMAGE_DELETES
+            ))),
+        }
+    }
+
+    fn no_image_deletes(&self) -> Option<String> {
+        Some(format!("{}: {NO_IMAGE_DELETES}", self.inner.describe()))
+    }
+}
+
+const NO_IMAGE_DELETES: &str = "a registry has no untagged images to delete: rm its tags (the registry's own garbage collection removes the blobs)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_a_repository_a_prefix_or_a_whole_registry() {
+        assert_eq!(
+            parse_spec("127.0.0.1:5000/team/app").unwrap(),
+            (
+                "127.0.0.1:5000".into(),
+                Target::Repository("team/app".into())
+            )
+        );
+        assert_eq!(
+            parse_spec("reg.example/team/").unwrap(),
+            ("reg.example".into(), Target::Prefix("team".into()))
+        );
+        assert_eq!(
+            parse_spec("reg.example").unwrap(),
+            ("reg.example".into(), Target::Prefix(String::new()))
+        );
+        for bad in [
+            "",
+            "/x",
+            "reg.example/App",
+            "reg.example/app:1",
+            "reg.example/a b",
+            "u@reg/x",
+        ] {
+            assert!(parse_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn reply_with_link(link: &str) -> Reply {
+        let mut headers = ureq::http::HeaderMap::new();
+        headers.insert("link", link.parse().unwrap());
+        Reply {
+            status: 200,
+            headers,
+            body: vec![],
+        }
+    }
+
+    #[test]
+    fn next_pages_resolve_against_the_request() {
+        let path = "/v2/app/tags/list?n=1000";
+        let r = reply_with_link(r#"</v2/app/tags/list?last=b&n=1000>; rel="next""#);
+        assert_eq!(
+            next_page(&r, path).unwrap(),
+            "/v2/app/tags/list?last=b&n=1000"
+        );
+        let r = reply_with_link(r#"<?last=b&n=2>; rel="next""#);
+        assert_eq!(next_page(&r, path).unwrap(), "/v2/app/tags/list?last=b&n=2");
+        let r = reply_with_link(r#"<list?last=c>; rel="next""#);
+        assert_eq!(next_page(&r, path).unwrap(), "/v2/app/tags/list?last=c");
+        let r = reply_with_link(r#"<https://reg.example/v2/app/tags/list?last=d>; rel="next""#);
+        assert_eq!(next_page(&r, path).unwrap(), "/v2/app/tags/list?last=d");
+        let r = reply_with_link(r#"</v2/other>; rel="prev""#);
+        assert_eq!(next_page(&r, path), None);
+    }
+
+    #[test]
+    fn parallel_keeps_the_order_and_bounds_the_threads() {
+        let items: Vec<u32> = (0..100).collect();
+        let live = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let out = parallel(&items, 4, |i| {
+            let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            live.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(most.load(Ordering::SeqCst) <= 4);
+        assert!(parallel(&Vec::<u32>::new(), 4, |i| *i).is_empty());
+    }
+
+    #[test]
+    fn registry_errors_are_quoted_without_control_characters() {
+        let reply = Reply {
+            status: 404,
+            headers: Default::default(),
+            body: br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest\u001b[31m unknown"}]}"#.to_vec(),
+        };
+        assert_eq!(
+            registry_message(&reply),
+            ": MANIFEST_UNKNOWN manifest[31m unknown"
+        );
+    }
 }

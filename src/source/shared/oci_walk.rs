@@ -107,6 +107,20 @@ pub trait LayoutBlobs {
     fn bare_tag_repository(&self) -> String;
     /// The mount's bounds on what the layout may make imagefs read and hold.
     fn limits(&self) -> Limits;
+    /// A manifest's or an index's bytes, as stored (the walk checks their digest); by
+    /// default the blob of that digest. A registry serves them from its own endpoint.
+    fn manifest_bytes(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
+        let loc = self
+            .blob(digest)?
+            .ok_or_else(|| StoreError::NotFound(format!("{blob_name}: blob missing")))?;
+        self.read_location(&loc, MANIFEST_LIMIT)
+    }
+    /// Where the config a manifest names is; by default the layout's blob of that
+    /// digest. A registry, which is asked for nothing until a config is read, answers
+    /// with the descriptor itself.
+    fn config_blob(&self, config: &Descriptor) -> Result<Option<BlobLocation>, StoreError> {
+        self.blob(&config.digest)
+    }
 }
 
 pub fn blob_rel_path(digest: &str) -> Option<String> {
@@ -379,7 +393,7 @@ impl Walk<'_> {
         let layers = manifest.layers.unwrap_or_default();
         let layers_size = layers.iter().map(|l| l.size.max(0) as u64).sum();
         let config_rel = blob_rel_path(&config.digest).unwrap_or_default();
-        let location = match self.layout.blob(&config.digest) {
+        let location = match self.layout.config_blob(&config) {
             Ok(l) => l,
             Err(e) => {
                 self.problems.push(e.to_string());
@@ -409,11 +423,7 @@ impl Walk<'_> {
 
     /// Reads a manifest or index blob and checks it hashes to its digest.
     fn read_verified(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
-        let loc = self
-            .layout
-            .blob(digest)?
-            .ok_or_else(|| StoreError::NotFound(format!("{blob_name}: blob missing")))?;
-        let bytes = self.layout.read_location(&loc, MANIFEST_LIMIT)?;
+        let bytes = self.layout.manifest_bytes(digest, blob_name)?;
         if let Some(hex) = digest.strip_prefix("sha256:") {
             let actual = hex::encode(Sha256::digest(&bytes));
             if actual != hex {
