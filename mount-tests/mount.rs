@@ -23,5 +23,6 @@ mod docker;
 mod kept;
 mod mem;
 mod reading;
+mod registry;
 mod trust;
 mod writes;

@@ -179,3 +179,140 @@ impl Drop for Containerd {
         ));
     }
 }
+
+/// A private docker-registry (distribution 2.8) on 127.0.0.1 and a free port, its
+/// storage in a temporary directory, deletes enabled; stopped by PID when dropped.
+/// `extra` is more of its YAML configuration (auth, TLS).
+pub struct RegistryD {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub extra: String,
+    /// `--dest-tls-verify=false` or `--dest-cert-dir=…` and credentials, for skopeo.
+    pub skopeo_dest: String,
+    pub skopeo_src: String,
+}
+
+impl RegistryD {
+    pub fn start(extra: &str) -> RegistryD {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RegistryD {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            child: None,
+            extra: extra.to_string(),
+            skopeo_dest: "--dest-tls-verify=false".into(),
+            skopeo_src: "--src-tls-verify=false".into(),
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn spawn(&mut self) {
+        let config = self.dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n{}",
+                self.dir.path().join("data").display(),
+                self.addr(),
+                self.extra
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .unwrap();
+        self.child = Some(
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                // the access log goes to stdout, the rest to stderr: one file
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry"),
+        );
+        let addr = self.addr();
+        wait_for("docker-registry", || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `skopeo copy` of `src` (a transport:reference) to `repo:tag` here.
+    pub fn push(&self, src: &str, repo_tag: &str) {
+        ok(&format!(
+            "skopeo copy -q --all {} {src} docker://{}/{repo_tag}",
+            self.skopeo_dest,
+            self.addr()
+        ));
+    }
+
+    /// `skopeo list-tags`, sorted.
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let v = podman_json(&format!(
+            "skopeo list-tags {} docker://{}/{repo}",
+            self.skopeo_src.replace("--src-", "--"),
+            self.addr()
+        ));
+        let mut tags: Vec<String> = v["Tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+
+    /// `skopeo inspect`'s manifest digest, and the sha256 of `--config --raw`: what a
+    /// pull would call the image.
+    pub fn inspect(&self, repo_tag: &str) -> (String, String) {
+        let tls = self.skopeo_src.replace("--src-", "--");
+        let v = podman_json(&format!(
+            "skopeo inspect {tls} docker://{}/{repo_tag}",
+            self.addr()
+        ));
+        let config = ok(&format!(
+            "skopeo inspect {tls} --config --raw docker://{}/{repo_tag} | sha256sum",
+            self.addr()
+        ));
+        (
+            v["Digest"].as_str().unwrap_or_default().to_string(),
+            format!(
+                "sha256:{}",
+                config.split_whitespace().next().unwrap_or_default()
+            ),
+        )
+    }
+}
+
+impl Drop for RegistryD {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,196 @@
+//! `registry:` against a docker-registry (distribution 2.8) of the test's own on
+//! loopback, filled with `skopeo copy` from the fixtures. `skopeo list-tags` and
+//! `skopeo inspect` are the truth, also after each write through the mount.
+
+use crate::common::*;
+
+/// (tag under by-tag → image ID) of one store of the mount.
+fn shown(m: &Mount, store: &str) -> BTreeMap<String, String> {
+    tags_of(m, &format!("{store}/"))
+}
+
+/// What skopeo says the registry holds for `repo`: (HOST/REPO:TAG → config ID).
+fn truth(r: &RegistryD, repo: &str) -> BTreeMap<String, String> {
+    r.tags(repo)
+        .into_iter()
+        .map(|t| {
+            let (_, id) = r.inspect(&format!("{repo}:{t}"));
+            (format!("{}/{repo}:{t}", r.addr()), id)
+        })
+        .collect()
+}
+
+fn fill(r: &RegistryD, f: &Fixtures) {
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:latest",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:v2",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "whoami/api:1.0",
+    );
+    r.push(
+        &format!("oci:{}:localhost/whoami/multi:latest", f.path("multi")),
+        "whoami/multi:latest",
+    );
+}
+
+#[test]
+fn a_registry_reads_like_skopeo_and_its_writes_read_back() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    fill(&r, f);
+    let m = Mount::new(&["-o", "nokeep", &format!("reg=registry:{}", r.addr())]);
+    let stores = lines(&ok(&format!("ls {}", m.p(""))));
+    assert_eq!(
+        stores,
+        lines("reg-whoami_api\nreg-whoami_multi\nreg-whoami_web\n"),
+        "one store per repository of the catalog"
+    );
+    for repo in ["whoami/web", "whoami/api", "whoami/multi"] {
+        let store = format!("reg-{}", repo.replace('/', "_"));
+        assert_eq!(shown(&m, &store), truth(&r, repo), "{repo}: {}", m.log());
+        // every config hashes to its name
+        let sums = ok(&format!(
+            "cd {} && sha256sum *",
+            m.p(&format!("{store}/by-id"))
+        ));
+        for line in sums.lines() {
+            let (sum, name) = line.split_once("  ").unwrap();
+            assert_eq!(format!("sha256:{sum}"), name);
+        }
+    }
+    // the manifest digest a pull names, and the other platforms of the index
+    let web = format!("reg-whoami_web/by-tag/{}/whoami/web:latest", r.addr());
+    let (digest, _) = r.inspect("whoami/web:latest");
+    let attr =
+        |path: &str, name: &str| ok(&format!("getfattr --only-values -n {name} {}", m.p(path)));
+    assert_eq!(attr(&web, "user.image.digest"), digest);
+    let multi = format!("reg-whoami_multi/by-tag/{}/whoami/multi:latest", r.addr());
+    assert!(
+        attr(&multi, "user.image.platforms").contains("arm64"),
+        "{}",
+        attr(&multi, "user.image.platforms")
+    );
+
+    // ln: the same manifest under a new tag, as skopeo sees it
+    let web_dir = m.p(&format!("reg-whoami_web/by-tag/{}/whoami", r.addr()));
+    let web_id = shown(&m, "reg-whoami_web").values().next().unwrap().clone();
+    let web_file = m.p(&format!("reg-whoami_web/by-id/{web_id}"));
+    ok(&format!("ln {web_file} {web_dir}/web:v3"));
+    assert_eq!(r.inspect("whoami/web:v3"), r.inspect("whoami/web:latest"));
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3"]);
+    assert_eq!(shown(&m, "reg-whoami_web"), truth(&r, "whoami/web"));
+    // rm of a tag whose manifest other tags name: distribution deletes by digest only,
+    // which would take them all
+    let o = sh(&format!("rm {web_dir}/web:v3"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("busy"), "{o:?}");
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3"]);
+    // rm by-id: a registry has no untagged images
+    let o = sh(&format!("rm {web_file}"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not permitted"),
+        "{o:?}"
+    );
+    assert!(
+        m.log().contains("a registry has no untagged images"),
+        "{}",
+        m.log()
+    );
+
+    // mv of a lone tag: the new name holds the same manifest, the old is gone
+    let multi_dir = m.p(&format!("reg-whoami_multi/by-tag/{}/whoami", r.addr()));
+    let (before, id) = r.inspect("whoami/multi:latest");
+    ok(&format!(
+        "mv {multi_dir}/multi:latest {multi_dir}/multi:stable"
+    ));
+    assert_eq!(r.tags("whoami/multi"), ["stable"]);
+    assert_eq!(r.inspect("whoami/multi:stable"), (before, id));
+    assert_eq!(shown(&m, "reg-whoami_multi"), truth(&r, "whoami/multi"));
+    // rm of a lone tag deletes it
+    ok(&format!("rm {multi_dir}/multi:stable"));
+    assert!(r.tags("whoami/multi").is_empty());
+    assert!(shown(&m, "reg-whoami_multi").is_empty());
+}
+
+#[test]
+fn a_registry_of_1200_tags_is_paged_changes_show_and_an_outage_is_survived() {
+    let f = fixtures();
+    let mut r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "big/app:t0",
+    );
+    // 1,199 more tags of the same manifest, PUT by one keep-alive client
+    ok(&format!(
+        r#"python3 - <<'PY'
+import http.client, json
+c = http.client.HTTPConnection("{addr}")
+accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+c.request("GET", "/v2/big/app/manifests/t0", headers={{"Accept": accept}})
+r = c.getresponse(); body = r.read(); ctype = r.getheader("Content-Type")
+for i in range(1, 1200):
+    c.request("PUT", f"/v2/big/app/manifests/t{{i}}", body=body, headers={{"Content-Type": ctype}})
+    r = c.getresponse(); r.read()
+    assert r.status == 201, r.status
+PY"#,
+        addr = r.addr()
+    ));
+    let m = Mount::new(&[
+        "-o",
+        "nokeep,registry_refresh=1s,registry_timeout=2s",
+        &format!("registry:{}/big/app", r.addr()),
+    ]);
+    let mounted = Instant::now();
+    let dir = m.p(&format!("by-tag/{}/big", r.addr()));
+    let count = || {
+        ok(&format!("ls {dir} | wc -l"))
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(count(), 1200, "two pages of the tags list: {}", m.log());
+    assert_eq!(r.tags("big/app").len(), 1200);
+    let links = ok(&format!("stat -c %h {dir}/app:t0"));
+    assert_eq!(links.trim(), "1201", "by-id and 1,200 tags are one file");
+
+    // another program adds a tag: it shows within the poll interval
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "big/app:new",
+    );
+    wait_for("the new tag", || count() == 1201);
+
+    // the registry goes away: the tree stays, configs read are served, the mount lives
+    r.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(), 1201, "{}", m.log());
+    ok(&format!("cat {dir}/app:new > /dev/null"));
+    // and comes back: changes show again
+    r.spawn();
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "big/app:after",
+    );
+    wait_for("the tag pushed after the outage", || count() == 1202);
+    // polled, and never more often than registry_refresh: each poll and each scan
+    // asks for the tags list's first page once
+    let first_pages = r
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/big/app/tags/list?n="))
+        .count();
+    let most = mounted.elapsed().as_secs() as usize + 4;
+    assert!(
+        (3..=most).contains(&first_pages),
+        "{first_pages} tags lists in {:?}",
+        mounted.elapsed()
+    );
+}
