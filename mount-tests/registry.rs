@@ -194,3 +194,106 @@ PY"#,
         mounted.elapsed()
     );
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, in `dir` (ca.crt, server.crt,
+/// server.key), and `dir/ca/ca.crt` for skopeo's --cert-dir.
+fn make_ca(dir: &Path) {
+    ok(&format!(
+        r#"cd '{d}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=imagefs-test-ca 2>/dev/null &&
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null &&
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext &&
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null &&
+        mkdir ca && cp ca.crt ca/"#,
+        d = dir.display()
+    ));
+}
+
+/// Runs imagefs to its exit (it must fail), with HOME empty so that no credential of
+/// the machine's is found; its stderr.
+fn refused_mount(env: &str, args: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let mp = home.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let o = sh(&format!(
+        "env -i PATH=\"$PATH\" HOME='{h}' {env} timeout 60 {BIN} -o nokeep {args} '{mp}'",
+        h = home.path().display(),
+        mp = mp.display()
+    ));
+    if is_mounted(&mp) {
+        let _ = sh(&format!("umount '{}'", mp.display()));
+    }
+    assert!(!o.status.success(), "mounted: {o:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_registry_over_tls_with_basic_auth_is_read_with_the_users_credentials() {
+    let f = fixtures();
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path().display().to_string();
+    make_ca(certs.path());
+    let password = "s3cret-pw-Zq9";
+    ok(&format!(
+        "htpasswd -Bbn imagefs '{password}' > '{c}/htpasswd'"
+    ));
+    let mut r = RegistryD::start(&format!(
+        "  tls:\n    certificate: {c}/server.crt\n    key: {c}/server.key\nauth:\n  htpasswd:\n    realm: imagefs-test\n    path: {c}/htpasswd\n"
+    ));
+    r.skopeo_dest = format!("--dest-cert-dir {c}/ca --dest-creds imagefs:{password}");
+    r.skopeo_src = format!("--src-cert-dir {c}/ca --src-creds imagefs:{password}");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:latest",
+    );
+    let spec = format!("registry:{}/whoami/web", r.addr());
+    let auth = certs.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            r.addr(),
+            ok(&format!("printf %s 'imagefs:{password}' | base64 -w0"))
+        ),
+    )
+    .unwrap();
+
+    // no credentials: refused, and said so
+    let said = refused_mount("", &format!("-o registry_ca={c}/ca.crt {spec}"));
+    assert!(said.contains("401"), "{said}");
+    // credentials, but a CA the machine does not trust: the certificate is refused
+    let said = refused_mount(&format!("REGISTRY_AUTH_FILE='{}'", auth.display()), &spec);
+    assert!(
+        said.to_lowercase().contains("certificate") || said.contains("UnknownIssuer"),
+        "{said}"
+    );
+
+    // both: the tags as skopeo lists them, the store the mounting user's alone, and
+    // the password in no log line, at every level
+    let auth_env = auth.display().to_string();
+    let m = Mount::with_env(
+        &["-o", &format!("nokeep,registry_ca={c}/ca.crt"), &spec],
+        &[("REGISTRY_AUTH_FILE", &auth_env), ("RUST_LOG", "trace")],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&r, "whoami/web"));
+    let id = tags_of(&m, "").values().next().unwrap().clone();
+    assert_eq!(
+        ok(&format!("stat -c %a {}", m.p(&format!("by-id/{id}")))).trim(),
+        "600"
+    );
+    let dir = m.p(&format!("by-tag/{}/whoami", r.addr()));
+    ok(&format!("ln {} {dir}/web:v2", m.p(&format!("by-id/{id}"))));
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2"]);
+    let log = m.log();
+    let b64 = ok(&format!("printf %s 'imagefs:{password}' | base64 -w0"));
+    assert!(
+        log.contains("Authorization") || log.len() > 1000,
+        "trace logs were written"
+    );
+    assert!(
+        !log.contains(password) && !log.contains(b64.trim()),
+        "a credential in the log"
+    );
+    drop(m);
+    r.stop();
+}

@@ -33,8 +33,8 @@ impl Mount {
             .args(args)
             // kept catalogs and indexes stay with this mount, unless the test says
             .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .envs(env.iter().copied())
             .env("RUST_LOG", "imagefs=info")
+            .envs(env.iter().copied())
             .arg(&mp)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -99,6 +99,11 @@ fn load_store(
         });
     }
     let inv = source.scan()?;
+    let token = if source.token_from_scan() {
+        source.change_token().ok()
+    } else {
+        token
+    };
     let scanned = started.elapsed();
     let catalog = Arc::new(Catalog::build(i, source, inv, cache, &options.limits));
     catalog.log_problems(&source.describe());

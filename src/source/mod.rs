@@ -372,6 +372,13 @@ pub trait Source: Send + Sync {
     /// changed (a file's identity, a lock's last-write token, a database's txid).
     fn change_token(&self) -> io::Result<ChangeToken>;
 
+    /// The change token describes what the last scan read (a registry's is the digest
+    /// of the tags it listed), so it is taken after the scan. A file's is taken
+    /// before, so that a change during the scan is never missed.
+    fn token_from_scan(&self) -> bool {
+        false
+    }
+
     /// Who may read and change the store, as the tree shows it; `None` for a store
     /// that is no local file (its tree then shows root's, read-only).
     fn meta(&self) -> Option<StoreMeta> {

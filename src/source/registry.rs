@@ -794,6 +794,10 @@ impl Source for Registry {
         Ok(self.inner.token.lock().clone())
     }
 
+    fn token_from_scan(&self) -> bool {
+        true
+    }
+
     fn meta(&self) -> Option<StoreMeta> {
         Some(self.inner.meta)
     }

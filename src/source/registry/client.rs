@@ -228,10 +228,28 @@ impl Client {
                     r
                 }
                 Err(e) if self.scheme.lock().is_none() && scheme == Scheme::Https => {
-                    if self.loopback || self.insecure {
-                        debug!(host = %self.host, "no TLS answer ({e}): plain HTTP");
-                        *self.scheme.lock() = Some(Scheme::Http);
-                        continue;
+                    // Plain HTTP where it is allowed and the host speaks no TLS; never
+                    // past a certificate that does not verify, and only when the host
+                    // then answers as a plain HTTP server would.
+                    let refused_certificate = e.to_string().to_lowercase().contains("certificate");
+                    if (self.loopback || self.insecure) && !refused_certificate {
+                        let plain = self.send_once(
+                            Scheme::Http,
+                            &method,
+                            path,
+                            headers,
+                            body,
+                            scope,
+                            limit,
+                        );
+                        if let Ok(r) = &plain
+                            && !(r.status == 400
+                                && String::from_utf8_lossy(&r.body).contains("HTTPS"))
+                        {
+                            debug!(host = %self.host, "no TLS answer ({e}): plain HTTP");
+                            *self.scheme.lock() = Some(Scheme::Http);
+                            continue;
+                        }
                     }
                     return Err(e);
                 }
@@ -520,6 +538,32 @@ mod tests {
         ] {
             assert!(!is_loopback(h), "{h}");
         }
+    }
+
+    #[test]
+    fn credentials_go_over_plain_http_only_to_loopback() {
+        let creds = || Some(Credentials::new("u", "pw", "auth.json".into()));
+        let options = RegistryOptions {
+            insecure: true,
+            ..Default::default()
+        };
+        let far = Client::new("10.1.2.3:5000", &options, creds()).unwrap();
+        *far.basic.lock() = true;
+        assert_eq!(far.authorization(Scheme::Http, "s"), None);
+        assert!(far.authorization(Scheme::Https, "s").is_some());
+        let near = Client::new("127.0.0.1:5000", &options, creds()).unwrap();
+        *near.basic.lock() = true;
+        assert!(near.authorization(Scheme::Http, "s").is_some());
+        // a token, too, only where credentials may go
+        far.tokens.lock().insert(
+            "s".into(),
+            Token {
+                value: "t".into(),
+                until: Instant::now() + Duration::from_secs(60),
+            },
+        );
+        assert_eq!(far.authorization(Scheme::Http, "s"), None);
+        assert_eq!(far.authorization(Scheme::Https, "s").unwrap(), "Bearer t");
     }
 
     #[test]
