@@ -297,3 +297,134 @@ fn a_registry_over_tls_with_basic_auth_is_read_with_the_users_credentials() {
     drop(m);
     r.stop();
 }
+
+/// The test's token server (mount-tests/token-server.py), stopped by PID when dropped.
+struct TokenServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl TokenServer {
+    /// On `port`, or a free one.
+    fn start(dir: &Path, creds: &str, refuse: bool, port: Option<u16>) -> TokenServer {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let log = dir.join("tokens.log");
+        let mut cmd = Command::new("python3");
+        cmd.arg(format!("{SCRIPTS}/token-server.py"))
+            .arg(port.to_string())
+            .arg(dir.join("token.key"))
+            .arg(dir.join("token.crt"))
+            .args(["imagefs-test-issuer", "imagefs-test", creds])
+            .arg(&log);
+        if refuse {
+            cmd.arg("--refuse");
+        }
+        let child = cmd.stdout(Stdio::null()).spawn().expect("token server");
+        wait_for("the token server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TokenServer { child, port, log }
+    }
+
+    /// The token requests made so far, one line each.
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
+    let f = fixtures();
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path().display().to_string();
+    ok(&format!(
+        "cd '{c}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout token.key -out token.crt -days 2 -subj /CN=imagefs-token 2>/dev/null"
+    ));
+    let creds = "imagefs:t0ken-pw-Kx7";
+    let tokens = TokenServer::start(certs.path(), creds, false, None);
+    let mut r = RegistryD::start(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: imagefs-test\n    issuer: imagefs-test-issuer\n    rootcertbundle: {c}/token.crt\n",
+        tokens.port
+    ));
+    r.skopeo_dest = format!("--dest-tls-verify=false --dest-creds {creds}");
+    r.skopeo_src = format!("--src-tls-verify=false --src-creds {creds}");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:latest",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "whoami/web:api",
+    );
+    let auth = certs.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            r.addr(),
+            ok(&format!("printf %s '{creds}' | base64 -w0")).trim()
+        ),
+    )
+    .unwrap();
+    let spec = format!("registry:{}/whoami/web", r.addr());
+    let before = tokens.requests().len();
+    let auth_env = auth.display().to_string();
+    let m = Mount::with_env(
+        &["-o", "nokeep", &spec],
+        &[("REGISTRY_AUTH_FILE", &auth_env)],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&r, "whoami/web"));
+    let id = r.inspect("whoami/web:api").1;
+    let dir = m.p(&format!("by-tag/{}/whoami", r.addr()));
+    ok(&format!("mv {dir}/web:api {dir}/web:v2"));
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2"]);
+    ok(&format!("ln {} {dir}/web:v3", m.p(&format!("by-id/{id}"))));
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3"]);
+    assert_eq!(r.inspect("whoami/web:v3").1, id);
+    // one token per scope, reused until it expires: the scan and the writes made
+    // dozens of requests
+    let mine: Vec<String> = tokens.requests()[before..]
+        .iter()
+        .filter(|l| l.contains("agent=imagefs/"))
+        .cloned()
+        .collect();
+    assert!(
+        (3..=4).contains(&mine.len()),
+        "token requests: {mine:?}\n{}",
+        m.log()
+    );
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("repository:whoami/web:pull,push")),
+        "{mine:?}"
+    );
+    drop(m);
+
+    // a token endpoint that refuses: the mount says so
+    let port = tokens.port;
+    drop(tokens);
+    let _refusing = TokenServer::start(certs.path(), creds, true, Some(port));
+    let said = refused_mount(&format!("REGISTRY_AUTH_FILE='{}'", auth.display()), &spec);
+    assert!(said.contains("refused a token"), "{said}");
+    r.stop();
+}

@@ -843,12 +843,13 @@ impl Inner {
     }
 
     fn delete_manifest(&self, reference: &str) -> Result<Reply, StoreError> {
+        // distribution asks for the `delete` action: a token of its own
         self.client.request(
             Method::DELETE,
             &format!("/v2/{}/manifests/{reference}", self.repo),
             &[],
             None,
-            &self.push(),
+            &format!("repository:{}:delete", self.repo),
             1 << 20,
         )
     }

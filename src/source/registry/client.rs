@@ -113,6 +113,9 @@ pub struct Client {
     tokens: Mutex<HashMap<String, Token>>,
     /// The registry asked for Basic: send it unasked from then on.
     basic: Mutex<bool>,
+    /// Held while a token is fetched, so that the requests challenged at once (a
+    /// scan's first ones, all in parallel) wait for one token instead of each asking.
+    fetching: Mutex<()>,
 }
 
 /// Is `host[:port]` this machine?
@@ -127,17 +130,14 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn transport(host: &str, e: ureq::Error) -> StoreError {
+fn transport(what: &str, e: ureq::Error) -> StoreError {
     let kind = match &e {
         ureq::Error::Timeout(_) => io::ErrorKind::TimedOut,
         ureq::Error::HostNotFound => io::ErrorKind::NotFound,
         ureq::Error::Io(io) => io.kind(),
         _ => io::ErrorKind::Other,
     };
-    StoreError::io(
-        format!("registry {host}"),
-        io::Error::new(kind, e.to_string()),
-    )
+    StoreError::io(what, io::Error::new(kind, e.to_string()))
 }
 
 impl Client {
@@ -197,6 +197,7 @@ impl Client {
             credentials,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(false),
+            fetching: Mutex::new(()),
         })
     }
 
@@ -302,7 +303,10 @@ impl Client {
         let req = req
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .map_err(|e| StoreError::internal(format!("registry {}", self.host), e))?;
-        let mut resp = self.agent.run(req).map_err(|e| transport(&self.host, e))?;
+        let mut resp = self
+            .agent
+            .run(req)
+            .map_err(|e| transport(&format!("registry {}", self.host), e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = if *method == Method::HEAD {
@@ -317,7 +321,7 @@ impl Client {
                         format!("registry {}: {method} {path}", self.host),
                         format!("answer over the {limit}-byte limit"),
                     ),
-                    other => transport(&self.host, other),
+                    other => transport(&format!("registry {}", self.host), other),
                 })?
         };
         Ok(Reply {
@@ -366,6 +370,14 @@ impl Client {
         let Some(realm) = params.get("realm") else {
             return Ok(false);
         };
+        let sent = self.authorization(scheme, scope);
+        let _one = self.fetching.lock();
+        // another request's challenge may have brought a token since this one was sent
+        let now = self.authorization(scheme, scope);
+        if now.is_some() && now != sent {
+            return Ok(true);
+        }
+        debug!(host = %self.host, scope, "asking for a token");
         let asked = params.get("scope").map(String::as_str).unwrap_or(scope);
         let token = self.fetch_token(realm, params.get("service"), asked)?;
         self.tokens.lock().insert(scope.to_string(), token);
@@ -405,14 +417,14 @@ impl Client {
         let req = req
             .body(Vec::new())
             .map_err(|e| StoreError::internal(&what, e))?;
-        let mut resp = self.agent.run(req).map_err(|e| transport(&self.host, e))?;
+        let mut resp = self.agent.run(req).map_err(|e| transport(&what, e))?;
         let status = resp.status();
         let body = resp
             .body_mut()
             .with_config()
             .limit(SMALL_BODY)
             .read_to_vec()
-            .map_err(|e| transport(&self.host, e))?;
+            .map_err(|e| transport(&what, e))?;
         if status != StatusCode::OK {
             return Err(StoreError::NotPermitted(format!(
                 "{what}: refused a token for {scope} ({status})"
