@@ -428,3 +428,143 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
     assert!(said.contains("refused a token"), "{said}");
     r.stop();
 }
+
+/// mount-tests/fault-proxy.py in front of a registry, stopped by PID when dropped.
+struct FaultProxy {
+    child: Child,
+    port: u16,
+    rules: PathBuf,
+    log: PathBuf,
+}
+
+impl FaultProxy {
+    fn start(dir: &Path, upstream: &str) -> FaultProxy {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (rules, log) = (dir.join("rules.json"), dir.join("proxy.log"));
+        std::fs::write(&rules, "[]").unwrap();
+        let child = Command::new("python3")
+            .arg(format!("{SCRIPTS}/fault-proxy.py"))
+            .arg(port.to_string())
+            .arg(upstream)
+            .arg(&rules)
+            .arg(&log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("fault proxy");
+        wait_for("the fault proxy", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        FaultProxy {
+            child,
+            port,
+            rules,
+            log,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, rules: serde_json::Value) {
+        std::fs::write(&self.rules, rules.to_string()).unwrap();
+    }
+
+    /// (time, method, path, status) of every request so far.
+    fn requests(&self) -> Vec<(f64, String, String, u16)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split(' ');
+                Some((
+                    w.next()?.parse().ok()?,
+                    w.next()?.to_string(),
+                    w.next()?.to_string(),
+                    w.next()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn registry_faults_are_waited_out_or_reported_and_the_rest_is_shown() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    let web = format!("docker-archive:{sample}:localhost/whoami/web:latest");
+    r.push(&web, "whoami/web:latest");
+    r.push(&web, "whoami/bad:1");
+    r.push(&web, "whoami/big:1");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "whoami/api:1.0",
+    );
+    let (_, api_id) = r.inspect("whoami/api:1.0");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(dir.path(), &r.addr());
+    proxy.set(serde_json::json!([
+        {"path": "/v2/whoami/web/tags/list", "do": "429", "times": 1, "retry_after": 1},
+        {"path": "/v2/whoami/bad/manifests/1", "do": "corrupt"},
+        {"path": format!("/v2/whoami/api/blobs/{api_id}"), "do": "corrupt"},
+        {"path": "/v2/whoami/big/manifests/1", "do": "huge", "bytes": 5 << 20},
+    ]));
+    let m = Mount::new(&["-o", "nokeep", &format!("reg=registry:{}", proxy.addr())]);
+    let log = m.log();
+    let host = proxy.addr();
+
+    // 429: asked again after the Retry-After it gave, and then shown
+    let asked: Vec<(f64, u16)> = proxy
+        .requests()
+        .into_iter()
+        .filter(|(_, method, path, _)| {
+            method == "GET" && path.starts_with("/v2/whoami/web/tags/list")
+        })
+        .map(|(t, _, _, s)| (t, s))
+        .take(2)
+        .collect();
+    assert_eq!(
+        asked.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    assert!(asked[1].0 - asked[0].0 >= 0.9, "waited {:?}", asked);
+    assert_eq!(tags_of(&m, "reg-whoami_web/").len(), 1, "{log}");
+
+    // a manifest or a config that does not hash to its digest: the tag dangles, said
+    let dangling = |store: &str| {
+        ok(&format!(
+            "cd {} && find . -xtype l",
+            m.p(&format!("{store}/by-tag"))
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        dangling("reg-whoami_bad"),
+        format!("./{host}/whoami/bad:1"),
+        "{log}"
+    );
+    assert_eq!(
+        dangling("reg-whoami_api"),
+        format!("./{host}/whoami/api:1.0"),
+        "{log}"
+    );
+    assert!(log.matches("hashes to").count() >= 2, "{log}");
+    // a manifest over the limit is not read past it, and said
+    assert!(tags_of(&m, "reg-whoami_big/").is_empty());
+    assert!(log.contains("limit"), "{log}");
+    assert!(log.contains("whoami/big"), "{log}");
+}

@@ -223,36 +223,31 @@ impl Client {
         loop {
             let scheme = self.scheme_for_next()?;
             let reply = self.send_once(scheme, &method, path, headers, body, scope, limit);
-            let reply = match reply {
+            let (scheme, reply) = match reply {
                 Ok(r) => {
                     self.scheme.lock().get_or_insert(scheme);
-                    r
+                    (scheme, r)
                 }
                 Err(e) if self.scheme.lock().is_none() && scheme == Scheme::Https => {
                     // Plain HTTP where it is allowed and the host speaks no TLS; never
                     // past a certificate that does not verify, and only when the host
-                    // then answers as a plain HTTP server would.
+                    // then answers as a plain HTTP server would. That answer is this
+                    // request's.
                     let refused_certificate = e.to_string().to_lowercase().contains("certificate");
-                    if (self.loopback || self.insecure) && !refused_certificate {
-                        let plain = self.send_once(
-                            Scheme::Http,
-                            &method,
-                            path,
-                            headers,
-                            body,
-                            scope,
-                            limit,
-                        );
-                        if let Ok(r) = &plain
-                            && !(r.status == 400
-                                && String::from_utf8_lossy(&r.body).contains("HTTPS"))
+                    if !(self.loopback || self.insecure) || refused_certificate {
+                        return Err(e);
+                    }
+                    match self.send_once(Scheme::Http, &method, path, headers, body, scope, limit) {
+                        Ok(r)
+                            if !(r.status == 400
+                                && String::from_utf8_lossy(&r.body).contains("HTTPS")) =>
                         {
                             debug!(host = %self.host, "no TLS answer ({e}): plain HTTP");
                             *self.scheme.lock() = Some(Scheme::Http);
-                            continue;
+                            (Scheme::Http, r)
                         }
+                        _ => return Err(e),
                     }
-                    return Err(e);
                 }
                 Err(e) => return Err(e),
             };

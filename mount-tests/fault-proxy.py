@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""A reverse proxy in front of a test registry that injects the faults no real
+registry makes on purpose: 429 with Retry-After, bytes that do not match their
+digest, bodies over a limit.
+
+usage: fault-proxy.py PORT UPSTREAM_HOST:PORT RULES.json LOG
+
+RULES.json (read at every request, so a test may change it) is a list of
+{"path": SUBSTRING, "method": "GET", "do": "429" | "corrupt" | "huge",
+ "times": N (429: how many times), "retry_after": SECONDS, "bytes": N (huge)}.
+Every request is appended to LOG: "<unix time> <method> <path> <status>".
+"""
+
+import http.client
+import http.server
+import json
+import sys
+import threading
+import time
+
+PORT, UPSTREAM, RULES, LOG = sys.argv[1:5]
+HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+counts = {}
+lock = threading.Lock()
+
+
+def rules():
+    try:
+        return json.load(open(RULES))
+    except (OSError, ValueError):
+        return []
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def record(self, status):
+        with lock, open(LOG, "a") as log:
+            log.write(f"{time.time():.3f} {self.command} {self.path} {status}\n")
+
+    def reply(self, status, headers, body):
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in HOP:
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.record(status)
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        sent = self.rfile.read(length) if length else None
+        rule = next((r for r in rules()
+                     if r["path"] in self.path and r.get("method", "GET") == self.command), None)
+        if rule and rule["do"] == "429":
+            key = (rule["path"], self.command)
+            with lock:
+                counts[key] = counts.get(key, 0) + 1
+                n = counts[key]
+            if n <= rule.get("times", 1):
+                self.reply(429, [("Retry-After", str(rule.get("retry_after", 1)))],
+                           b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
+                return
+        up = http.client.HTTPConnection(UPSTREAM, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        up.request(self.command, self.path, body=sent, headers=headers)
+        r = up.getresponse()
+        body = r.read()
+        out_headers = r.getheaders()
+        if rule and rule["do"] == "corrupt" and body:
+            body = body[:-2] + (b" }" if body.endswith(b"}") else b"  ")
+        if rule and rule["do"] == "huge":
+            body = b" " * rule.get("bytes", 5 << 20) + body
+        up.close()
+        self.reply(r.status, out_headers, body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_any
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(PORT)), Proxy).serve_forever()
