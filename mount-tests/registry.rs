@@ -568,3 +568,98 @@ fn registry_faults_are_waited_out_or_reported_and_the_rest_is_shown() {
     assert!(log.contains("limit"), "{log}");
     assert!(log.contains("whoami/big"), "{log}");
 }
+
+#[test]
+fn a_remount_of_an_unchanged_registry_asks_one_head_per_tag_and_fetches_nothing() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    for (src, tags) in [
+        ("localhost/whoami/web:latest", &["latest", "v2", "v3"][..]),
+        ("localhost/whoami/api:1.0", &["api"][..]),
+    ] {
+        for t in tags {
+            r.push(
+                &format!("docker-archive:{sample}:{src}"),
+                &format!("app/one:{t}"),
+            );
+        }
+    }
+    r.push(
+        &format!("oci:{}:localhost/whoami/multi:latest", f.path("multi")),
+        "app/one:multi",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(dir.path(), &r.addr());
+    let cache = dir.path().join("cache").display().to_string();
+    let spec = format!("registry:{}/app/one", proxy.addr());
+    let count = |from: usize, method: &str, part: &str| {
+        proxy.requests()[from..]
+            .iter()
+            .filter(|(_, m, p, _)| m == method && p.contains(part))
+            .count()
+    };
+
+    // cold: the tags list, one manifest per tag, the index's platform manifest, and
+    // one config per image
+    let cold = {
+        let m = Mount::with_env(&[&spec], &[("XDG_CACHE_HOME", &cache)]);
+        let shown = tags_of(&m, "");
+        assert_eq!(shown.len(), 5, "{}", m.log());
+        shown
+    };
+    let n = proxy.requests().len();
+    assert_eq!(count(0, "GET", "/tags/list"), 1);
+    assert_eq!(
+        count(0, "GET", "/manifests/"),
+        5 + 1,
+        "{:?}",
+        proxy.requests()
+    );
+    assert_eq!(count(0, "GET", "/blobs/"), 3);
+
+    // warm: the tags list and a HEAD per tag; no manifest, no config
+    let m = Mount::with_env(&[&spec], &[("XDG_CACHE_HOME", &cache)]);
+    assert_eq!(tags_of(&m, ""), cold);
+    let sums = ok(&format!("cd {} && sha256sum *", m.p("by-id")));
+    assert_eq!(sums.lines().count(), 3);
+    assert_eq!(count(n, "GET", "/tags/list"), 1);
+    assert_eq!(count(n, "HEAD", "/manifests/"), 5);
+    assert_eq!(
+        count(n, "GET", "/manifests/"),
+        0,
+        "{:?}",
+        &proxy.requests()[n..]
+    );
+    assert_eq!(
+        count(n, "GET", "/blobs/"),
+        0,
+        "configs are never fetched again"
+    );
+    drop(m);
+
+    // tags moved in the registry: to a manifest kept already, nothing is fetched; to
+    // a new one, that manifest and its config, once
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "app/one:v3",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:quay.io/app/tool:v1"),
+        "app/one:v2",
+    );
+    let n = proxy.requests().len();
+    let m = Mount::with_env(&[&spec], &[("XDG_CACHE_HOME", &cache)]);
+    let now = tags_of(&m, "");
+    for t in ["v2", "v3"] {
+        let name = format!("{}/app/one:{t}", proxy.addr());
+        assert_eq!(now[&name], r.inspect(&format!("app/one:{t}")).1, "{t}");
+    }
+    assert_eq!(
+        count(n, "GET", "/manifests/"),
+        1,
+        "{:?}",
+        &proxy.requests()[n..]
+    );
+    assert_eq!(count(n, "GET", "/blobs/"), 1);
+}

@@ -40,6 +40,8 @@ pub enum KeptKind {
     Catalog,
     TarIndex,
     CompressedIndex,
+    /// A registry's manifests, what they resolved to, and configs, by digest.
+    Registry,
 }
 
 impl KeptKind {
@@ -48,6 +50,7 @@ impl KeptKind {
             KeptKind::Catalog => b"imagefs-catalog\n",
             KeptKind::TarIndex => b"imagefs-tarindex",
             KeptKind::CompressedIndex => b"imagefs-tar-idx\n",
+            KeptKind::Registry => b"imagefs-registry",
         }
     }
 
@@ -57,6 +60,7 @@ impl KeptKind {
             KeptKind::Catalog => 3,
             KeptKind::TarIndex => 2,
             KeptKind::CompressedIndex => 2,
+            KeptKind::Registry => 1,
         }
     }
 
@@ -66,6 +70,7 @@ impl KeptKind {
             KeptKind::Catalog => "catalog",
             KeptKind::TarIndex => "tar index",
             KeptKind::CompressedIndex => "compressed-archive index",
+            KeptKind::Registry => "registry state",
         }
     }
 
@@ -74,6 +79,7 @@ impl KeptKind {
             KeptKind::Catalog => "catalog",
             KeptKind::TarIndex => "tarindex",
             KeptKind::CompressedIndex => "index",
+            KeptKind::Registry => "registry",
         }
     }
 }
@@ -311,6 +317,7 @@ pub fn sweep(dir: &StoreDir) {
             KeptKind::Catalog,
             KeptKind::TarIndex,
             KeptKind::CompressedIndex,
+            KeptKind::Registry,
         ]
         .iter()
         .any(|k| name.ends_with(&format!(".{}", k.suffix())));

@@ -151,7 +151,7 @@ impl BlobChanged {
 }
 
 /// One image as the store records it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
     /// The config digest the store claims (`sha256:<hex>`); verified by the catalog.
     /// Empty when the store does not name it (then the bytes' hash is the ID).

@@ -36,6 +36,7 @@ use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
     SourceOptions, StoreError, StoreMeta, Writer,
 };
+use crate::kept::KeptKind;
 use crate::limits::Limits;
 use crate::reference::{self, TagRef};
 
@@ -299,7 +300,29 @@ struct Inner {
     /// by digest); learnt at the first `rm`.
     deletes_by_tag: Mutex<Option<bool>>,
     meta: StoreMeta,
+    kept: crate::kept::Kept,
 }
+
+/// What a registry store keeps between mounts: manifests, what each resolved to, and
+/// configs, all named by their digest, so none of it goes stale; only which manifest
+/// each tag names is asked for anew (a HEAD per tag).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct KeptState {
+    resolved: Vec<KeptResolution>,
+    configs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct KeptResolution {
+    digest: String,
+    media_type: String,
+    manifest: Vec<u8>,
+    record: ImageRecord,
+    problems: Vec<String>,
+}
+
+/// Kept configs, at most (more are fetched again at the next mount).
+const KEPT_CONFIG_BYTES: usize = 256 << 20;
 
 /// Config bytes held for the catalog's reads, bounded by their total size.
 struct ConfigBytes {
@@ -357,6 +380,7 @@ impl Registry {
                 token: Mutex::new(ChangeToken(String::new())),
                 poller: Mutex::new(false),
                 deletes_by_tag: Mutex::new(None),
+                kept: options.kept.clone(),
                 // The mounting user's, as the credentials are: with credentials, no
                 // one else may read through the mount what they open.
                 meta: StoreMeta {
@@ -532,6 +556,38 @@ impl Inner {
         Ok(bytes)
     }
 
+    fn kept_key(&self) -> String {
+        format!(
+            "{}\n{}\n{:?}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            self.describe(),
+            self.limits,
+            super::shared::oci_walk::host_platform().display()
+        )
+    }
+
+    /// A tag's manifest, by HEAD when an earlier mount kept the manifest it names;
+    /// else fetched.
+    fn tag_manifest(
+        &self,
+        tag: &str,
+        kept: &HashMap<String, KeptResolution>,
+    ) -> Result<(Served, Arc<[u8]>), StoreError> {
+        if !kept.is_empty()
+            && let Some(digest) = self.head_tag(tag)?
+            && let Some(k) = kept.get(&digest)
+        {
+            return Ok((
+                Served {
+                    digest,
+                    media_type: k.media_type.clone(),
+                },
+                Arc::from(k.manifest.as_slice()),
+            ));
+        }
+        self.fetch_tag(tag)
+    }
+
     /// The token of a (tag → manifest digest) map.
     fn token_of<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> ChangeToken {
         let mut h = Sha256::new();
@@ -701,7 +757,25 @@ impl Source for Registry {
             tags.truncate(inner.limits.max_images);
         }
         inner.fetched.lock().clear();
-        let served = parallel(&tags, inner.parallel, |t| inner.fetch_tag(t));
+        let kept: HashMap<String, KeptResolution> = inner
+            .kept
+            .load::<KeptState>(KeptKind::Registry, &inner.describe(), &inner.kept_key())
+            .map(|k| {
+                let mut configs = inner.configs.lock();
+                for (digest, bytes) in k.configs {
+                    // kept bytes are trusted no more than the registry's: checked
+                    if sha256_of(&bytes) == digest {
+                        configs.put(digest, Arc::from(bytes));
+                    }
+                }
+                k.resolved
+                    .into_iter()
+                    .filter(|r| sha256_of(&r.manifest) == r.digest)
+                    .map(|r| (r.digest.clone(), r))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let served = parallel(&tags, inner.parallel, |t| inner.tag_manifest(t, &kept));
         // tags grouped by the manifest they name: each is resolved once
         let mut by_manifest: BTreeMap<String, (Served, Vec<String>)> = BTreeMap::new();
         let mut seen = Seen::default();
@@ -724,6 +798,9 @@ impl Source for Registry {
         }
         let groups: Vec<(Served, Vec<String>)> = by_manifest.into_values().collect();
         let resolved = parallel(&groups, inner.parallel, |(s, _)| {
+            if let Some(k) = kept.get(&s.digest) {
+                return (Some(k.record.clone()), k.problems.clone());
+            }
             let desc = Descriptor {
                 media_type: s.media_type.clone(),
                 digest: s.digest.clone(),
@@ -738,7 +815,17 @@ impl Source for Registry {
             )
         });
         let mut configs = Vec::new();
+        let mut keep = KeptState::default();
         for ((s, tag_names), (record, problems)) in groups.into_iter().zip(resolved) {
+            if let (Some(r), Some(manifest)) = (&record, seen.manifests.get(&s.digest)) {
+                keep.resolved.push(KeptResolution {
+                    digest: s.digest.clone(),
+                    media_type: s.media_type.clone(),
+                    manifest: manifest.to_vec(),
+                    record: r.clone(),
+                    problems: problems.clone(),
+                });
+            }
             inv.problems.extend(problems);
             let mut record = record.unwrap_or_else(|| ImageRecord {
                 // the manifest or its index cannot be followed: its tags dangle
@@ -764,6 +851,25 @@ impl Source for Registry {
         parallel(&configs, inner.parallel, |d| {
             let _ = inner.fetch_config(d);
         });
+        if inner.kept.is_on() {
+            let mut held = 0;
+            let mut cache = inner.configs.lock();
+            for d in &configs {
+                if let Some(b) = cache.get(d)
+                    && held + b.len() <= KEPT_CONFIG_BYTES
+                {
+                    held += b.len();
+                    keep.configs.push((d.clone(), b.to_vec()));
+                }
+            }
+            drop(cache);
+            inner.kept.store(
+                KeptKind::Registry,
+                &inner.describe(),
+                &inner.kept_key(),
+                &keep,
+            );
+        }
         inner.fetched.lock().clear();
         *inner.token.lock() = Inner::token_of(seen.tags.iter().map(|(t, s)| (t, &s.digest)));
         *inner.seen.lock() = seen;
