@@ -37,6 +37,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def handle(self):
+        # a client that drops a kept-alive connection (one that stopped reading a body
+        # over its limit) ends it; no trace
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+
     def record(self, status):
         with lock, open(LOG, "a") as log:
             log.write(f"{time.time():.3f} {self.command} {self.path} {status}\n")
@@ -48,9 +56,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
         self.record(status)
+        if self.command != "HEAD":
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client stopped reading (a body over its limit): as it should
+                self.close_connection = True
 
     def handle_any(self):
         length = int(self.headers.get("Content-Length") or 0)

@@ -4,11 +4,6 @@
 
 use crate::common::*;
 
-/// (tag under by-tag → image ID) of one store of the mount.
-fn shown(m: &Mount, store: &str) -> BTreeMap<String, String> {
-    tags_of(m, &format!("{store}/"))
-}
-
 /// What skopeo says the registry holds for `repo`: (HOST/REPO:TAG → config ID).
 fn truth(r: &RegistryD, repo: &str) -> BTreeMap<String, String> {
     r.tags(repo)
@@ -46,49 +41,88 @@ fn a_registry_reads_like_skopeo_and_its_writes_read_back() {
     let r = RegistryD::start("");
     fill(&r, f);
     let m = Mount::new(&["-o", "nokeep", &format!("reg=registry:{}", r.addr())]);
-    let stores = lines(&ok(&format!("ls {}", m.p(""))));
+    // one store: every repository of the catalog, each under by-tag/HOST/
+    let repos = lines(&ok(&format!(
+        "ls {}",
+        m.p(&format!("by-tag/{}/whoami", r.addr()))
+    )));
     assert_eq!(
-        stores,
-        lines("reg-whoami_api\nreg-whoami_multi\nreg-whoami_web\n"),
-        "one store per repository of the catalog"
+        repos,
+        lines("api:1.0\nmulti:latest\nweb:latest\nweb:v2\n"),
+        "{}",
+        m.log()
     );
+    let mut want = BTreeMap::new();
     for repo in ["whoami/web", "whoami/api", "whoami/multi"] {
-        let store = format!("reg-{}", repo.replace('/', "_"));
-        assert_eq!(shown(&m, &store), truth(&r, repo), "{repo}: {}", m.log());
-        // every config hashes to its name
-        let sums = ok(&format!(
-            "cd {} && sha256sum *",
-            m.p(&format!("{store}/by-id"))
-        ));
-        for line in sums.lines() {
-            let (sum, name) = line.split_once("  ").unwrap();
-            assert_eq!(format!("sha256:{sum}"), name);
-        }
+        want.extend(truth(&r, repo));
+    }
+    assert_eq!(tags_of(&m, ""), want, "{}", m.log());
+    // every config hashes to its name
+    let sums = ok(&format!("cd {} && sha256sum *", m.p("by-id")));
+    assert_eq!(sums.lines().count(), 3);
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(format!("sha256:{sum}"), name);
     }
     // the manifest digest a pull names, and the other platforms of the index
-    let web = format!("reg-whoami_web/by-tag/{}/whoami/web:latest", r.addr());
+    let web = format!("by-tag/{}/whoami/web:latest", r.addr());
     let (digest, _) = r.inspect("whoami/web:latest");
     let attr =
         |path: &str, name: &str| ok(&format!("getfattr --only-values -n {name} {}", m.p(path)));
     assert_eq!(attr(&web, "user.image.digest"), digest);
-    let multi = format!("reg-whoami_multi/by-tag/{}/whoami/multi:latest", r.addr());
+    let multi = format!("by-tag/{}/whoami/multi:latest", r.addr());
     assert!(
         attr(&multi, "user.image.platforms").contains("arm64"),
         "{}",
         attr(&multi, "user.image.platforms")
     );
 
-    // ln: the same manifest under a new tag, as skopeo sees it
-    let web_dir = m.p(&format!("reg-whoami_web/by-tag/{}/whoami", r.addr()));
-    let web_id = shown(&m, "reg-whoami_web").values().next().unwrap().clone();
-    let web_file = m.p(&format!("reg-whoami_web/by-id/{web_id}"));
-    ok(&format!("ln {web_file} {web_dir}/web:v3"));
+    // the whole registry, as skopeo sees it, after each write
+    let all = |r: &RegistryD| {
+        let mut want = BTreeMap::new();
+        for repo in ["whoami/web", "whoami/api", "whoami/multi", "team/copy"] {
+            want.extend(truth(r, repo));
+        }
+        want
+    };
+    let whoami = m.p(&format!("by-tag/{}/whoami", r.addr()));
+    let web_id = r.inspect("whoami/web:latest").1;
+    let web_file = m.p(&format!("by-id/{web_id}"));
+
+    // ln: the same manifest under a new tag
+    ok(&format!("ln {web_file} {whoami}/web:v3"));
     assert_eq!(r.inspect("whoami/web:v3"), r.inspect("whoami/web:latest"));
     assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3"]);
-    assert_eq!(shown(&m, "reg-whoami_web"), truth(&r, "whoami/web"));
+    assert_eq!(tags_of(&m, ""), all(&r));
+    // ln into another repository, a new one: its blobs are mounted from the first
+    // (no byte moves), then the manifest is put; the index's too
+    let team = m.p(&format!("by-tag/{}/team", r.addr()));
+    ok(&format!("mkdir -p {team}"));
+    ok(&format!("ln {web_file} {team}/copy:1"));
+    let multi_id = r.inspect("whoami/multi:latest").1;
+    ok(&format!(
+        "ln {} {team}/copy:multi",
+        m.p(&format!("by-id/{multi_id}"))
+    ));
+    assert_eq!(r.tags("team/copy"), ["1", "multi"]);
+    assert_eq!(r.inspect("team/copy:1"), r.inspect("whoami/web:latest"));
+    assert_eq!(
+        r.inspect("team/copy:multi"),
+        r.inspect("whoami/multi:latest")
+    );
+    assert!(
+        r.log().contains("POST /v2/team/copy/blobs/uploads/?mount="),
+        "blobs mounted, not uploaded"
+    );
+    assert!(
+        !r.log().contains("PATCH /v2/team/copy/blobs/uploads"),
+        "no blob uploaded"
+    );
+    assert_eq!(tags_of(&m, ""), all(&r));
+
     // rm of a tag whose manifest other tags name: distribution deletes by digest only,
     // which would take them all
-    let o = sh(&format!("rm {web_dir}/web:v3"));
+    let o = sh(&format!("rm {whoami}/web:v3"));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("busy"), "{o:?}");
     assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3"]);
@@ -105,18 +139,22 @@ fn a_registry_reads_like_skopeo_and_its_writes_read_back() {
     );
 
     // mv of a lone tag: the new name holds the same manifest, the old is gone
-    let multi_dir = m.p(&format!("reg-whoami_multi/by-tag/{}/whoami", r.addr()));
     let (before, id) = r.inspect("whoami/multi:latest");
-    ok(&format!(
-        "mv {multi_dir}/multi:latest {multi_dir}/multi:stable"
-    ));
+    ok(&format!("mv {whoami}/multi:latest {whoami}/multi:stable"));
     assert_eq!(r.tags("whoami/multi"), ["stable"]);
-    assert_eq!(r.inspect("whoami/multi:stable"), (before, id));
-    assert_eq!(shown(&m, "reg-whoami_multi"), truth(&r, "whoami/multi"));
-    // rm of a lone tag deletes it
-    ok(&format!("rm {multi_dir}/multi:stable"));
+    assert_eq!(
+        r.inspect("whoami/multi:stable"),
+        (before.clone(), id.clone())
+    );
+    // mv into another repository: put there, then taken off here
+    ok(&format!("mv {whoami}/multi:stable {team}/copy:moved"));
     assert!(r.tags("whoami/multi").is_empty());
-    assert!(shown(&m, "reg-whoami_multi").is_empty());
+    assert_eq!(r.inspect("team/copy:moved"), (before, id));
+    assert_eq!(tags_of(&m, ""), all(&r));
+    // rm of a lone tag deletes it
+    ok(&format!("rm {whoami}/api:1.0"));
+    assert!(r.tags("whoami/api").is_empty());
+    assert_eq!(tags_of(&m, ""), all(&r));
 }
 
 #[test]
@@ -541,30 +579,22 @@ fn registry_faults_are_waited_out_or_reported_and_the_rest_is_shown() {
         [429, 200]
     );
     assert!(asked[1].0 - asked[0].0 >= 0.9, "waited {:?}", asked);
-    assert_eq!(tags_of(&m, "reg-whoami_web/").len(), 1, "{log}");
-
-    // a manifest or a config that does not hash to its digest: the tag dangles, said
-    let dangling = |store: &str| {
-        ok(&format!(
-            "cd {} && find . -xtype l",
-            m.p(&format!("{store}/by-tag"))
-        ))
-        .trim()
-        .to_string()
-    };
-    assert_eq!(
-        dangling("reg-whoami_bad"),
-        format!("./{host}/whoami/bad:1"),
+    let shown = tags_of(&m, "");
+    assert!(
+        shown.contains_key(&format!("{}/whoami/web:latest", proxy.addr())),
         "{log}"
     );
+
+    // a manifest or a config that does not hash to its digest: the tag dangles, said
+    let dangling = lines(&ok(&format!("cd {} && find . -xtype l", m.p("by-tag"))));
     assert_eq!(
-        dangling("reg-whoami_api"),
-        format!("./{host}/whoami/api:1.0"),
+        dangling,
+        lines(&format!("./{host}/whoami/api:1.0\n./{host}/whoami/bad:1\n")),
         "{log}"
     );
     assert!(log.matches("hashes to").count() >= 2, "{log}");
     // a manifest over the limit is not read past it, and said
-    assert!(tags_of(&m, "reg-whoami_big/").is_empty());
+    assert!(!shown.keys().any(|t| t.contains("whoami/big")), "{shown:?}");
     assert!(log.contains("limit"), "{log}");
     assert!(log.contains("whoami/big"), "{log}");
 }

@@ -270,13 +270,18 @@ impl RegistryD {
         ));
     }
 
-    /// `skopeo list-tags`, sorted.
+    /// `skopeo list-tags`, sorted; none for a repository the registry does not have.
     pub fn tags(&self, repo: &str) -> Vec<String> {
-        let v = podman_json(&format!(
+        let o = sh(&format!(
             "skopeo list-tags {} docker://{}/{repo}",
             self.skopeo_src.replace("--src-", "--"),
             self.addr()
         ));
+        if !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("404") {
+            return Vec::new();
+        }
+        assert!(o.status.success(), "skopeo list-tags {repo}: {o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let mut tags: Vec<String> = v["Tags"]
             .as_array()
             .map(|a| {

@@ -1,7 +1,8 @@
-//! `registry:`: an OCI distribution registry, one store per repository.
-//! `registry:HOST[:PORT]/REPO` is one repository, `registry:HOST[:PORT]/PREFIX/` every
-//! repository the catalog API lists under the prefix, `registry:HOST[:PORT]` all of
-//! them. Where the distribution protocol is spoken.
+//! `registry:`: an OCI distribution registry as one store. `registry:HOST[:PORT]/REPO`
+//! is one repository; `registry:HOST[:PORT]/PREFIX/` every repository the catalog API
+//! lists under the prefix, and `registry:HOST[:PORT]` all of them, in one tree (one
+//! by-id, each repository's tags under by-tag/HOST/…), so that `ln` may tag an image
+//! into another repository of the registry. Where the distribution protocol is spoken.
 //!
 //! A scan lists the tags (paged by `n=` and `Link`), fetches each tag's manifest (with
 //! the OCI and Docker media types in `Accept`), resolves indexes to the host platform
@@ -9,9 +10,9 @@
 //! config once, in parallel, verified against its digest. Nothing but configs and
 //! manifests is ever read: layers stay in the registry.
 //!
-//! The change token is the digest of every (tag, manifest digest) pair, polled by a
-//! thread of the store's own every `registry_refresh`, so that asking for it never
-//! waits on the network.
+//! The change token is the digest of every (repository, tag, manifest digest), polled
+//! by a thread of the store's own every `registry_refresh`, so that asking for it
+//! never waits on the network.
 
 mod client;
 mod credentials;
@@ -93,37 +94,28 @@ fn parse_spec(spec: &str) -> Result<(String, Target), StoreError> {
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let (host, target) = parse_spec(spec)?;
-    match target {
-        Target::Repository(repo) => Ok(vec![Opened::one(Registry::open(&host, &repo, options)?)]),
-        Target::Prefix(prefix) => {
-            let repos = catalog(&host, &prefix, options)?;
-            if repos.is_empty() {
-                return Err(StoreError::NotFound(format!(
-                    "registry {host}: no repository{} in its catalog",
-                    if prefix.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" under {prefix}/")
-                    }
-                )));
-            }
-            repos
-                .into_iter()
-                .map(|repo| {
-                    Ok(Opened {
-                        namespace: Some(repo.replace('/', "_")),
-                        source: Box::new(Registry::open(&host, &repo, options)?),
-                    })
-                })
-                .collect()
+    let registry = Registry::open(&host, target, options)?;
+    // a whole registry or a prefix must list its repositories now: a refused catalog
+    // is said before mounting, with what to do instead
+    if let Target::Prefix(p) = &registry.inner.target {
+        let found = catalog(&registry.inner.client, &host, p, &options.limits)?;
+        if found.is_empty() {
+            return Err(StoreError::NotFound(format!(
+                "{}: no repository in its catalog",
+                registry.inner.describe()
+            )));
         }
     }
+    Ok(vec![Opened::one(registry)])
 }
 
-/// The repositories the catalog API lists under `prefix`.
-fn catalog(host: &str, prefix: &str, options: &SourceOptions) -> Result<Vec<String>, StoreError> {
-    let creds = credentials::find(&options.registry.auth_files, host, prefix);
-    let client = Client::new(host, &options.registry, creds)?;
+/// The repositories the catalog API lists under `prefix` (`""`: all).
+fn catalog(
+    client: &Client,
+    host: &str,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<Vec<String>, StoreError> {
     let mut repos = Vec::new();
     let mut next = Some(format!("/v2/_catalog?n={PAGE}"));
     while let Some(path) = next {
@@ -133,7 +125,7 @@ fn catalog(host: &str, prefix: &str, options: &SourceOptions) -> Result<Vec<Stri
             &[],
             None,
             "registry:catalog:*",
-            options.limits.max_index_size,
+            limits.max_index_size,
         )?;
         if !reply.ok() {
             return Err(StoreError::NotPermitted(format!(
@@ -154,14 +146,15 @@ fn catalog(host: &str, prefix: &str, options: &SourceOptions) -> Result<Vec<Stri
             )
         })?;
         let count = page.repositories.len();
-        repos.extend(page.repositories.into_iter().filter(|r| {
-            reference::is_repository_path(r)
-                && (prefix.is_empty() || r.starts_with(&format!("{prefix}/")) || r == prefix)
-        }));
-        if repos.len() > options.limits.max_images {
+        repos.extend(
+            page.repositories
+                .into_iter()
+                .filter(|r| reference::is_repository_path(r) && under(prefix, r)),
+        );
+        if repos.len() > limits.max_images {
             return Err(StoreError::format(
                 format!("registry {host}: catalog"),
-                format!("more than {} repositories", options.limits.max_images),
+                format!("more than {} repositories", limits.max_images),
             ));
         }
         next = if count == 0 {
@@ -173,6 +166,11 @@ fn catalog(host: &str, prefix: &str, options: &SourceOptions) -> Result<Vec<Stri
     repos.sort();
     repos.dedup();
     Ok(repos)
+}
+
+/// Is repository `repo` under `prefix` (`""`: every repository)?
+fn under(prefix: &str, repo: &str) -> bool {
+    prefix.is_empty() || repo == prefix || repo.starts_with(&format!("{prefix}/"))
 }
 
 /// The next page a `Link: <…>; rel="next"` names, resolved against the request's
@@ -271,21 +269,27 @@ fn sha256_of(bytes: &[u8]) -> String {
 struct Served {
     digest: String,
     media_type: String,
+    /// What the bytes hash to, when that is not `digest`: the tag dangles.
+    altered: Option<String>,
 }
 
+/// A tag of the store: its repository and its name there.
+type RepoTag = (String, String);
+
 /// What the last scan saw: each tag's manifest, each top-level manifest's bytes (what
-/// `ln` puts under a new tag), and which image each resolved to.
+/// `ln` puts under a new tag), and, for each image, a repository and manifest that
+/// hold it.
 #[derive(Default)]
 struct Seen {
-    tags: BTreeMap<String, Served>,
+    tags: BTreeMap<RepoTag, Served>,
     manifests: HashMap<String, Arc<[u8]>>,
-    images: HashMap<String, String>,
+    images: HashMap<String, (String, String)>,
 }
 
 struct Inner {
     client: Client,
     host: String,
-    repo: String,
+    target: Target,
     parallel: usize,
     refresh: Duration,
     limits: Limits,
@@ -294,6 +298,8 @@ struct Inner {
     fetched: Mutex<HashMap<String, Arc<[u8]>>>,
     /// Verified configs, by digest.
     configs: Mutex<ConfigBytes>,
+    /// A repository each config can be fetched from.
+    config_repo: Mutex<HashMap<String, String>>,
     token: Mutex<ChangeToken>,
     poller: Mutex<bool>,
     /// Whether the registry deletes a tag by its name (distribution 2.8 deletes only
@@ -357,8 +363,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn open(host: &str, repo: &str, options: &SourceOptions) -> Result<Registry, StoreError> {
-        let creds = credentials::find(&options.registry.auth_files, host, repo);
+    fn open(host: &str, target: Target, options: &SourceOptions) -> Result<Registry, StoreError> {
+        let scope = match &target {
+            Target::Repository(r) | Target::Prefix(r) => r.as_str(),
+        };
+        let creds = credentials::find(&options.registry.auth_files, host, scope);
         let has_creds = creds.is_some();
         let client = Client::new(host, &options.registry, creds)?;
         // SAFETY: geteuid and getegid cannot fail.
@@ -367,7 +376,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 client,
                 host: host.to_string(),
-                repo: repo.to_string(),
+                target,
                 parallel: options.registry.parallel.max(1),
                 refresh: options.registry.refresh,
                 limits: options.limits,
@@ -377,10 +386,10 @@ impl Registry {
                     lru: LruCache::unbounded(),
                     bytes: 0,
                 }),
+                config_repo: Mutex::new(HashMap::new()),
                 token: Mutex::new(ChangeToken(String::new())),
                 poller: Mutex::new(false),
                 deletes_by_tag: Mutex::new(None),
-                kept: options.kept.clone(),
                 // The mounting user's, as the credentials are: with credentials, no
                 // one else may read through the mount what they open.
                 meta: StoreMeta {
@@ -390,22 +399,35 @@ impl Registry {
                     mtime: SystemTime::now(),
                     via_daemon: true,
                 },
+                kept: options.kept.clone(),
             }),
         })
     }
 }
 
+fn pull(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+fn push(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
 impl Inner {
     fn describe(&self) -> String {
-        format!("registry:{}/{}", self.host, self.repo)
+        match &self.target {
+            Target::Repository(r) => format!("registry:{}/{r}", self.host),
+            Target::Prefix(p) if p.is_empty() => format!("registry:{}", self.host),
+            Target::Prefix(p) => format!("registry:{}/{p}/", self.host),
+        }
     }
 
-    fn pull(&self) -> String {
-        format!("repository:{}:pull", self.repo)
-    }
-
-    fn push(&self) -> String {
-        format!("repository:{}:pull,push", self.repo)
+    /// The repositories of the store now: the one named, or the catalog's.
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        match &self.target {
+            Target::Repository(r) => Ok(vec![r.clone()]),
+            Target::Prefix(p) => catalog(&self.client, &self.host, p, &self.limits),
+        }
     }
 
     fn refused(&self, what: &str, reply: &Reply) -> StoreError {
@@ -430,10 +452,10 @@ impl Inner {
         }
     }
 
-    /// Every tag of the repository, page by page.
-    fn list_tags(&self) -> Result<Vec<String>, StoreError> {
+    /// Every tag of a repository, page by page.
+    fn list_tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
         let mut tags = Vec::new();
-        let mut next = Some(format!("/v2/{}/tags/list?n={PAGE}", self.repo));
+        let mut next = Some(format!("/v2/{repo}/tags/list?n={PAGE}"));
         let mut pages = 0;
         while let Some(path) = next {
             pages += 1;
@@ -442,16 +464,16 @@ impl Inner {
                 &path,
                 &[],
                 None,
-                &self.pull(),
+                &pull(repo),
                 self.limits.max_index_size,
             )?;
             if reply.status == 404 {
                 // a repository with no tags yet (or none at all): nothing to show
-                debug!("{}: no such repository: no tags", self.describe());
+                debug!("{}: no repository {repo}: no tags", self.describe());
                 return Ok(tags);
             }
             if !reply.ok() {
-                return Err(self.refused("tags list", &reply));
+                return Err(self.refused(&format!("tags list of {repo}"), &reply));
             }
             #[derive(serde::Deserialize)]
             struct Page {
@@ -460,7 +482,7 @@ impl Inner {
             }
             let page: Page = serde_json::from_slice(&reply.body).map_err(|e| {
                 StoreError::format(
-                    format!("{}: tags list", self.describe()),
+                    format!("{}: tags list of {repo}", self.describe()),
                     format!("not a tags page: {e}"),
                 )
             })?;
@@ -483,18 +505,17 @@ impl Inner {
 
     /// A tag's manifest: its digest (as served, else of its bytes), media type and
     /// bytes.
-    fn fetch_tag(&self, tag: &str) -> Result<(Served, Arc<[u8]>), StoreError> {
-        let what = format!("manifest of :{tag}");
+    fn fetch_tag(&self, repo: &str, tag: &str) -> Result<(Served, Arc<[u8]>), StoreError> {
         let reply = self.client.request(
             Method::GET,
-            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &format!("/v2/{repo}/manifests/{tag}"),
             &[("Accept", ACCEPT)],
             None,
-            &self.pull(),
+            &pull(repo),
             MANIFEST_LIMIT,
         )?;
         if !reply.ok() {
-            return Err(self.refused(&what, &reply));
+            return Err(self.refused(&format!("manifest of {repo}:{tag}"), &reply));
         }
         let digest = match reply.header("docker-content-digest") {
             Some(d) if reference::is_digest(d) => d.to_string(),
@@ -504,17 +525,26 @@ impl Inner {
             .header("content-type")
             .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
             .unwrap_or_default();
-        Ok((Served { digest, media_type }, Arc::from(reply.body)))
+        let actual = sha256_of(&reply.body);
+        let altered = (digest.starts_with("sha256:") && actual != digest).then_some(actual);
+        Ok((
+            Served {
+                digest,
+                media_type,
+                altered,
+            },
+            Arc::from(reply.body),
+        ))
     }
 
     /// A tag's manifest digest, by HEAD.
-    fn head_tag(&self, tag: &str) -> Result<Option<String>, StoreError> {
+    fn head_tag(&self, repo: &str, tag: &str) -> Result<Option<String>, StoreError> {
         let reply = self.client.request(
             Method::HEAD,
-            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &format!("/v2/{repo}/manifests/{tag}"),
             &[("Accept", ACCEPT)],
             None,
-            &self.pull(),
+            &pull(repo),
             0,
         )?;
         match reply.status {
@@ -523,8 +553,31 @@ impl Inner {
                 .header("docker-content-digest")
                 .filter(|d| reference::is_digest(d))
                 .map(str::to_string)),
-            _ => Err(self.refused(&format!("HEAD of :{tag}"), &reply)),
+            _ => Err(self.refused(&format!("HEAD of {repo}:{tag}"), &reply)),
         }
+    }
+
+    /// A manifest or index by digest, from `repo`.
+    fn manifest(&self, repo: &str, digest: &str) -> Result<Arc<[u8]>, StoreError> {
+        if let Some(b) = self.fetched.lock().get(digest) {
+            return Ok(b.clone());
+        }
+        let reply = self.client.request(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{digest}"),
+            &[("Accept", ACCEPT)],
+            None,
+            &pull(repo),
+            MANIFEST_LIMIT,
+        )?;
+        if !reply.ok() {
+            return Err(self.refused(&format!("manifest {digest} of {repo}"), &reply));
+        }
+        let bytes: Arc<[u8]> = Arc::from(reply.body);
+        self.fetched
+            .lock()
+            .insert(digest.to_string(), bytes.clone());
+        Ok(bytes)
     }
 
     fn fetch_config(&self, digest: &str) -> Result<Arc<[u8]>, StoreError> {
@@ -532,16 +585,22 @@ impl Inner {
             return Ok(b);
         }
         let name = format!("{}: config {digest}", self.describe());
+        let repo = self
+            .config_repo
+            .lock()
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("{name}: in no repository seen")))?;
         let reply = self.client.request(
             Method::GET,
-            &format!("/v2/{}/blobs/{digest}", self.repo),
+            &format!("/v2/{repo}/blobs/{digest}"),
             &[],
             None,
-            &self.pull(),
+            &pull(&repo),
             self.limits.max_config_size,
         )?;
         if !reply.ok() {
-            return Err(self.refused(&format!("config {digest}"), &reply));
+            return Err(self.refused(&format!("config {digest} of {repo}"), &reply));
         }
         let actual = sha256_of(&reply.body);
         if digest.starts_with("sha256:") && actual != digest {
@@ -570,51 +629,68 @@ impl Inner {
     /// else fetched.
     fn tag_manifest(
         &self,
+        repo: &str,
         tag: &str,
         kept: &HashMap<String, KeptResolution>,
     ) -> Result<(Served, Arc<[u8]>), StoreError> {
         if !kept.is_empty()
-            && let Some(digest) = self.head_tag(tag)?
+            && let Some(digest) = self.head_tag(repo, tag)?
             && let Some(k) = kept.get(&digest)
         {
             return Ok((
                 Served {
                     digest,
                     media_type: k.media_type.clone(),
+                    altered: None,
                 },
                 Arc::from(k.manifest.as_slice()),
             ));
         }
-        self.fetch_tag(tag)
+        self.fetch_tag(repo, tag)
     }
 
-    /// The token of a (tag → manifest digest) map.
-    fn token_of<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> ChangeToken {
+    /// Every (repository, tag) of the store; a repository whose tags cannot be listed
+    /// is a problem of the store's when the store is a prefix, its failure when it is
+    /// the store.
+    fn all_tags(&self, problems: &mut Vec<String>) -> Result<Vec<RepoTag>, StoreError> {
+        let repos = self.repositories()?;
+        let listed = parallel(&repos, self.parallel, |r| self.list_tags(r));
+        let mut out = Vec::new();
+        for (repo, tags) in repos.iter().zip(listed) {
+            match tags {
+                Ok(tags) => out.extend(tags.into_iter().map(|t| (repo.clone(), t))),
+                Err(e) if matches!(self.target, Target::Repository(_)) => return Err(e),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The token of the (repository, tag) → manifest digest pairs.
+    fn token_of<'a>(pairs: impl Iterator<Item = (&'a RepoTag, &'a String)>) -> ChangeToken {
         let mut h = Sha256::new();
-        for (t, d) in pairs {
-            h.update(t.as_bytes());
-            h.update(b" ");
-            h.update(d.as_bytes());
-            h.update(b"\n");
+        for ((r, t), d) in pairs {
+            h.update(format!("{r}:{t} {d}\n").as_bytes());
         }
         ChangeToken(hex::encode(h.finalize()))
     }
 
     /// Asks the registry what each tag names now; `None` when it does not answer.
     fn poll(&self) -> Option<ChangeToken> {
-        let tags = match self.list_tags() {
-            Ok(t) => t,
-            Err(e) => {
-                debug!("{}: not polled: {e}", self.describe());
+        let mut problems = Vec::new();
+        let tags = match self.all_tags(&mut problems) {
+            Ok(t) if problems.is_empty() => t,
+            Ok(_) | Err(_) => {
+                debug!("{}: not polled: {problems:?}", self.describe());
                 return None;
             }
         };
-        let digests = parallel(&tags, self.parallel, |t| self.head_tag(t));
+        let digests = parallel(&tags, self.parallel, |(r, t)| self.head_tag(r, t));
         let mut pairs = BTreeMap::new();
-        for (t, d) in tags.iter().zip(digests) {
+        for (rt, d) in tags.into_iter().zip(digests) {
             match d {
                 Ok(Some(d)) => {
-                    pairs.insert(t.clone(), d);
+                    pairs.insert(rt, d);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -660,14 +736,19 @@ fn start_poller(inner: &Arc<Inner>) {
     }
 }
 
-/// The registry seen as an OCI layout for the descriptor walk: manifests come from
+/// One repository seen as an OCI layout for the descriptor walk: manifests come from
 /// its manifests endpoint, configs are named by their descriptor and read only when
 /// the catalog asks.
-impl LayoutBlobs for Inner {
+struct RepoView<'a> {
+    inner: &'a Inner,
+    repo: &'a str,
+}
+
+impl LayoutBlobs for RepoView<'_> {
     fn read_file(&self, rel: &str, _limit: u64) -> Result<Vec<u8>, StoreError> {
         Err(StoreError::NotFound(format!(
             "{}: a registry has no {rel}",
-            self.describe()
+            self.inner.describe()
         )))
     }
 
@@ -680,9 +761,9 @@ impl LayoutBlobs for Inner {
 
     fn read_location(&self, loc: &BlobLocation, _limit: u64) -> Result<Vec<u8>, StoreError> {
         match loc {
-            BlobLocation::Digest { digest, .. } => Ok(self.fetch_config(digest)?.to_vec()),
+            BlobLocation::Digest { digest, .. } => Ok(self.inner.fetch_config(digest)?.to_vec()),
             other => Err(StoreError::internal(
-                self.describe(),
+                self.inner.describe(),
                 format!("not a registry blob: {other:?}"),
             )),
         }
@@ -692,45 +773,38 @@ impl LayoutBlobs for Inner {
         let digest = rel
             .strip_prefix("blobs/sha256/")
             .map(|h| format!("sha256:{h}"));
-        format!("{} {}", self.describe(), digest.as_deref().unwrap_or(rel))
+        format!(
+            "registry:{}/{} {}",
+            self.inner.host,
+            self.repo,
+            digest.as_deref().unwrap_or(rel)
+        )
     }
 
     fn bare_tag_repository(&self) -> String {
-        format!("{}/{}", self.host, self.repo)
+        format!("{}/{}", self.inner.host, self.repo)
     }
 
     fn limits(&self) -> Limits {
-        self.limits
+        self.inner.limits
     }
 
     fn manifest_bytes(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
-        if let Some(b) = self.fetched.lock().get(digest) {
-            return Ok(b.to_vec());
-        }
-        let reply = self.client.request(
-            Method::GET,
-            &format!("/v2/{}/manifests/{digest}", self.repo),
-            &[("Accept", ACCEPT)],
-            None,
-            &self.pull(),
-            MANIFEST_LIMIT,
-        )?;
-        if reply.status == 404 {
-            return Err(StoreError::NotFound(format!(
+        match self.inner.manifest(self.repo, digest) {
+            Ok(b) => Ok(b.to_vec()),
+            Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(format!(
                 "{blob_name}: not in the registry"
-            )));
+            ))),
+            Err(e) => Err(e),
         }
-        if !reply.ok() {
-            return Err(self.refused(&format!("manifest {digest}"), &reply));
-        }
-        let bytes: Arc<[u8]> = Arc::from(reply.body);
-        self.fetched
-            .lock()
-            .insert(digest.to_string(), bytes.clone());
-        Ok(bytes.to_vec())
     }
 
     fn config_blob(&self, config: &Descriptor) -> Result<Option<BlobLocation>, StoreError> {
+        self.inner
+            .config_repo
+            .lock()
+            .entry(config.digest.clone())
+            .or_insert_with(|| self.repo.to_string());
         Ok(Some(BlobLocation::Digest {
             digest: config.digest.clone(),
             size: config.size.max(0) as u64,
@@ -750,7 +824,7 @@ impl Source for Registry {
     fn scan(&self) -> Result<Inventory, StoreError> {
         let inner = &self.inner;
         let mut inv = Inventory::default();
-        let mut tags = inner.list_tags()?;
+        let mut tags = inner.all_tags(&mut inv.problems)?;
         if tags.len() > inner.limits.max_images {
             inv.problems
                 .push(inner.limits.too_many_images(&inner.describe(), tags.len()));
@@ -775,30 +849,58 @@ impl Source for Registry {
                     .collect()
             })
             .unwrap_or_default();
-        let served = parallel(&tags, inner.parallel, |t| inner.tag_manifest(t, &kept));
-        // tags grouped by the manifest they name: each is resolved once
-        let mut by_manifest: BTreeMap<String, (Served, Vec<String>)> = BTreeMap::new();
+        let served = parallel(&tags, inner.parallel, |(r, t)| {
+            inner.tag_manifest(r, t, &kept)
+        });
+        // tags grouped by the manifest they name: each is resolved once, in the first
+        // repository that has it
+        let mut by_manifest: BTreeMap<String, (Served, String, Vec<RepoTag>)> = BTreeMap::new();
         let mut seen = Seen::default();
-        for (tag, got) in tags.iter().zip(served) {
+        for ((repo, tag), got) in tags.iter().zip(served) {
             match got {
+                Ok((s, _)) if s.altered.is_some() => {
+                    // not what its digest names: the tag dangles at that digest
+                    let name = format!("{}/{repo}:{tag}", inner.host);
+                    warn!(
+                        "{}: {repo}:{tag}: manifest {}: content hashes to {}, not to its name: the tag dangles",
+                        inner.describe(),
+                        s.digest,
+                        s.altered.as_deref().unwrap_or_default()
+                    );
+                    let mut record = ImageRecord {
+                        claimed_id: s.digest.clone(),
+                        config: None,
+                        config_name: format!("{name} manifest {}", s.digest),
+                        ..Default::default()
+                    };
+                    record.add_name(&name, &inner.describe(), &mut inv.problems);
+                    inv.images.push(record);
+                }
                 Ok((s, bytes)) => {
                     inner.fetched.lock().insert(s.digest.clone(), bytes.clone());
                     seen.manifests.insert(s.digest.clone(), bytes);
-                    seen.tags.insert(tag.clone(), s.clone());
+                    seen.tags.insert((repo.clone(), tag.clone()), s.clone());
                     by_manifest
                         .entry(s.digest.clone())
-                        .or_insert_with(|| (s, Vec::new()))
-                        .1
-                        .push(tag.clone());
+                        .or_insert_with(|| (s, repo.clone(), Vec::new()))
+                        .2
+                        .push((repo.clone(), tag.clone()));
                 }
                 // gone between the list and the fetch: not there
                 Err(StoreError::NotFound(e)) => debug!("{e}"),
-                Err(e) => inv.problems.push(format!(":{tag}: {e}")),
+                Err(e) => inv.problems.push(format!("{repo}:{tag}: {e}")),
             }
         }
-        let groups: Vec<(Served, Vec<String>)> = by_manifest.into_values().collect();
-        let resolved = parallel(&groups, inner.parallel, |(s, _)| {
+        let groups: Vec<(Served, String, Vec<RepoTag>)> = by_manifest.into_values().collect();
+        let resolved = parallel(&groups, inner.parallel, |(s, repo, _)| {
             if let Some(k) = kept.get(&s.digest) {
+                if let Some(BlobLocation::Digest { digest, .. }) = &k.record.config {
+                    inner
+                        .config_repo
+                        .lock()
+                        .entry(digest.clone())
+                        .or_insert_with(|| repo.clone());
+                }
                 return (Some(k.record.clone()), k.problems.clone());
             }
             let desc = Descriptor {
@@ -808,15 +910,19 @@ impl Source for Registry {
                 annotations: None,
                 platform: None,
             };
+            let view = RepoView {
+                inner: inner.as_ref(),
+                repo,
+            };
             resolve_record(
-                inner.as_ref(),
+                &view,
                 &desc,
-                &format!("{} manifest {}", inner.describe(), s.digest),
+                &format!("registry:{}/{repo} manifest {}", inner.host, s.digest),
             )
         });
         let mut configs = Vec::new();
         let mut keep = KeptState::default();
-        for ((s, tag_names), (record, problems)) in groups.into_iter().zip(resolved) {
+        for ((s, repo, names), (record, problems)) in groups.into_iter().zip(resolved) {
             if let (Some(r), Some(manifest)) = (&record, seen.manifests.get(&s.digest)) {
                 keep.resolved.push(KeptResolution {
                     digest: s.digest.clone(),
@@ -831,15 +937,17 @@ impl Source for Registry {
                 // the manifest or its index cannot be followed: its tags dangle
                 claimed_id: s.digest.clone(),
                 config: None,
-                config_name: format!("{} manifest {}", inner.describe(), s.digest),
+                config_name: format!("registry:{}/{repo} manifest {}", inner.host, s.digest),
                 ..Default::default()
             });
             if let Some(BlobLocation::Digest { digest, .. }) = &record.config {
                 configs.push(digest.clone());
-                seen.images.insert(digest.clone(), s.digest.clone());
+                seen.images
+                    .entry(digest.clone())
+                    .or_insert_with(|| (repo.clone(), s.digest.clone()));
             }
-            for t in &tag_names {
-                let name = format!("{}/{}:{t}", inner.host, inner.repo);
+            for (r, t) in &names {
+                let name = format!("{}/{r}:{t}", inner.host);
                 record.add_name(&name, &inner.describe(), &mut inv.problems);
             }
             inv.images.push(record);
@@ -871,7 +979,7 @@ impl Source for Registry {
             );
         }
         inner.fetched.lock().clear();
-        *inner.token.lock() = Inner::token_of(seen.tags.iter().map(|(t, s)| (t, &s.digest)));
+        *inner.token.lock() = Inner::token_of(seen.tags.iter().map(|(rt, s)| (rt, &s.digest)));
         *inner.seen.lock() = seen;
         start_poller(inner);
         Ok(inv)
@@ -913,22 +1021,43 @@ impl Source for Registry {
     }
 }
 
+/// Nested indexes a cross-repository copy follows, at most.
+const MAX_COPY_DEPTH: usize = 4;
+
 impl Inner {
-    /// The tag's name in this repository, or why it cannot be written here.
-    fn own_tag(&self, tag: &TagRef) -> Result<String, StoreError> {
+    /// The repository and name of a tag this store may write: in the repository
+    /// named, or under the prefix.
+    fn own_tag(&self, tag: &TagRef) -> Result<RepoTag, StoreError> {
         let full = tag.to_string();
-        let prefix = format!("{}/{}:", self.host, self.repo);
-        match full.strip_prefix(&prefix) {
-            Some(t) if !t.is_empty() => Ok(t.to_string()),
-            _ => Err(StoreError::Unsupported(format!(
-                "{}: {full} is not a tag of this repository: a tag goes into another repository only through that repository's own store",
+        let not_here = || {
+            StoreError::Unsupported(format!(
+                "{}: {full} is not a tag of this store's repositories",
                 self.describe()
-            ))),
+            ))
+        };
+        let rest = full
+            .strip_prefix(&format!("{}/", self.host))
+            .ok_or_else(not_here)?;
+        let (repo, t) = rest.rsplit_once(':').ok_or_else(not_here)?;
+        let ours = match &self.target {
+            Target::Repository(r) => r == repo,
+            Target::Prefix(p) => under(p, repo),
+        };
+        if !ours || t.is_empty() || !reference::is_repository_path(repo) {
+            return Err(not_here());
         }
+        Ok((repo.to_string(), t.to_string()))
     }
 
-    /// PUTs `bytes` (a manifest of `media_type`) under `tag`.
-    fn put_manifest(&self, tag: &str, media_type: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    /// PUTs `bytes` (a manifest of `media_type`) under `reference` (a tag or its
+    /// digest) in `repo`.
+    fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         let content_type = if media_type.is_empty() {
             "application/vnd.oci.image.manifest.v1+json"
         } else {
@@ -936,45 +1065,138 @@ impl Inner {
         };
         let reply = self.client.request(
             Method::PUT,
-            &format!("/v2/{}/manifests/{tag}", self.repo),
+            &format!("/v2/{repo}/manifests/{reference}"),
             &[("Content-Type", content_type)],
             Some(bytes),
-            &self.push(),
+            &push(repo),
             1 << 20,
         )?;
         if !reply.ok() {
-            return Err(self.refused(&format!("PUT :{tag}"), &reply));
+            return Err(self.refused(&format!("PUT {repo}:{reference}"), &reply));
         }
         Ok(())
     }
 
-    fn delete_manifest(&self, reference: &str) -> Result<Reply, StoreError> {
+    fn delete_manifest(&self, repo: &str, reference: &str) -> Result<Reply, StoreError> {
         // distribution asks for the `delete` action: a token of its own
         self.client.request(
             Method::DELETE,
-            &format!("/v2/{}/manifests/{reference}", self.repo),
+            &format!("/v2/{repo}/manifests/{reference}"),
             &[],
             None,
-            &format!("repository:{}:delete", self.repo),
+            &format!("repository:{repo}:delete"),
             1 << 20,
         )
     }
 
-    /// Takes `tag` off the registry. By name where the registry can; else by digest,
-    /// which takes every tag of that manifest with it: refused (EBUSY) while another
-    /// tag still names it.
-    fn untag(&self, tag: &str) -> Result<(), StoreError> {
-        let digest = self
-            .head_tag(tag)?
-            .ok_or_else(|| StoreError::NotFound(format!("{}: no tag {tag}", self.describe())))?;
+    /// Makes the blobs a manifest (or index) names present in `to`, mounted from
+    /// `from` (no byte moves), and an index's manifests PUT there by digest.
+    fn copy_into(
+        &self,
+        from: &str,
+        to: &str,
+        bytes: &[u8],
+        depth: usize,
+    ) -> Result<(), StoreError> {
+        if depth > MAX_COPY_DEPTH {
+            return Err(StoreError::format(
+                self.describe(),
+                "indexes nested too deep to copy",
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::format(self.describe(), format!("not a manifest: {e}")))?;
+        let digest_of = |d: &serde_json::Value| {
+            d.get("digest")
+                .and_then(|x| x.as_str())
+                .filter(|x| reference::is_digest(x))
+                .map(str::to_string)
+        };
+        if let Some(children) = v.get("manifests").and_then(|m| m.as_array()) {
+            for child in children {
+                let Some(digest) = digest_of(child) else {
+                    continue;
+                };
+                let media_type = child
+                    .get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default();
+                let child_bytes = self.manifest(from, &digest)?;
+                self.copy_into(from, to, &child_bytes, depth + 1)?;
+                self.put_manifest(to, &digest, media_type, &child_bytes)?;
+            }
+            return Ok(());
+        }
+        let blobs = v
+            .get("config")
+            .into_iter()
+            .chain(
+                v.get("layers")
+                    .and_then(|l| l.as_array())
+                    .into_iter()
+                    .flatten(),
+            )
+            .filter_map(digest_of);
+        for digest in blobs {
+            self.mount_blob(from, to, &digest)?;
+        }
+        Ok(())
+    }
+
+    /// `POST /v2/TO/blobs/uploads/?mount=DIGEST&from=FROM`: 201 is mounted; a 202 is
+    /// an upload the registry started instead, which is cancelled.
+    fn mount_blob(&self, from: &str, to: &str, digest: &str) -> Result<(), StoreError> {
+        let reply = self.client.request(
+            Method::POST,
+            &format!("/v2/{to}/blobs/uploads/?mount={digest}&from={from}"),
+            &[("Content-Length", "0")],
+            Some(&[]),
+            &format!("{} {}", push(to), pull(from)),
+            1 << 20,
+        )?;
+        match reply.status {
+            201 => Ok(()),
+            202 => {
+                if let Some(location) = reply.header("location") {
+                    let path = location
+                        .find("/v2/")
+                        .map(|i| location[i..].to_string())
+                        .unwrap_or_default();
+                    if !path.is_empty() {
+                        let _ = self.client.request(
+                            Method::DELETE,
+                            &path,
+                            &[],
+                            None,
+                            &push(to),
+                            1 << 20,
+                        );
+                    }
+                }
+                Err(StoreError::Unsupported(format!(
+                    "{}: blob {digest} of {from} could not be mounted into {to}: the registry would have it uploaded",
+                    self.describe()
+                )))
+            }
+            _ => Err(self.refused(&format!("mount of {digest} from {from} into {to}"), &reply)),
+        }
+    }
+
+    /// Takes a tag off the registry. By name where the registry can; else by digest,
+    /// which takes every tag of that manifest in the repository with it: refused
+    /// (EBUSY) while another tag there still names it.
+    fn untag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
+        let digest = self.head_tag(repo, tag)?.ok_or_else(|| {
+            StoreError::NotFound(format!("{}: no tag {repo}:{tag}", self.describe()))
+        })?;
         if *self.deletes_by_tag.lock() != Some(false) {
-            let reply = self.delete_manifest(tag)?;
+            let reply = self.delete_manifest(repo, tag)?;
             if reply.ok() {
                 *self.deletes_by_tag.lock() = Some(true);
                 return Ok(());
             }
             if !matches!(reply.status, 400 | 405) {
-                return Err(self.refused(&format!("DELETE :{tag}"), &reply));
+                return Err(self.refused(&format!("DELETE {repo}:{tag}"), &reply));
             }
             debug!(
                 "{}: deletes only by digest{}",
@@ -988,48 +1210,58 @@ impl Inner {
             .lock()
             .tags
             .iter()
-            .filter(|(t, s)| *t != tag && s.digest == digest)
-            .map(|(t, _)| t.clone())
+            .filter(|((r, t), s)| r == repo && t != tag && s.digest == digest)
+            .map(|((_, t), _)| t.clone())
             .collect();
         for other in others {
-            if self.head_tag(&other)?.as_deref() == Some(digest.as_str()) {
+            if self.head_tag(repo, &other)?.as_deref() == Some(digest.as_str()) {
                 return Err(StoreError::Busy(format!(
-                    "{}: :{tag} is the same manifest as :{other}, and this registry deletes only by digest, which would take both: rm :{other} first",
+                    "{}: {repo}:{tag} is the same manifest as {repo}:{other}, and this registry deletes only by digest, which would take both: rm {other} first",
                     self.describe()
                 )));
             }
         }
-        let reply = self.delete_manifest(&digest)?;
+        let reply = self.delete_manifest(repo, &digest)?;
         if !reply.ok() {
-            return Err(self.refused(&format!("DELETE {digest} (:{tag})"), &reply));
+            return Err(self.refused(&format!("DELETE {digest} ({repo}:{tag})"), &reply));
         }
         Ok(())
     }
 
-    /// The bytes and media type of the manifest a tag of the last scan named.
-    fn manifest_of_image(&self, id: &str) -> Result<(String, Arc<[u8]>), StoreError> {
+    /// A repository holding the image, and the manifest (media type, bytes) that
+    /// names it there, from the last scan.
+    fn manifest_of_image(&self, id: &str) -> Result<(String, String, Arc<[u8]>), StoreError> {
         let seen = self.seen.lock();
-        let found = seen.images.get(id).and_then(|digest| {
+        let found = seen.images.get(id).and_then(|(repo, digest)| {
             let media_type = seen
                 .tags
                 .values()
                 .find(|s| &s.digest == digest)
                 .map(|s| s.media_type.clone())?;
-            Some((media_type, seen.manifests.get(digest)?.clone()))
+            Some((
+                repo.clone(),
+                media_type,
+                seen.manifests.get(digest)?.clone(),
+            ))
         });
         found.ok_or_else(|| {
             StoreError::NotFound(format!("{}: no manifest for image {id}", self.describe()))
         })
     }
 
-    fn manifest_of_tag(&self, tag: &str) -> Result<(String, Arc<[u8]>), StoreError> {
-        let (served, bytes) = self.fetch_tag(tag).map_err(|e| match e {
-            StoreError::NotFound(_) => {
-                StoreError::NotFound(format!("{}: no tag {tag}", self.describe()))
-            }
-            other => other,
-        })?;
-        Ok((served.media_type, bytes))
+    /// Puts the manifest under (repo, tag), its blobs mounted first when it comes
+    /// from another repository.
+    fn put_tag(
+        &self,
+        from: &str,
+        (repo, tag): &RepoTag,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        if from != repo {
+            self.copy_into(from, repo, bytes, 0)?;
+        }
+        self.put_manifest(repo, tag, media_type, bytes)
     }
 }
 
@@ -1038,27 +1270,37 @@ impl Writer for Registry {
         let inner = &self.inner;
         match edit {
             Edit::Tag { id, tag } => {
-                let t = inner.own_tag(tag)?;
-                let (media_type, bytes) = inner.manifest_of_image(id)?;
-                inner.put_manifest(&t, &media_type, &bytes)
+                let to = inner.own_tag(tag)?;
+                let (from, media_type, bytes) = inner.manifest_of_image(id)?;
+                inner.put_tag(&from, &to, &media_type, &bytes)
             }
-            Edit::Untag(tag) => inner.untag(&inner.own_tag(tag)?),
+            Edit::Untag(tag) => {
+                let (repo, t) = inner.own_tag(tag)?;
+                inner.untag(&repo, &t)
+            }
             Edit::Retag { from, to } => {
-                let (f, t) = (inner.own_tag(from)?, inner.own_tag(to)?);
-                let (media_type, bytes) = inner.manifest_of_tag(&f)?;
-                if *inner.deletes_by_tag.lock() == Some(true) {
+                let (fr, f) = inner.own_tag(from)?;
+                let to = inner.own_tag(to)?;
+                let (served, bytes) = inner.fetch_tag(&fr, &f).map_err(|e| match e {
+                    StoreError::NotFound(_) => {
+                        StoreError::NotFound(format!("{}: no tag {fr}:{f}", inner.describe()))
+                    }
+                    other => other,
+                })?;
+                if fr != to.0 || *inner.deletes_by_tag.lock() == Some(true) {
                     // the new name first: a failure in between leaves both
-                    inner.put_manifest(&t, &media_type, &bytes)?;
-                    return inner.untag(&f);
+                    inner.put_tag(&fr, &to, &served.media_type, &bytes)?;
+                    return inner.untag(&fr, &f);
                 }
-                // Deleting by digest would take the new name too: the old goes first,
-                // then the same bytes are put under the new name (the blobs stay).
-                inner.untag(&f)?;
+                // In one repository, deleting by digest would take the new name too:
+                // the old goes first, then the same bytes are put under the new name
+                // (the blobs stay).
+                inner.untag(&fr, &f)?;
                 inner
-                    .put_manifest(&t, &media_type, &bytes)
+                    .put_manifest(&to.0, &to.1, &served.media_type, &bytes)
                     .inspect_err(|_| {
-                        if let Err(e) = inner.put_manifest(&f, &media_type, &bytes) {
-                            warn!("{}: :{f} could not be put back: {e}", inner.describe());
+                        if let Err(e) = inner.put_manifest(&fr, &f, &served.media_type, &bytes) {
+                            warn!("{}: {fr}:{f} could not be put back: {e}", inner.describe());
                         }
                     })
             }

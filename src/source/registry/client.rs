@@ -400,7 +400,10 @@ impl Client {
         if let Some(s) = service {
             query.push(format!("service={}", urlencode(s)));
         }
-        query.push(format!("scope={}", urlencode(scope)));
+        // several scopes (a blob mount's) are several parameters
+        for one in scope.split(' ').filter(|s| !s.is_empty()) {
+            query.push(format!("scope={}", urlencode(one)));
+        }
         let sep = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{sep}{}", query.join("&"));
         let mut req = http::Request::builder().method(Method::GET).uri(&url);
