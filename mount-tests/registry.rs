@@ -693,3 +693,62 @@ fn a_remount_of_an_unchanged_registry_asks_one_head_per_tag_and_fetches_nothing(
     );
     assert_eq!(count(n, "GET", "/blobs/"), 1);
 }
+
+/// The question of issue 16: does this node run what the registry serves? A
+/// containerd namespace that pulled from the registry, beside the registry, compared
+/// with diff and comm; then a tag moves in the registry.
+#[test]
+fn a_node_beside_the_registry_it_pulled_from_is_compared_with_diff_and_comm() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:latest",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "whoami/api:1.0",
+    );
+    let c = Containerd::start();
+    let ctr = c.ctr("k8s.io");
+    for image in ["whoami/web:latest", "whoami/api:1.0"] {
+        ok(&format!(
+            "{ctr} images pull --plain-http {}/{image} >/dev/null",
+            r.addr()
+        ));
+    }
+    let m = Mount::new(&[
+        "-o",
+        "nokeep,registry_refresh=1s",
+        &format!("node=containerd:{}#k8s.io", c.root()),
+        &format!("reg=registry:{}/whoami/", r.addr()),
+    ]);
+    let (node, reg) = (m.p("node/by-tag"), m.p("reg/by-tag"));
+    // the same tags, naming the same images: no difference
+    let o = sh(&format!("diff -rq {reg} {node}"));
+    assert!(o.status.success(), "{o:?}\n{}", m.log());
+
+    // the registry's :latest moves to another image: diff names that tag, and comm
+    // the node's image the registry no longer has
+    let old_web = r.inspect("whoami/web:latest").1;
+    r.push(
+        &format!("docker-archive:{sample}:quay.io/app/tool:v1"),
+        "whoami/web:latest",
+    );
+    wait_for("the moved tag", || {
+        !sh(&format!("diff -rq {reg} {node}")).status.success()
+    });
+    let said = String::from_utf8_lossy(&sh(&format!("diff -rq {reg} {node}")).stdout).into_owned();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("web:latest") && said.contains("differ"),
+        "{said}"
+    );
+    let gone = ok(&format!(
+        "comm -13 <(ls {}) <(ls {})",
+        m.p("reg/by-id"),
+        m.p("node/by-id")
+    ));
+    assert_eq!(gone.trim(), old_web, "images the registry no longer has");
+}
