@@ -55,3 +55,32 @@ fn benchmark_runs_on_tiny_inputs() {
     }
     assert!(work.path().join("results.md").is_file());
 }
+
+/// The registry benchmark on a tiny registry: its tables are printed, and its request
+/// counts (which do not depend on time) are what issue 16 asks for.
+#[test]
+fn registry_benchmark_runs_on_tiny_inputs() {
+    fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let out = ok(&format!(
+        "python3 {SCRIPTS}/bench/registry-bench.py --tiny --bin '{BIN}' '{}'",
+        work.path().display()
+    ));
+    assert!(
+        out.contains("| imagefs: mount, ls -l, find, read every config, umount; cold |"),
+        "{out}"
+    );
+    assert!(out.contains("targets (issue 16):"), "{out}");
+    // warm: the tags lists and one HEAD per tag, nothing fetched
+    assert!(
+        out.contains(
+            "warm requests: tags lists 2, HEADs 12 (tags: 12), manifest GETs 0, config GETs 0"
+        ),
+        "{out}"
+    );
+    // cold: one manifest per tag and one config per image, as the minimal client
+    assert!(
+        out.contains("cold {'catalog': 1, 'tags list': 2, 'manifest GET': 12, 'manifest HEAD': 0, 'blob GET': 4"),
+        "{out}"
+    );
+}

@@ -3,7 +3,10 @@
 registry makes on purpose: 429 with Retry-After, bytes that do not match their
 digest, bodies over a limit.
 
-usage: fault-proxy.py PORT UPSTREAM_HOST:PORT RULES.json LOG
+usage: fault-proxy.py PORT UPSTREAM_HOST:PORT RULES.json LOG [--delay-ms N]
+
+--delay-ms N adds N ms to every request and to every new connection: a round trip
+of N ms (for the registry benchmark, where the kernel has no netem).
 
 RULES.json (read at every request, so a test may change it) is a list of
 {"path": SUBSTRING, "method": "GET", "do": "429" | "corrupt" | "huge",
@@ -19,6 +22,7 @@ import threading
 import time
 
 PORT, UPSTREAM, RULES, LOG = sys.argv[1:5]
+DELAY = float(sys.argv[sys.argv.index("--delay-ms") + 1]) / 1000 if "--delay-ms" in sys.argv else 0.0
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 counts = {}
 lock = threading.Lock()
@@ -31,6 +35,17 @@ def rules():
         return []
 
 
+local = threading.local()
+
+
+def upstream():
+    # one kept-alive connection to the registry per proxy thread
+    c = getattr(local, "conn", None)
+    if c is None:
+        c = local.conn = http.client.HTTPConnection(UPSTREAM, timeout=60)
+    return c
+
+
 class Proxy(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -40,6 +55,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def handle(self):
         # a client that drops a kept-alive connection (one that stopped reading a body
         # over its limit) ends it; no trace
+        if DELAY:
+            time.sleep(DELAY)  # the connection's handshake
         try:
             super().handle()
         except (ConnectionResetError, BrokenPipeError):
@@ -65,6 +82,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def handle_any(self):
+        if DELAY:
+            time.sleep(DELAY)
         length = int(self.headers.get("Content-Length") or 0)
         sent = self.rfile.read(length) if length else None
         rule = next((r for r in rules()
@@ -78,17 +97,28 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 self.reply(429, [("Retry-After", str(rule.get("retry_after", 1)))],
                            b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
                 return
-        up = http.client.HTTPConnection(UPSTREAM, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-        up.request(self.command, self.path, body=sent, headers=headers)
-        r = up.getresponse()
-        body = r.read()
+        headers = {}
+        for k, v in self.headers.items():
+            if k.lower() not in HOP:
+                # a header given on several lines (skopeo's Accept) is one list
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        for attempt in (1, 2):
+            try:
+                up = upstream()
+                up.request(self.command, self.path, body=sent, headers=headers)
+                r = up.getresponse()
+                body = r.read()
+                break
+            except (http.client.HTTPException, OSError):
+                local.conn = None  # the registry closed it, or restarted: anew once
+                if attempt == 2:
+                    self.reply(502, [], b"")
+                    return
         out_headers = r.getheaders()
         if rule and rule["do"] == "corrupt" and body:
             body = body[:-2] + (b" }" if body.endswith(b"}") else b"  ")
         if rule and rule["do"] == "huge":
             body = b" " * rule.get("bytes", 5 << 20) + body
-        up.close()
         self.reply(r.status, out_headers, body)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_any

@@ -105,6 +105,7 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
                 registry.inner.describe()
             )));
         }
+        *registry.inner.first_catalog.lock() = Some(found);
     }
     Ok(vec![Opened::one(registry)])
 }
@@ -307,6 +308,8 @@ struct Inner {
     deletes_by_tag: Mutex<Option<bool>>,
     meta: StoreMeta,
     kept: crate::kept::Kept,
+    /// The catalog as asked at mount, for the first scan (asked again by later ones).
+    first_catalog: Mutex<Option<Vec<String>>>,
 }
 
 /// What a registry store keeps between mounts: manifests, what each resolved to, and
@@ -400,6 +403,7 @@ impl Registry {
                     via_daemon: true,
                 },
                 kept: options.kept.clone(),
+                first_catalog: Mutex::new(None),
             }),
         })
     }
@@ -426,7 +430,10 @@ impl Inner {
     fn repositories(&self) -> Result<Vec<String>, StoreError> {
         match &self.target {
             Target::Repository(r) => Ok(vec![r.clone()]),
-            Target::Prefix(p) => catalog(&self.client, &self.host, p, &self.limits),
+            Target::Prefix(p) => match self.first_catalog.lock().take() {
+                Some(repos) => Ok(repos),
+                None => catalog(&self.client, &self.host, p, &self.limits),
+            },
         }
     }
 
