@@ -9,8 +9,9 @@ usage: fault-proxy.py PORT UPSTREAM_HOST:PORT RULES.json LOG [--delay-ms N]
 of N ms (for the registry benchmark, where the kernel has no netem).
 
 RULES.json (read at every request, so a test may change it) is a list of
-{"path": SUBSTRING, "method": "GET", "do": "429" | "corrupt" | "huge",
- "times": N (429: how many times), "retry_after": SECONDS, "bytes": N (huge)}.
+{"path": SUBSTRING, "method": "GET", "do": "429" | "corrupt" | "huge" | "hang",
+ "times": N (429: how many times), "retry_after": SECONDS, "bytes": N (huge),
+ "seconds": N (hang: how long before the answer)}.
 Every request is appended to LOG: "<unix time> <method> <path> <status>".
 """
 
@@ -88,6 +89,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         sent = self.rfile.read(length) if length else None
         rule = next((r for r in rules()
                      if r["path"] in self.path and r.get("method", "GET") == self.command), None)
+        if rule and rule["do"] == "hang":
+            time.sleep(rule.get("seconds", 60))
         if rule and rule["do"] == "429":
             key = (rule["path"], self.command)
             with lock:

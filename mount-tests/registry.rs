@@ -752,3 +752,61 @@ fn a_node_beside_the_registry_it_pulled_from_is_compared_with_diff_and_comm() {
     ));
     assert_eq!(gone.trim(), old_web, "images the registry no longer has");
 }
+
+/// A registry that stops answering (every request hangs) never hangs the mount: the
+/// poll gives up after registry_timeout, the last tree and its configs are served,
+/// and once the registry answers again its changes show.
+#[test]
+fn a_registry_that_hangs_never_hangs_the_mount() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "app/x:1",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(dir.path(), &r.addr());
+    let m = Mount::new(&[
+        "-o",
+        "nokeep,registry_refresh=1s,registry_timeout=2s",
+        &format!("registry:{}/app/x", proxy.addr()),
+    ]);
+    let tag = m.p(&format!("by-tag/{}/app/x:1", proxy.addr()));
+    ok(&format!("cat {tag} > /dev/null"));
+    proxy.set(serde_json::json!([
+        {"path": "/v2/", "method": "GET", "do": "hang", "seconds": 30},
+        {"path": "/v2/", "method": "HEAD", "do": "hang", "seconds": 30},
+    ]));
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "app/x:2",
+    );
+    // polls hang and time out; every operation on the mount answers at once
+    for _ in 0..3 {
+        let started = Instant::now();
+        let listed = ok(&format!(
+            "ls {}",
+            m.p(&format!("by-tag/{}/app", proxy.addr()))
+        ));
+        ok(&format!("cat {tag} > /dev/null"));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(listed.trim(), "x:1");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        m.log().is_empty() || !m.log().contains("panicked"),
+        "{}",
+        m.log()
+    );
+    // it answers again: the tag pushed meanwhile shows
+    proxy.set(serde_json::json!([]));
+    let app = m.p(&format!("by-tag/{}/app", proxy.addr()));
+    wait_for("the tag pushed while it hung", || {
+        ok(&format!("ls {app}")).lines().count() == 2
+    });
+}
