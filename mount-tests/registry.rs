@@ -794,8 +794,9 @@ fn a_registry_that_hangs_never_hangs_the_mount() {
             m.p(&format!("by-tag/{}/app", proxy.addr()))
         ));
         ok(&format!("cat {tag} > /dev/null"));
+        // under the 2 s a request may take: nothing waited on the registry
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1500),
             "{:?}",
             started.elapsed()
         );
