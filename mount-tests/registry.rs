@@ -462,6 +462,18 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
     );
     drop(m);
 
+    // a whole registry whose catalog is refused (the token server grants no
+    // registry:catalog scope): the mount says so, and what to name instead
+    let said = refused_mount(
+        &format!("REGISTRY_AUTH_FILE='{}'", auth.display()),
+        &format!("registry:{}", r.addr()),
+    );
+    assert!(said.contains("catalog API is refused"), "{said}");
+    assert!(
+        said.contains(&format!("registry:{}/REPO", r.addr())),
+        "{said}"
+    );
+
     // a token endpoint that refuses: the mount says so
     let port = tokens.port;
     drop(tokens);
