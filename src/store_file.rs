@@ -604,9 +604,49 @@ pub fn read_limited(file: &File, limit: u64) -> io::Result<Vec<u8>> {
     read_whole(len, limit, |off, buf| file.read_at(buf, off))
 }
 
+/// Reads a configuration file the command line names (a CA bundle, a credentials
+/// file): not a store's, so it may be a link, as /etc/ssl/cert.pem often is, but it
+/// must be a regular file (opened without blocking, so that a FIFO cannot hang the
+/// mount), and no larger than `limit`.
+pub fn read_config_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    read_limited(&file, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_files_are_read_only_when_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, b"pem").unwrap();
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(read_config_file(&link, 10).unwrap(), b"pem");
+        assert!(read_config_file(&f, 2).is_err(), "over the limit");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_config_file(&fifo, 10).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::InvalidInput,
+            "refused, not waited on"
+        );
+    }
 
     #[test]
     fn links_inside_are_followed_and_links_outside_refused() {

@@ -1,3 +1,4 @@
+#![cfg(test)]
 //! A reference model of the core: random sequences of `ln`, `rm`, `mv`, `mkdir`,
 //! `rmdir`, and changes made to the store by another program, each checked against a
 //! model built on a `BTreeMap<tag, image>`, for what every name resolves to, every

@@ -59,6 +59,8 @@ const RETRIES: u32 = 4;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
 /// Bearer tokens without `expires_in` live 60 s (the distribution spec's default).
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
+/// A CA bundle is a few hundred KiB.
+const CA_FILE_LIMIT: u64 = 16 << 20;
 /// Token answers and error bodies are small.
 const SMALL_BODY: u64 = 1 << 20;
 
@@ -148,7 +150,7 @@ impl Client {
     ) -> Result<Client, StoreError> {
         let mut roots = Vec::new();
         for file in &options.ca_files {
-            let pem = match std::fs::read(file) {
+            let pem = match crate::store_file::read_config_file(file, CA_FILE_LIMIT) {
                 Ok(p) => p,
                 // the system bundle may be absent; a named CA must be there
                 Err(e) => {

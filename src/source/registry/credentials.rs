@@ -81,7 +81,7 @@ fn key_matches(key: &str, host: &str, repo: &str) -> Option<usize> {
 /// so, and passed over.
 pub fn find(files: &[PathBuf], host: &str, repo: &str) -> Option<Credentials> {
     for file in files {
-        let bytes = match std::fs::read(file) {
+        let bytes = match crate::store_file::read_config_file(file, 1 << 20) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
