@@ -1003,12 +1003,7 @@ impl Source for Registry {
             .inner
             .fetch_config(digest)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let n = buf.len().min(bytes.len() - start);
-        buf[..n].copy_from_slice(&bytes[start..start + n]);
-        Ok(n)
+        Ok(super::shared::blob::copy_at(&bytes, offset, buf))
     }
 
     fn change_token(&self) -> io::Result<ChangeToken> {

@@ -150,3 +150,14 @@ pub fn pread_clamped(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "offset beyond any file"))?;
     file.read_at(&mut buf[..want], at)
 }
+
+/// Copies what `bytes` hold at `offset` into `buf`: a read of a blob held in memory (a
+/// mem store's, a registry's verified config); a short count only at the end.
+pub fn copy_at(bytes: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let n = buf.len().min(bytes.len() - start);
+    buf[..n].copy_from_slice(&bytes[start..start + n]);
+    n
+}
