@@ -510,17 +510,33 @@ impl Inner {
         Ok(tags)
     }
 
-    /// A tag's manifest: its digest (as served, else of its bytes), media type and
-    /// bytes.
-    fn fetch_tag(&self, repo: &str, tag: &str) -> Result<(Served, Arc<[u8]>), StoreError> {
-        let reply = self.client.request(
-            Method::GET,
-            &format!("/v2/{repo}/manifests/{tag}"),
+    /// `GET` or `HEAD` of `/v2/REPO/manifests/REFERENCE` (a tag or a digest), with
+    /// every manifest type in `Accept`.
+    fn ask_manifest(
+        &self,
+        method: Method,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Reply, StoreError> {
+        let limit = if method == Method::HEAD {
+            0
+        } else {
+            MANIFEST_LIMIT
+        };
+        self.client.request(
+            method,
+            &format!("/v2/{repo}/manifests/{reference}"),
             &[("Accept", ACCEPT)],
             None,
             &pull(repo),
-            MANIFEST_LIMIT,
-        )?;
+            limit,
+        )
+    }
+
+    /// A tag's manifest: its digest (as served, else of its bytes), media type and
+    /// bytes.
+    fn fetch_tag(&self, repo: &str, tag: &str) -> Result<(Served, Arc<[u8]>), StoreError> {
+        let reply = self.ask_manifest(Method::GET, repo, tag)?;
         if !reply.ok() {
             return Err(self.refused(&format!("manifest of {repo}:{tag}"), &reply));
         }
@@ -546,14 +562,7 @@ impl Inner {
 
     /// A tag's manifest digest, by HEAD.
     fn head_tag(&self, repo: &str, tag: &str) -> Result<Option<String>, StoreError> {
-        let reply = self.client.request(
-            Method::HEAD,
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[("Accept", ACCEPT)],
-            None,
-            &pull(repo),
-            0,
-        )?;
+        let reply = self.ask_manifest(Method::HEAD, repo, tag)?;
         match reply.status {
             404 => Ok(None),
             s if (200..300).contains(&s) => Ok(reply
@@ -569,14 +578,7 @@ impl Inner {
         if let Some(b) = self.fetched.lock().get(digest) {
             return Ok(b.clone());
         }
-        let reply = self.client.request(
-            Method::GET,
-            &format!("/v2/{repo}/manifests/{digest}"),
-            &[("Accept", ACCEPT)],
-            None,
-            &pull(repo),
-            MANIFEST_LIMIT,
-        )?;
+        let reply = self.ask_manifest(Method::GET, repo, digest)?;
         if !reply.ok() {
             return Err(self.refused(&format!("manifest {digest} of {repo}"), &reply));
         }
