@@ -336,39 +336,42 @@ fn a_registry_over_tls_with_basic_auth_is_read_with_the_users_credentials() {
     r.stop();
 }
 
-/// The test's token server (mount-tests/token-server.py), stopped by PID when dropped.
+/// The test's token server (mount-tests/token-server.py).
 struct TokenServer {
-    child: Child,
-    port: u16,
+    server: Helper,
     log: PathBuf,
 }
 
 impl TokenServer {
     /// On `port`, or a free one.
     fn start(dir: &Path, creds: &str, refuse: bool, port: Option<u16>) -> TokenServer {
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
+        let port = port.unwrap_or_else(free_port);
         let log = dir.join("tokens.log");
-        let mut cmd = Command::new("python3");
-        cmd.arg(format!("{SCRIPTS}/token-server.py"))
-            .arg(port.to_string())
-            .arg(dir.join("token.key"))
-            .arg(dir.join("token.crt"))
-            .args(["imagefs-test-issuer", "imagefs-test", creds])
-            .arg(&log);
+        let (key, crt, p) = (
+            dir.join("token.key"),
+            dir.join("token.crt"),
+            port.to_string(),
+        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            p.as_ref(),
+            key.as_ref(),
+            crt.as_ref(),
+            "imagefs-test-issuer".as_ref(),
+            "imagefs-test".as_ref(),
+            creds.as_ref(),
+            log.as_ref(),
+        ];
         if refuse {
-            cmd.arg("--refuse");
+            args.push("--refuse".as_ref());
         }
-        let child = cmd.stdout(Stdio::null()).spawn().expect("token server");
-        wait_for("the token server", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        TokenServer { child, port, log }
+        TokenServer {
+            server: Helper::start("token-server.py", port, &args),
+            log,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.server.port
     }
 
     /// The token requests made so far, one line each.
@@ -378,14 +381,6 @@ impl TokenServer {
             .lines()
             .map(String::from)
             .collect()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 
@@ -401,7 +396,7 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
     let tokens = TokenServer::start(certs.path(), creds, false, None);
     let mut r = RegistryD::start(&format!(
         "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: imagefs-test\n    issuer: imagefs-test-issuer\n    rootcertbundle: {c}/token.crt\n",
-        tokens.port
+        tokens.port()
     ));
     r.skopeo_dest = format!("--dest-tls-verify=false --dest-creds {creds}");
     r.skopeo_src = format!("--src-tls-verify=false --src-creds {creds}");
@@ -475,7 +470,7 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
     );
 
     // a token endpoint that refuses: the mount says so
-    let port = tokens.port;
+    let port = tokens.port();
     drop(tokens);
     let _refusing = TokenServer::start(certs.path(), creds, true, Some(port));
     let said = refused_mount(&format!("REGISTRY_AUTH_FILE='{}'", auth.display()), &spec);
@@ -483,45 +478,29 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
     r.stop();
 }
 
-/// mount-tests/fault-proxy.py in front of a registry, stopped by PID when dropped.
+/// mount-tests/fault-proxy.py in front of a registry.
 struct FaultProxy {
-    child: Child,
-    port: u16,
+    server: Helper,
     rules: PathBuf,
     log: PathBuf,
 }
 
 impl FaultProxy {
     fn start(dir: &Path, upstream: &str) -> FaultProxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let (rules, log) = (dir.join("rules.json"), dir.join("proxy.log"));
         std::fs::write(&rules, "[]").unwrap();
-        let child = Command::new("python3")
-            .arg(format!("{SCRIPTS}/fault-proxy.py"))
-            .arg(port.to_string())
-            .arg(upstream)
-            .arg(&rules)
-            .arg(&log)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("fault proxy");
-        wait_for("the fault proxy", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        FaultProxy {
-            child,
+        let p = port.to_string();
+        let server = Helper::start(
+            "fault-proxy.py",
             port,
-            rules,
-            log,
-        }
+            &[p.as_ref(), upstream.as_ref(), rules.as_ref(), log.as_ref()],
+        );
+        FaultProxy { server, rules, log }
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port)
     }
 
     fn set(&self, rules: serde_json::Value) {
@@ -543,14 +522,6 @@ impl FaultProxy {
                 ))
             })
             .collect()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

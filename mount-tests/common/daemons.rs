@@ -195,11 +195,7 @@ pub struct RegistryD {
 
 impl RegistryD {
     pub fn start(extra: &str) -> RegistryD {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut r = RegistryD {
             dir: tempfile::tempdir().unwrap(),
             port,
@@ -319,5 +315,45 @@ impl RegistryD {
 impl Drop for RegistryD {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A helper server of the tests' own (a python script of mount-tests/) listening on
+/// `port`; stopped by PID when dropped.
+pub struct Helper {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Helper {
+    /// Spawns `script` with `args`, and waits until `port` takes connections.
+    pub fn start(script: &str, port: u16, args: &[&std::ffi::OsStr]) -> Helper {
+        let child = Command::new("python3")
+            .arg(format!("{SCRIPTS}/{script}"))
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect(script);
+        wait_for(script, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Helper { child, port }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }
