@@ -223,7 +223,8 @@ impl Client {
         let mut challenged = false;
         let mut retries = 0;
         loop {
-            let scheme = self.scheme_for_next()?;
+            // https until the first answer said otherwise
+            let scheme = self.scheme.lock().unwrap_or(Scheme::Https);
             let reply = self.send_once(scheme, &method, path, headers, body, scope, limit);
             let (scheme, reply) = match reply {
                 Ok(r) => {
@@ -272,10 +273,6 @@ impl Client {
                 _ => return Ok(reply),
             }
         }
-    }
-
-    fn scheme_for_next(&self) -> Result<Scheme, StoreError> {
-        Ok(self.scheme.lock().unwrap_or(Scheme::Https))
     }
 
     #[allow(clippy::too_many_arguments)]
