@@ -741,8 +741,9 @@ fn a_node_beside_the_registry_it_pulled_from_is_compared_with_diff_and_comm() {
 }
 
 /// A registry that stops answering (every request hangs) never hangs the mount: the
-/// poll gives up after registry_timeout, the last tree and its configs are served,
-/// and once the registry answers again its changes show.
+/// poll gives up after registry_timeout, the last tree and the configs read are
+/// served, a read that needs the registry answers EIO after the timeout, and once the
+/// registry answers again its changes show and that read succeeds.
 #[test]
 fn a_registry_that_hangs_never_hangs_the_mount() {
     let f = fixtures();
@@ -752,14 +753,21 @@ fn a_registry_that_hangs_never_hangs_the_mount() {
         &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
         "app/x:1",
     );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "app/x:0",
+    );
     let dir = tempfile::tempdir().unwrap();
     let proxy = FaultProxy::start(dir.path(), &r.addr());
+    // cache_size=0: no config is held, so a config not yet read (x:0) needs the
+    // registry; one read already (x:1) is in the kernel's page cache
     let m = Mount::new(&[
         "-o",
-        "nokeep,registry_refresh=1s,registry_timeout=2s",
+        "nokeep,cache_size=0,registry_refresh=1s,registry_timeout=2s",
         &format!("registry:{}/app/x", proxy.addr()),
     ]);
     let tag = m.p(&format!("by-tag/{}/app/x:1", proxy.addr()));
+    let unread = m.p(&format!("by-tag/{}/app/x:0", proxy.addr()));
     ok(&format!("cat {tag} > /dev/null"));
     proxy.set(serde_json::json!([
         {"path": "/v2/", "method": "GET", "do": "hang", "seconds": 30},
@@ -783,9 +791,27 @@ fn a_registry_that_hangs_never_hangs_the_mount() {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(listed.trim(), "x:1");
+        assert_eq!(
+            listed.split_whitespace().collect::<Vec<_>>(),
+            ["x:0", "x:1"]
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
+    // the config never read waits for the registry, which never answers: EIO once
+    // the request's timeout is up, and not much later
+    let started = Instant::now();
+    let read = Command::new("bash")
+        .args(["-c", &format!("cat {unread} > /dev/null")])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&read.stderr);
+    assert!(!read.status.success(), "read while the registry hangs");
+    assert!(err.contains("Input/output error"), "{err}\n{}", m.log());
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "EIO after {took:?}"
+    );
     assert!(
         m.log().is_empty() || !m.log().contains("panicked"),
         "{}",
@@ -795,6 +821,12 @@ fn a_registry_that_hangs_never_hangs_the_mount() {
     proxy.set(serde_json::json!([]));
     let app = m.p(&format!("by-tag/{}/app", proxy.addr()));
     wait_for("the tag pushed while it hung", || {
-        ok(&format!("ls {app}")).lines().count() == 2
+        ok(&format!("ls {app}")).lines().count() == 3
     });
+    let config = ok(&format!("cat {unread}"));
+    let truth = ok(&format!(
+        "skopeo inspect --tls-verify=false --config --raw docker://{}/app/x:0",
+        r.addr()
+    ));
+    assert_eq!(config, truth, "read once the registry answers again");
 }

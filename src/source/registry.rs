@@ -57,8 +57,6 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 /// Tags and repositories asked for per page.
 const PAGE: usize = 1000;
-/// Verified configs held by a store for the catalog's reads, at most.
-const CONFIG_BYTES: usize = 64 << 20;
 
 /// What a `registry:` spec names.
 #[derive(Debug, PartialEq, Eq)]
@@ -337,6 +335,7 @@ const KEPT_CONFIG_BYTES: usize = 256 << 20;
 struct ConfigBytes {
     lru: LruCache<String, Arc<[u8]>>,
     bytes: usize,
+    capacity: usize,
 }
 
 impl ConfigBytes {
@@ -345,14 +344,14 @@ impl ConfigBytes {
     }
 
     fn put(&mut self, digest: String, bytes: Arc<[u8]>) {
-        if bytes.len() > CONFIG_BYTES {
+        if bytes.len() > self.capacity {
             return;
         }
         self.bytes += bytes.len();
         if let Some(old) = self.lru.put(digest, bytes) {
             self.bytes -= old.len();
         }
-        while self.bytes > CONFIG_BYTES {
+        while self.bytes > self.capacity {
             match self.lru.pop_lru() {
                 Some((_, b)) => self.bytes -= b.len(),
                 None => break,
@@ -388,6 +387,7 @@ impl Registry {
                 configs: Mutex::new(ConfigBytes {
                     lru: LruCache::unbounded(),
                     bytes: 0,
+                    capacity: options.registry.config_bytes,
                 }),
                 config_repo: Mutex::new(HashMap::new()),
                 token: Mutex::new(ChangeToken(String::new())),

@@ -38,6 +38,9 @@ pub struct RegistryOptions {
     pub refresh: Duration,
     /// Credential files, first match wins: podman's auth.json, Docker's config.json.
     pub auth_files: Vec<PathBuf>,
+    /// `-o cache_size=`: the verified config bytes a registry store holds, at most.
+    /// Reads past it are fetched again, so they wait on the registry.
+    pub config_bytes: usize,
 }
 
 impl Default for RegistryOptions {
@@ -49,6 +52,7 @@ impl Default for RegistryOptions {
             timeout: Duration::from_secs(30),
             refresh: Duration::from_secs(30),
             auth_files: Vec::new(),
+            config_bytes: crate::config_cache::DEFAULT_CACHE_SIZE as usize,
         }
     }
 }
