@@ -333,8 +333,86 @@ fn a_registry_over_tls_with_basic_auth_is_read_with_the_users_credentials() {
         "a credential in the log"
     );
     drop(m);
+
+    // the password in Docker's pass credential helper, named by config.json's
+    // credHelpers for this registry; its auths entry (a wrong password) is not used
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().display().to_string();
+    let keyring = PassStore::new(home.path());
+    keyring.store(&r.addr(), "imagefs", password);
+    std::fs::create_dir(home.path().join(".docker")).unwrap();
+    std::fs::write(
+        home.path().join(".docker/config.json"),
+        format!(
+            r#"{{"auths": {{"{a}": {{"auth": "{}"}}}}, "credHelpers": {{"{a}": "pass"}}}}"#,
+            ok("printf %s 'imagefs:wrong' | base64 -w0").trim(),
+            a = r.addr()
+        ),
+    )
+    .unwrap();
+    let m = Mount::with_env(
+        &["-o", &format!("nokeep,registry_ca={c}/ca.crt"), &spec],
+        &[
+            ("HOME", &h),
+            ("GNUPGHOME", &keyring.gnupg),
+            ("RUST_LOG", "imagefs=debug"),
+        ],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&r, "whoami/web"), "{}", m.log());
+    assert!(
+        m.log().contains("credentials from docker-credential-pass"),
+        "{}",
+        m.log()
+    );
+    assert!(!m.log().contains(password), "a credential in the log");
+    drop(m);
     r.stop();
 }
+
+/// A password store of Docker's `pass` credential helper in `home`: a gpg key made
+/// for it, and `pass init`; its gpg-agent stopped on drop.
+struct PassStore {
+    home: PathBuf,
+    gnupg: String,
+}
+
+impl PassStore {
+    fn new(home: &Path) -> PassStore {
+        let gnupg = home.join("g");
+        let s = PassStore {
+            home: home.to_path_buf(),
+            gnupg: gnupg.display().to_string(),
+        };
+        std::fs::create_dir(&gnupg).unwrap();
+        ok(&format!(
+            "chmod 700 '{g}' && {env} gpg --batch --quiet --passphrase '' --quick-gen-key imagefs-test@example default default never 2>/dev/null && {env} pass init imagefs-test@example >/dev/null",
+            g = s.gnupg,
+            env = s.env()
+        ));
+        s
+    }
+
+    fn env(&self) -> String {
+        format!("HOME='{}' GNUPGHOME='{}'", self.home.display(), self.gnupg)
+    }
+
+    fn store(&self, server: &str, user: &str, secret: &str) {
+        ok(&format!(
+            r#"printf '{{"ServerURL":"{server}","Username":"{user}","Secret":"{secret}"}}' | {} docker-credential-pass store"#,
+            self.env()
+        ));
+    }
+}
+
+impl Drop for PassStore {
+    fn drop(&mut self) {
+        let _ = sh(&format!("{} gpgconf --kill gpg-agent", self.env()));
+    }
+}
+
+/// The identity token the test's token server takes (what `docker login` keeps as
+/// `identitytoken` for registries that issue OAuth2 refresh tokens).
+const REFRESH: &str = "refresh-Jq4-identity";
 
 /// The test's token server (mount-tests/token-server.py).
 struct TokenServer {
@@ -344,6 +422,7 @@ struct TokenServer {
 
 impl TokenServer {
     /// On `port`, or a free one.
+    /// Grants what Basic auth with `creds` or the identity token [`REFRESH`] asks.
     fn start(dir: &Path, creds: &str, refuse: bool, port: Option<u16>) -> TokenServer {
         let port = port.unwrap_or_else(free_port);
         let log = dir.join("tokens.log");
@@ -364,6 +443,7 @@ impl TokenServer {
         if refuse {
             args.push("--refuse".as_ref());
         }
+        args.extend::<[&std::ffi::OsStr; 2]>(["--refresh".as_ref(), REFRESH.as_ref()]);
         TokenServer {
             server: Helper::start("token-server.py", port, &args),
             log,
@@ -455,6 +535,43 @@ fn a_registry_behind_bearer_tokens_is_read_and_written_with_few_tokens() {
         }),
         "{mine:?}"
     );
+    drop(m);
+
+    // an identity token in place of a password: exchanged by the OAuth2 POST form,
+    // and it grants writes as the password did
+    let identity = certs.path().join("identity.json");
+    std::fs::write(
+        &identity,
+        format!(
+            r#"{{"auths": {{"{}": {{"identitytoken": "{REFRESH}"}}}}}}"#,
+            r.addr()
+        ),
+    )
+    .unwrap();
+    let before = tokens.requests().len();
+    let identity_env = identity.display().to_string();
+    let m = Mount::with_env(
+        &["-o", "nokeep", &spec],
+        &[("REGISTRY_AUTH_FILE", &identity_env)],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&r, "whoami/web"));
+    ok(&format!(
+        "ln {} {dir2}/web:v4",
+        m.p(&format!("by-id/{id}")),
+        dir2 = m.p(&format!("by-tag/{}/whoami", r.addr()))
+    ));
+    assert_eq!(r.tags("whoami/web"), ["latest", "v2", "v3", "v4"]);
+    let mine: Vec<String> = tokens.requests()[before..]
+        .iter()
+        .filter(|l| l.contains("agent=imagefs/"))
+        .cloned()
+        .collect();
+    assert!(
+        !mine.is_empty() && mine.iter().all(|l| l.contains("user=refresh granted=True")),
+        "token requests: {mine:?}\n{}",
+        m.log()
+    );
+    assert!(!m.log().contains(REFRESH), "the identity token in the log");
     drop(m);
 
     // a whole registry whose catalog is refused (the token server grants no

@@ -4,10 +4,14 @@
 GET /token?service=S&scope=repository:NAME:pull,push answers {"token", "expires_in"}
 with a JWT (RS256, signed by `openssl dgst` with KEY, the certificate in `x5c`) that
 grants the asked actions to USER:PASSWORD given by Basic auth, and pull alone to
-anonymous callers. Every request is appended to LOG as one line: the scope, the user,
-whether it was granted, and the caller's User-Agent. With --refuse, every request is answered 401.
+anonymous callers. POST /token with the OAuth2 form (grant_type=refresh_token,
+refresh_token=REFRESH, scope space-separated) grants the same to the holder of the
+identity token REFRESH (`identitytoken` in auth.json). Every request is appended to
+LOG as one line: the scope, the user (`refresh` for an identity token), whether it was
+granted, and the caller's User-Agent. With --refuse, every request is answered 401.
 
 usage: token-server.py PORT KEY CERT ISSUER SERVICE USER:PASSWORD LOG [--refuse]
+       [--refresh REFRESH]
 """
 
 import base64
@@ -21,6 +25,9 @@ import uuid
 
 PORT, KEY, CERT, ISSUER, SERVICE, CREDS, LOG = sys.argv[1:8]
 REFUSE = "--refuse" in sys.argv[8:]
+REFRESH = None
+if "--refresh" in sys.argv[8:]:
+    REFRESH = sys.argv[sys.argv.index("--refresh") + 1]
 
 
 def b64url(b):
@@ -69,7 +76,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pair = base64.b64decode(auth[6:]).decode(errors="replace")
             if pair == CREDS:
                 user = pair.split(":", 1)[0]
-        granted = not REFUSE and url.path == "/token"
+        self.answer(url.path, scopes, user)
+
+    def do_POST(self):
+        url = urllib.parse.urlparse(self.path)
+        length = int(self.headers.get("Content-Length", "0"))
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        scopes = " ".join(form.get("scope", [])).split()
+        user = None
+        if (form.get("grant_type") == ["refresh_token"] and REFRESH is not None
+                and form.get("refresh_token") == [REFRESH]
+                and form.get("service") == [SERVICE]):
+            user = "refresh"
+        self.answer(url.path, scopes, user)
+
+    def answer(self, path, scopes, user):
+        granted = not REFUSE and path == "/token"
         with open(LOG, "a") as log:
             agent = self.headers.get("User-Agent", "-").split(" ")[0]
             log.write(f"{' '.join(scopes) or '-'} user={user or '-'} granted={granted} agent={agent}\n")

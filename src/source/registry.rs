@@ -369,7 +369,12 @@ impl Registry {
         let scope = match &target {
             Target::Repository(r) | Target::Prefix(r) => r.as_str(),
         };
-        let creds = credentials::find(&options.registry.auth_files, host, scope);
+        let creds = credentials::find(
+            &options.registry.auth_files,
+            host,
+            scope,
+            options.registry.timeout,
+        );
         let has_creds = creds.is_some();
         let client = Client::new(host, &options.registry, creds)?;
         // SAFETY: geteuid and getegid cannot fail.

@@ -356,7 +356,10 @@ impl Client {
         };
         let (kind, params) = parse_challenge(challenge);
         if kind.eq_ignore_ascii_case("basic") {
-            if self.credentials.is_none() || !self.may_send_credentials(scheme) {
+            // an identity token is for a token endpoint, not a password
+            if self.credentials.as_ref().is_none_or(|c| c.identity_token)
+                || !self.may_send_credentials(scheme)
+            {
                 return Ok(false);
             }
             *self.basic.lock() = true;
@@ -407,17 +410,40 @@ impl Client {
         for one in scope.split(' ').filter(|s| !s.is_empty()) {
             query.push(format!("scope={}", urlencode(one)));
         }
-        let sep = if realm.contains('?') { '&' } else { '?' };
-        let url = format!("{realm}{sep}{}", query.join("&"));
-        let mut req = http::Request::builder().method(Method::GET).uri(&url);
-        if let Some(c) = &self.credentials
-            && (realm_tls || realm_local)
-        {
-            req = req.header("Authorization", c.basic_header());
+        let credentials = self
+            .credentials
+            .as_ref()
+            .filter(|_| realm_tls || realm_local);
+        let req = match credentials.and_then(Credentials::refresh_token) {
+            // an identity token is exchanged by the OAuth2 form (the distribution
+            // token spec's POST), with the scopes space-separated in one field
+            Some(refresh) => {
+                let mut form = vec![
+                    "grant_type=refresh_token".to_string(),
+                    "client_id=imagefs".to_string(),
+                    format!("refresh_token={}", urlencode(refresh)),
+                    format!("scope={}", urlencode(scope.trim())),
+                ];
+                if let Some(s) = service {
+                    form.push(format!("service={}", urlencode(s)));
+                }
+                http::Request::builder()
+                    .method(Method::POST)
+                    .uri(realm)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(form.join("&").into_bytes())
+            }
+            None => {
+                let sep = if realm.contains('?') { '&' } else { '?' };
+                let url = format!("{realm}{sep}{}", query.join("&"));
+                let mut req = http::Request::builder().method(Method::GET).uri(&url);
+                if let Some(c) = credentials {
+                    req = req.header("Authorization", c.basic_header());
+                }
+                req.body(Vec::new())
+            }
         }
-        let req = req
-            .body(Vec::new())
-            .map_err(|e| StoreError::internal(&what, e))?;
+        .map_err(|e| StoreError::internal(&what, e))?;
         let mut resp = self.agent.run(req).map_err(|e| transport(&what, e))?;
         let status = resp.status();
         let body = resp

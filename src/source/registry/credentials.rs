@@ -1,20 +1,28 @@
 //! Registry credentials from the files users already have: podman's auth.json and
-//! Docker's config.json (the command line says which files, in which order). Only the
-//! `auths` entries are read; credential helpers are not run.
+//! Docker's config.json (the command line says which files, in which order). A file's
+//! credential helper for the host (`credHelpers`, else `credsStore`) is asked first,
+//! as Docker does, by the helpers' protocol: `docker-credential-NAME get` with the
+//! host on stdin and `{"Username", "Secret"}` on stdout; then its `auths` entries.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-/// A user name and a password (or an identity token), for Basic and for the token
+/// A user name and a password, or an identity token, for Basic and for the token
 /// endpoint. Never printed: `Debug` shows the user only.
 #[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     secret: String,
+    /// An OAuth2 refresh token (`identitytoken`, or a helper's `<token>` user): the
+    /// token endpoint is asked with it, by POST, in place of Basic.
+    pub identity_token: bool,
     /// Which file they came from, for messages.
     pub from: PathBuf,
 }
@@ -30,8 +38,24 @@ impl Credentials {
         Credentials {
             user: user.to_string(),
             secret: secret.to_string(),
+            identity_token: false,
             from,
         }
+    }
+
+    /// An identity token (what `docker login` keeps for registries that issue them).
+    pub fn identity(token: &str, from: PathBuf) -> Credentials {
+        Credentials {
+            user: "<token>".to_string(),
+            secret: token.to_string(),
+            identity_token: true,
+            from,
+        }
+    }
+
+    /// The refresh token, for the token endpoint's POST form.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.identity_token.then_some(self.secret.as_str())
     }
 
     pub fn basic_header(&self) -> String {
@@ -47,6 +71,12 @@ impl Credentials {
 struct AuthFile {
     #[serde(default)]
     auths: std::collections::BTreeMap<String, AuthEntry>,
+    /// Per registry host, the helper that holds its credentials.
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: std::collections::BTreeMap<String, String>,
+    /// The helper for every other registry.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +87,110 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+/// What a helper prints for `get`.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+/// The most a helper may print.
+const HELPER_OUTPUT: u64 = 64 << 10;
+
+/// Asks the credential helper `name` for `host`'s credentials, waiting `timeout` at
+/// most. None when it has none, or fails (said so, without its output on success,
+/// which holds the secret).
+fn ask_helper(name: &str, host: &str, file: &Path, timeout: Duration) -> Option<Credentials> {
+    let from = format!("{}: credential helper {name:?}", file.display());
+    // a helper is a program in PATH: a name that could reach elsewhere is not run
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        warn!("{from}: not a helper name: not run");
+        return None;
+    }
+    let program = format!("docker-credential-{name}");
+    let mut child = match Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("{from}: {program}: {e}: not asked for {host}");
+            return None;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // a helper that exits without reading is seen by its answer, not here
+        let _ = stdin.write_all(host.as_bytes());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.take(HELPER_OUTPUT).read_to_end(&mut out);
+            let _ = tx.send(out);
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        warn!("{from}: {program} did not answer for {host} within {timeout:?}: killed");
+        return None;
+    };
+    // a process the helper started may hold its stdout open: wait no longer than this
+    let out = rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_default();
+    if !status.success() {
+        // helpers print why on stdout ("credentials not found in native keychain")
+        let why = String::from_utf8_lossy(&out);
+        let why: String = why.trim().chars().take(200).collect();
+        debug!("{from}: {program} has nothing for {host} ({status}: {why})");
+        return None;
+    }
+    let answer: HelperAnswer = match serde_json::from_slice(&out) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!("{from}: {program} answered for {host} with no credentials: {e}");
+            return None;
+        }
+    };
+    let file = file.to_path_buf();
+    match (answer.username.as_str(), answer.secret.as_str()) {
+        // older helpers answer "not found" with empty strings and success
+        (_, "") => {
+            debug!("{from}: {program} has nothing for {host}");
+            None
+        }
+        ("<token>", token) => {
+            debug!("registry {host}: an identity token from {program}");
+            Some(Credentials::identity(token, file))
+        }
+        (user, secret) => {
+            debug!(user, "registry {host}: credentials from {program}");
+            Some(Credentials::new(user, secret, file))
+        }
+    }
 }
 
 /// An auth file's key names a host (`registry.example:5000`), a URL of it
@@ -76,10 +210,10 @@ fn key_matches(key: &str, host: &str, repo: &str) -> Option<usize> {
     (full == k || full.starts_with(&format!("{k}/"))).then_some(k.len())
 }
 
-/// Credentials for `host`'s repository `repo`: the first file with an entry for it.
-/// A file that is missing is passed over; one that cannot be read or parsed is said
-/// so, and passed over.
-pub fn find(files: &[PathBuf], host: &str, repo: &str) -> Option<Credentials> {
+/// Credentials for `host`'s repository `repo`: the first file with a helper that has
+/// them, or an entry for them. A file that is missing is passed over; one that cannot
+/// be read or parsed is said so, and passed over. A helper may take `timeout`.
+pub fn find(files: &[PathBuf], host: &str, repo: &str, timeout: Duration) -> Option<Credentials> {
     for file in files {
         let bytes = match crate::store_file::read_config_file(file, 1 << 20) {
             Ok(b) => b,
@@ -96,6 +230,17 @@ pub fn find(files: &[PathBuf], host: &str, repo: &str) -> Option<Credentials> {
                 continue;
             }
         };
+        let helper = parsed
+            .cred_helpers
+            .iter()
+            .find(|(k, _)| key_matches(k, host, repo) == Some(0))
+            .map(|(_, v)| v)
+            .or(parsed.creds_store.as_ref());
+        if let Some(name) = helper
+            && let Some(c) = ask_helper(name, host, file, timeout)
+        {
+            return Some(c);
+        }
         let best = parsed
             .auths
             .iter()
@@ -114,6 +259,10 @@ pub fn find(files: &[PathBuf], host: &str, repo: &str) -> Option<Credentials> {
             (_, Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => None,
         };
+        if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+            debug!("registry {host}: an identity token from {}", file.display());
+            return Some(Credentials::identity(token, file.clone()));
+        }
         match pair {
             Some((user, secret)) => {
                 debug!(user = %user, "registry {host}: credentials from {}", file.display());
@@ -157,17 +306,30 @@ mod tests {
         )
         .unwrap();
         let files = vec![dir.path().join("missing.json"), podman.clone(), docker];
-        let c = find(&files, "reg.example:5000", "team/app").unwrap();
+        let c = find(
+            &files,
+            "reg.example:5000",
+            "team/app",
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(
             c.user, "teamuser",
             "the repository's entry is the longer match"
         );
         assert_eq!(
-            find(&files, "reg.example:5000", "solo").unwrap().user,
+            find(&files, "reg.example:5000", "solo", Duration::from_secs(5))
+                .unwrap()
+                .user,
             "hostuser"
         );
-        assert_eq!(find(&files, "other.example", "x").unwrap().user, "docker");
-        assert!(find(&files, "nobody.example", "x").is_none());
+        assert_eq!(
+            find(&files, "other.example", "x", Duration::from_secs(5))
+                .unwrap()
+                .user,
+            "docker"
+        );
+        assert!(find(&files, "nobody.example", "x", Duration::from_secs(5)).is_none());
         assert_eq!(
             c.basic_header(),
             format!("Basic {}", b64("teamuser:s3cret"))
@@ -178,5 +340,35 @@ mod tests {
             key_matches("reg.example:5000/tea", "reg.example:5000", "team/app"),
             None
         );
+    }
+
+    #[test]
+    fn identity_tokens_are_read_and_helpers_must_be_plain_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        // a helper that is not installed is said so and passed over, for the entry
+        std::fs::write(
+            &file,
+            r#"{"auths": {"reg.example": {"identitytoken": "idt-1"}},
+                "credHelpers": {"reg.example": "imagefs-no-such-helper"}}"#,
+        )
+        .unwrap();
+        let c = find(
+            std::slice::from_ref(&file),
+            "reg.example",
+            "a",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(c.refresh_token(), Some("idt-1"));
+        assert!(!format!("{c:?}").contains("idt-1"));
+        let password = Credentials::new("u", "p", file.clone());
+        assert_eq!(password.refresh_token(), None);
+        for name in ["../../bin/sh", "a/b", "", "x y"] {
+            assert!(
+                ask_helper(name, "reg.example", &file, Duration::from_secs(5)).is_none(),
+                "{name:?}"
+            );
+        }
     }
 }
