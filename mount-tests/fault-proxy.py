@@ -9,9 +9,12 @@ usage: fault-proxy.py PORT UPSTREAM_HOST:PORT RULES.json LOG [--delay-ms N]
 of N ms (for the registry benchmark, where the kernel has no netem).
 
 RULES.json (read at every request, so a test may change it) is a list of
-{"path": SUBSTRING, "method": "GET", "do": "429" | "corrupt" | "huge" | "hang",
+{"path": SUBSTRING, "method": "GET",
+ "do": "429" | "corrupt" | "huge" | "hang" | "status" | "rewrite",
  "times": N (429: how many times), "retry_after": SECONDS, "bytes": N (huge),
- "seconds": N (hang: how long before the answer)}.
+ "seconds": N (hang: how long before the answer), "status": N (status: answered
+ without asking the registry), "from": S, "to": S (rewrite: S replaced in the path
+ sent on to the registry)}.
 Every request is appended to LOG: "<unix time> <method> <path> <status>".
 """
 
@@ -91,6 +94,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                      if r["path"] in self.path and r.get("method", "GET") == self.command), None)
         if rule and rule["do"] == "hang":
             time.sleep(rule.get("seconds", 60))
+        if rule and rule["do"] == "status":
+            self.reply(rule["status"], [("Content-Type", "application/json")],
+                       b'{"errors":[{"code":"UNKNOWN","message":"refused by the fault proxy"}]}')
+            return
+        path = self.path
+        if rule and rule["do"] == "rewrite":
+            path = path.replace(rule["from"], rule["to"])
         if rule and rule["do"] == "429":
             key = (rule["path"], self.command)
             with lock:
@@ -108,7 +118,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         for attempt in (1, 2):
             try:
                 up = upstream()
-                up.request(self.command, self.path, body=sent, headers=headers)
+                up.request(self.command, path, body=sent, headers=headers)
                 r = up.getresponse()
                 body = r.read()
                 break

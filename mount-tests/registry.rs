@@ -703,6 +703,94 @@ fn registry_faults_are_waited_out_or_reported_and_the_rest_is_shown() {
     assert!(log.contains("whoami/big"), "{log}");
 }
 
+/// Writes that fail half-way leave the registry as it was: a same-repository mv
+/// whose PUT is refused puts the old tag back, and a blob mount the registry answers
+/// with an upload (202) has that upload cancelled and the ln refused.
+#[test]
+fn registry_writes_that_fail_half_way_leave_the_registry_as_it_was() {
+    let f = fixtures();
+    let r = RegistryD::start("");
+    let sample = f.path("sample.tar");
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+        "whoami/web:old",
+    );
+    r.push(
+        &format!("docker-archive:{sample}:localhost/whoami/api:1.0"),
+        "team/other:1",
+    );
+    let (digest, id) = r.inspect("whoami/web:old");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(dir.path(), &r.addr());
+    proxy.set(serde_json::json!([
+        {"path": "/v2/whoami/web/manifests/new", "method": "PUT", "do": "status", "status": 400},
+        // the registry is asked to mount from a repository without the blob: it
+        // answers, as distribution does, with a new upload (202)
+        {"path": "/blobs/uploads/?mount=", "method": "POST", "do": "rewrite",
+         "from": "from=whoami/web", "to": "from=nowhere/none"},
+    ]));
+    let m = Mount::new(&["-o", "nokeep", &format!("registry:{}", proxy.addr())]);
+    let whoami = m.p(&format!("by-tag/{}/whoami", proxy.addr()));
+    let team = m.p(&format!("by-tag/{}/team", proxy.addr()));
+
+    // distribution deletes by digest: the old tag goes first, the PUT of the new is
+    // refused, and the old is put back
+    let o = sh(&format!("mv {whoami}/web:old {whoami}/web:new"));
+    assert!(!o.status.success(), "mv succeeded");
+    assert_eq!(r.tags("whoami/web"), ["old"], "{}", m.log());
+    assert_eq!(r.inspect("whoami/web:old"), (digest.clone(), id.clone()));
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|(_, method, path, _)| method == "DELETE" && path.contains(&digest)),
+        "the old tag was taken off first: {:?}",
+        proxy.requests()
+    );
+    assert!(
+        ok(&format!("ls {whoami}")).contains("web:old"),
+        "{}",
+        m.log()
+    );
+
+    // ln into another repository: the mount is answered with an upload, which is
+    // cancelled; nothing is tagged and no upload is left open in the registry
+    let o = sh(&format!(
+        "ln {} {team}/other:copy",
+        m.p(&format!("by-id/{id}"))
+    ));
+    assert!(!o.status.success(), "ln succeeded");
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("Read-only file system"), "{said}");
+    assert!(m.log().contains("could not be mounted"), "{}", m.log());
+    assert_eq!(r.tags("team/other"), ["1"]);
+    let posted = proxy
+        .requests()
+        .iter()
+        .filter(|(_, method, path, status)| {
+            method == "POST" && path.contains("/v2/team/other/blobs/uploads/") && *status == 202
+        })
+        .count();
+    assert!(posted >= 1, "{:?}", proxy.requests());
+    // distribution leaves a cancelled upload's hash state on disk, and removes its
+    // data and its `startedat`, by which it knows an open upload
+    let uploads = r
+        .dir
+        .path()
+        .join("data/docker/registry/v2/repositories/team/other/_uploads");
+    let started: Vec<PathBuf> = std::fs::read_dir(&uploads)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(!started.is_empty(), "the registry started an upload");
+    for upload in started {
+        assert!(
+            !upload.join("startedat").exists() && !upload.join("data").exists(),
+            "upload {} still open",
+            upload.display()
+        );
+    }
+}
+
 #[test]
 fn a_remount_of_an_unchanged_registry_asks_one_head_per_tag_and_fetches_nothing() {
     let f = fixtures();
