@@ -46,6 +46,12 @@ pub fn kept_tar_index(data: &[u8]) {
     let _ = crate::source::shared::tar_store::fuzz_kept_tar_index(data);
 }
 
+/// Any bytes as a kept registry state's payload (manifests, what they resolved to,
+/// configs): only what hashes to its digest, and configs named by digest, are used.
+pub fn kept_registry(data: &[u8]) {
+    let _ = crate::source::registry::fuzz_kept_state(data);
+}
+
 /// Any bytes as a kept compressed-archive index's payload.
 pub fn compressed_index(data: &[u8]) {
     let _ = crate::source::shared::compressed::fuzz_index_payload(data);

@@ -316,8 +316,11 @@ struct Inner {
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct KeptState {
     resolved: Vec<KeptResolution>,
-    configs: Vec<(String, Vec<u8>)>,
+    configs: Vec<KeptConfig>,
 }
+
+/// A config's digest and bytes.
+type KeptConfig = (String, Vec<u8>);
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct KeptResolution {
@@ -326,6 +329,61 @@ struct KeptResolution {
     manifest: Vec<u8>,
     record: ImageRecord,
     problems: Vec<String>,
+}
+
+impl KeptState {
+    /// What of a kept state may be used: kept bytes are trusted no more than the
+    /// registry's, so configs and manifests must hash to their digest, and a record
+    /// may name its config by digest only (a kept file could name any other place).
+    fn checked(self, max_config: u64) -> (Vec<KeptConfig>, HashMap<String, KeptResolution>) {
+        let configs = self
+            .configs
+            .into_iter()
+            .filter(|(digest, bytes)| {
+                (bytes.len() as u64) <= max_config && sha256_of(bytes) == *digest
+            })
+            .collect();
+        let resolved = self
+            .resolved
+            .into_iter()
+            .filter(|r| {
+                sha256_of(&r.manifest) == r.digest
+                    && match &r.record.config {
+                        None => true,
+                        Some(BlobLocation::Digest { digest, size }) => {
+                            reference::is_digest(digest) && *size <= max_config
+                        }
+                        Some(_) => false,
+                    }
+            })
+            .map(|r| (r.digest.clone(), r))
+            .collect();
+        (configs, resolved)
+    }
+}
+
+/// For the fuzzer: a kept registry state's payload, framed as kept files are,
+/// decoded and checked as a mount takes it; how many resolutions may be used.
+#[doc(hidden)]
+pub fn fuzz_kept_state(payload: &[u8]) -> Result<usize, String> {
+    let framed = crate::kept::frame(KeptKind::Registry, payload);
+    let (_, state): (String, KeptState) = crate::kept::decode(KeptKind::Registry, &framed)?;
+    let (configs, resolved) = state.checked(Limits::default().max_config_size);
+    let mut held = ConfigBytes {
+        lru: LruCache::unbounded(),
+        bytes: 0,
+        capacity: 1 << 20,
+    };
+    for (digest, bytes) in configs {
+        held.put(digest, Arc::from(bytes));
+    }
+    for r in resolved.values() {
+        assert!(matches!(
+            r.record.config,
+            None | Some(BlobLocation::Digest { .. })
+        ));
+    }
+    Ok(resolved.len())
 }
 
 /// Kept configs, at most (more are fetched again at the next mount).
@@ -849,18 +907,12 @@ impl Source for Registry {
             .kept
             .load::<KeptState>(KeptKind::Registry, &inner.describe(), &inner.kept_key())
             .map(|k| {
-                let mut configs = inner.configs.lock();
-                for (digest, bytes) in k.configs {
-                    // kept bytes are trusted no more than the registry's: checked
-                    if sha256_of(&bytes) == digest {
-                        configs.put(digest, Arc::from(bytes));
-                    }
+                let (configs, resolved) = k.checked(inner.limits.max_config_size);
+                let mut held = inner.configs.lock();
+                for (digest, bytes) in configs {
+                    held.put(digest, Arc::from(bytes));
                 }
-                k.resolved
-                    .into_iter()
-                    .filter(|r| sha256_of(&r.manifest) == r.digest)
-                    .map(|r| (r.digest.clone(), r))
-                    .collect()
+                resolved
             })
             .unwrap_or_default();
         let served = parallel(&tags, inner.parallel, |(r, t)| {
@@ -1331,6 +1383,50 @@ const NO_IMAGE_DELETES: &str = "a registry has no untagged images to delete: rm 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_state_is_used_only_where_it_hashes_to_its_names() {
+        let manifest = br#"{"schemaVersion":2}"#.to_vec();
+        let config = br#"{"architecture":"amd64"}"#.to_vec();
+        let resolution = |manifest: &[u8], config: Option<BlobLocation>| KeptResolution {
+            digest: sha256_of(br#"{"schemaVersion":2}"#),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest: manifest.to_vec(),
+            record: ImageRecord {
+                config,
+                ..Default::default()
+            },
+            problems: vec![],
+        };
+        let by_digest = BlobLocation::Digest {
+            digest: sha256_of(&config),
+            size: config.len() as u64,
+        };
+        let file = BlobLocation::File {
+            rel: "../../etc/shadow".into(),
+            size: 10,
+            pin: Default::default(),
+        };
+        for (state, usable) in [
+            (resolution(&manifest, Some(by_digest.clone())), 1),
+            (resolution(b"{}", Some(by_digest)), 0),
+            (resolution(&manifest, Some(file)), 0),
+            (resolution(&manifest, None), 1),
+        ] {
+            let kept = KeptState {
+                resolved: vec![state],
+                configs: vec![
+                    (sha256_of(&config), config.clone()),
+                    (sha256_of(b"other"), config.clone()),
+                ],
+            };
+            let payload = postcard::to_stdvec(&("key", &kept)).unwrap();
+            assert_eq!(fuzz_kept_state(&payload), Ok(usable));
+            let (configs, _) = kept.checked(1 << 20);
+            assert_eq!(configs.len(), 1, "only the config that hashes to its name");
+        }
+        assert!(fuzz_kept_state(b"\xff\xff").is_err());
+    }
 
     #[test]
     fn specs_name_a_repository_a_prefix_or_a_whole_registry() {
