@@ -239,7 +239,7 @@ fn make_ca(dir: &Path) {
     ok(&format!(
         r#"cd '{d}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=imagefs-test-ca 2>/dev/null &&
         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null &&
-        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext &&
+        printf 'subjectAltName=IP:127.0.0.1,DNS:registry.imagefs.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext &&
         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null &&
         mkdir ca && cp ca.crt ca/"#,
         d = dir.display()
@@ -408,6 +408,154 @@ impl Drop for PassStore {
     fn drop(&mut self) {
         let _ = sh(&format!("{} gpgconf --kill gpg-agent", self.env()));
     }
+}
+
+/// A registry's name that is not this machine's: only the test's forward proxy
+/// resolves it (to 127.0.0.1).
+const FAR: &str = "registry.imagefs.test";
+
+/// `truth` under the name `host` in place of the registry's address.
+fn truth_as(r: &RegistryD, repo: &str, host: &str) -> BTreeMap<String, String> {
+    truth(r, repo)
+        .into_iter()
+        .map(|(k, v)| (k.replacen(&r.addr(), host, 1), v))
+        .collect()
+}
+
+/// Proxies as podman and skopeo take them: HTTPS_PROXY for https, HTTP_PROXY for
+/// plain http, NO_PROXY bypassing them, and this machine never proxied. Through a
+/// proxy, a registry is not loopback: plain HTTP needs registry_insecure, and even
+/// then no credential is sent over it.
+#[test]
+fn a_registry_behind_a_proxy_is_reached_through_it_and_this_machine_never_is() {
+    let f = fixtures();
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path().display().to_string();
+    make_ca(certs.path());
+    let mut tls = RegistryD::start(&format!(
+        "  tls:\n    certificate: {c}/server.crt\n    key: {c}/server.key\n"
+    ));
+    tls.skopeo_dest = format!("--dest-cert-dir {c}/ca");
+    tls.skopeo_src = format!("--src-cert-dir {c}/ca");
+    let password = "plain-pw-Vb3";
+    ok(&format!(
+        "htpasswd -Bbn imagefs '{password}' > '{c}/htpasswd'"
+    ));
+    let mut plain = RegistryD::start(&format!(
+        "auth:\n  htpasswd:\n    realm: imagefs-test\n    path: {c}/htpasswd\n"
+    ));
+    plain.skopeo_dest = format!("--dest-tls-verify=false --dest-creds imagefs:{password}");
+    plain.skopeo_src = format!("--src-tls-verify=false --src-creds imagefs:{password}");
+    let sample = f.path("sample.tar");
+    for r in [&tls, &plain] {
+        r.push(
+            &format!("docker-archive:{sample}:localhost/whoami/web:latest"),
+            "whoami/web:latest",
+        );
+    }
+    let port = free_port();
+    let log = certs.path().join("proxy.log");
+    let map = format!("{FAR}=127.0.0.1");
+    let p = port.to_string();
+    let _proxy = Helper::start(
+        "forward-proxy.py",
+        port,
+        &[p.as_ref(), map.as_ref(), log.as_ref()],
+    );
+    let proxy = format!("http://127.0.0.1:{port}");
+    let proxied = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ca = format!("nokeep,registry_ca={c}/ca.crt");
+
+    // by a name only the proxy knows, through HTTPS_PROXY
+    let far = format!("{FAR}:{}", tls.port);
+    let spec = format!("registry:{far}/whoami/web");
+    let m = Mount::with_env(&["-o", &ca, &spec], &[("HTTPS_PROXY", &proxy)]);
+    assert_eq!(
+        tags_of(&m, ""),
+        truth_as(&tls, "whoami/web", &far),
+        "{}",
+        m.log()
+    );
+    assert!(
+        proxied().contains(&format!("CONNECT {far} ")),
+        "{}",
+        proxied()
+    );
+    drop(m);
+
+    // NO_PROXY names its domain: asked directly, where the name does not resolve
+    let said = refused_mount(
+        &format!("HTTPS_PROXY={proxy} NO_PROXY=localhost,.imagefs.test"),
+        &format!("-o registry_ca={c}/ca.crt {spec}"),
+    );
+    assert!(said.contains(FAR), "{said}");
+    assert!(
+        !proxied()
+            .lines()
+            .any(|l| l.contains("imagefs.test") && !l.starts_with("CONNECT")),
+        "{}",
+        proxied()
+    );
+    let before = proxied().lines().count();
+
+    // this machine goes direct, whatever the variables say
+    let m = Mount::with_env(
+        &["-o", &ca, &format!("registry:{}/whoami/web", tls.addr())],
+        &[("HTTPS_PROXY", &proxy), ("HTTP_PROXY", &proxy)],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&tls, "whoami/web"));
+    drop(m);
+    assert_eq!(proxied().lines().count(), before, "{}", proxied());
+
+    // plain HTTP by a name that is not loopback: refused without registry_insecure;
+    // with it, through the proxy (ureq tunnels http too), but the password is not
+    // sent over plain HTTP, so the registry refuses; the same file's password for
+    // it as this machine is sent, and read with
+    let far_plain = format!("{FAR}:{}", plain.port);
+    let auth = certs.path().join("auth.json");
+    let b64 = ok(&format!("printf %s 'imagefs:{password}' | base64 -w0"));
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{far_plain}": {{"auth": "{b}"}}, "{}": {{"auth": "{b}"}}}}}}"#,
+            plain.addr(),
+            b = b64.trim()
+        ),
+    )
+    .unwrap();
+    let env = format!(
+        "HTTPS_PROXY={proxy} HTTP_PROXY={proxy} REGISTRY_AUTH_FILE='{}'",
+        auth.display()
+    );
+    let tunnels = || {
+        proxied()
+            .lines()
+            .filter(|l| l.starts_with(&format!("CONNECT {far_plain} ")))
+            .count()
+    };
+    let plain_spec = format!("registry:{far_plain}/whoami/web");
+    let said = refused_mount(&env, &plain_spec);
+    assert!(
+        !said.contains("401") && said.contains("answers without TLS"),
+        "plain HTTP without registry_insecure: {said}"
+    );
+    let before = tunnels();
+    let said = refused_mount(&env, &format!("-o registry_insecure {plain_spec}"));
+    assert!(said.contains("401"), "{said}");
+    assert!(tunnels() > before, "{}", proxied());
+    let auth_env = auth.display().to_string();
+    let m = Mount::with_env(
+        &[
+            "-o",
+            "nokeep",
+            &format!("registry:{}/whoami/web", plain.addr()),
+        ],
+        &[("REGISTRY_AUTH_FILE", &auth_env), ("HTTP_PROXY", &proxy)],
+    );
+    assert_eq!(tags_of(&m, ""), truth(&plain, "whoami/web"));
+    drop(m);
+    tls.stop();
+    plain.stop();
 }
 
 /// The identity token the test's token server takes (what `docker login` keeps as

@@ -348,6 +348,21 @@ pub fn registry_auth_files() -> Vec<PathBuf> {
     files
 }
 
+/// The proxies of `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (or their lower-case
+/// forms, which curl and Go read too).
+pub fn registry_proxies() -> source::RegistryProxies {
+    let var = |k: &str| {
+        [k.to_string(), k.to_ascii_lowercase()]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    };
+    source::RegistryProxies {
+        https: var("HTTPS_PROXY"),
+        http: var("HTTP_PROXY"),
+        no_proxy: source::RegistryProxies::split_no_proxy(&var("NO_PROXY").unwrap_or_default()),
+    }
+}
+
 /// The system's CA bundle: `$SSL_CERT_FILE`, else the first of the usual places.
 pub fn system_ca_file() -> Option<PathBuf> {
     if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {

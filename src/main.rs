@@ -202,6 +202,7 @@ fn read_and_serve(
             timeout: options.registry_timeout,
             refresh: options.registry_refresh,
             auth_files: cli::registry_auth_files(),
+            proxies: cli::registry_proxies(),
             config_bytes: usize::try_from(options.cache_size).unwrap_or(usize::MAX),
         },
     };

@@ -20,7 +20,7 @@ pub mod mem;
 pub(crate) mod oci;
 pub(crate) mod oci_archive;
 pub(crate) mod registry;
-pub use registry::RegistryOptions;
+pub use registry::{RegistryOptions, RegistryProxies};
 pub(crate) mod shared;
 
 use std::fmt;

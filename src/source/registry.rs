@@ -16,6 +16,7 @@
 
 mod client;
 mod credentials;
+mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -31,6 +32,7 @@ use ureq::http::Method;
 
 pub use client::RegistryOptions;
 use client::{Client, Reply};
+pub use proxy::Proxies as RegistryProxies;
 
 use super::shared::oci_walk::{Descriptor, LayoutBlobs, MANIFEST_LIMIT, resolve_record};
 use super::{

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use ureq::http::{self, HeaderMap, Method, StatusCode};
 
 use super::credentials::Credentials;
+pub use super::proxy::Proxies;
 use crate::source::StoreError;
 
 /// How a registry is reached, from the command line.
@@ -38,6 +39,8 @@ pub struct RegistryOptions {
     pub refresh: Duration,
     /// Credential files, first match wins: podman's auth.json, Docker's config.json.
     pub auth_files: Vec<PathBuf>,
+    /// `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`.
+    pub proxies: Proxies,
     /// `-o cache_size=`: the verified config bytes a registry store holds, at most.
     /// Reads past it are fetched again, so they wait on the registry.
     pub config_bytes: usize,
@@ -52,6 +55,7 @@ impl Default for RegistryOptions {
             timeout: Duration::from_secs(30),
             refresh: Duration::from_secs(30),
             auth_files: Vec::new(),
+            proxies: Proxies::default(),
             config_bytes: crate::config_cache::DEFAULT_CACHE_SIZE as usize,
         }
     }
@@ -106,7 +110,12 @@ struct Token {
 }
 
 pub struct Client {
+    /// Direct, for this machine and the hosts `NO_PROXY` names.
     agent: ureq::Agent,
+    /// Through `HTTPS_PROXY`, for https URLs; through `HTTP_PROXY`, for http ones.
+    via_https_proxy: Option<ureq::Agent>,
+    via_http_proxy: Option<ureq::Agent>,
+    proxies: Proxies,
     /// `host[:port]`, as in the image references.
     host: String,
     loopback: bool,
@@ -183,19 +192,31 @@ impl Client {
             .root_certs(roots)
             .disable_verification(options.insecure)
             .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(options.timeout))
-            .tls_config(tls)
-            // proxies are not read from the environment below the command line
-            .proxy(None)
-            .max_idle_connections_per_host(options.parallel.max(1) * 2)
-            .max_idle_connections(options.parallel.max(1) * 4)
-            .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = |proxy: Option<ureq::Proxy>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(options.timeout))
+                .tls_config(tls.clone())
+                // which proxy is decided here, from what the command line read
+                .proxy(proxy)
+                .max_idle_connections_per_host(options.parallel.max(1) * 2)
+                .max_idle_connections(options.parallel.max(1) * 4)
+                .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into()
+        };
+        let via = |url: &Option<String>, var: &str| -> Result<Option<ureq::Agent>, StoreError> {
+            let Some(url) = url else { return Ok(None) };
+            // the URL may hold a password: not shown
+            let proxy = ureq::Proxy::new(url)
+                .map_err(|e| StoreError::format(var, format!("not a proxy URL ({e})")))?;
+            Ok(Some(agent(Some(proxy))))
+        };
         Ok(Client {
-            agent,
+            via_https_proxy: via(&options.proxies.https, "HTTPS_PROXY")?,
+            via_http_proxy: via(&options.proxies.http, "HTTP_PROXY")?,
+            proxies: options.proxies.clone(),
+            agent: agent(None),
             host: host.to_string(),
             loopback: is_loopback(host),
             insecure: options.insecure,
@@ -205,6 +226,19 @@ impl Client {
             basic: Mutex::new(false),
             fetching: Mutex::new(()),
         })
+    }
+
+    /// The agent for a request to `url`: through the proxy for its scheme, unless its
+    /// host goes direct.
+    fn agent_for(&self, url: &http::Uri) -> &ureq::Agent {
+        let via = match url.scheme_str() {
+            Some("https") => self.via_https_proxy.as_ref(),
+            _ => self.via_http_proxy.as_ref(),
+        };
+        match (via, url.authority()) {
+            (Some(via), Some(host)) if !self.proxies.bypass(host.as_str()) => via,
+            _ => &self.agent,
+        }
     }
 
     /// Credentials travel over TLS, or to this machine.
@@ -241,7 +275,17 @@ impl Client {
                     // then answers as a plain HTTP server would. That answer is this
                     // request's.
                     let refused_certificate = e.to_string().to_lowercase().contains("certificate");
-                    if !(self.loopback || self.insecure) || refused_certificate {
+                    if refused_certificate {
+                        return Err(e);
+                    }
+                    if !(self.loopback || self.insecure) {
+                        // what rustls says when a plain HTTP server answers
+                        if e.to_string().contains("InvalidContentType") {
+                            return Err(StoreError::NotPermitted(format!(
+                                "registry {}: answers without TLS ({e}): plain HTTP is spoken only to this machine, or with -o registry_insecure",
+                                self.host
+                            )));
+                        }
                         return Err(e);
                     }
                     match self.send_once(Scheme::Http, &method, path, headers, body, scope, limit) {
@@ -302,7 +346,7 @@ impl Client {
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .map_err(|e| StoreError::internal(format!("registry {}", self.host), e))?;
         let mut resp = self
-            .agent
+            .agent_for(req.uri())
             .run(req)
             .map_err(|e| transport(&format!("registry {}", self.host), e))?;
         let status = resp.status().as_u16();
@@ -444,7 +488,10 @@ impl Client {
             }
         }
         .map_err(|e| StoreError::internal(&what, e))?;
-        let mut resp = self.agent.run(req).map_err(|e| transport(&what, e))?;
+        let mut resp = self
+            .agent_for(req.uri())
+            .run(req)
+            .map_err(|e| transport(&what, e))?;
         let status = resp.status();
         let body = resp
             .body_mut()
