@@ -155,6 +155,17 @@ fn a_registry_reads_like_skopeo_and_its_writes_read_back() {
     ok(&format!("rm {whoami}/api:1.0"));
     assert!(r.tags("whoami/api").is_empty());
     assert_eq!(tags_of(&m, ""), all(&r));
+    drop(m);
+
+    // several repositories as several sources: each its own store
+    let m = Mount::new(&[
+        "-o",
+        "nokeep",
+        &format!("web=registry:{}/whoami/web", r.addr()),
+        &format!("copy=registry:{}/team/copy", r.addr()),
+    ]);
+    assert_eq!(tags_of(&m, "web/"), truth(&r, "whoami/web"), "{}", m.log());
+    assert_eq!(tags_of(&m, "copy/"), truth(&r, "team/copy"));
 }
 
 #[test]
