@@ -12,6 +12,17 @@ usage: mangle.py CASE IN.tar OUT.tar [ARG]
   big-config MIB           one image whose config is MIB MiB of valid JSON
   duplicate-tag TAG        TAG given to the first two images of manifest.json
   big-layer GIB            the archive with a GIB GiB layer member first (sparse on disk)
+  lower-keys               manifest.json's keys as jib wrote them: config, repoTags, layers
+  misname-config TAG       the config of the image tagged TAG renamed to a hash its
+                           bytes do not have (manifest.json follows); prints the new name
+  dot-prefix               every member named ./NAME, and a ./ directory first, as
+                           `tar -C dir -cf x .` writes them
+  layout-drop-arch ARCH    (IN is an OCI layout directory, changed in place) the
+                           entries of ARCH taken out of every nested index; and two
+                           entries more in index.json: localhost/whoami/gone:1 naming
+                           a manifest that is not there, and localhost/whoami/sig:1
+                           an artifact (a media type that is no image); prints the
+                           new digests of the changed indexes, one per line
   layout-big-config MIB    (IN is an OCI layout directory, changed in place; OUT is
                            ignored) one more image, localhost/big:1, whose config is
                            MIB MiB of valid JSON; prints its ID
@@ -84,6 +95,33 @@ def main():
         json.dump(index, open(f"{src_path}/index.json", "w"))
         print("sha256:" + chex)
         return
+    if case == "layout-drop-arch":
+        blobs = f"{src_path}/blobs/sha256"
+        index = json.load(open(f"{src_path}/index.json"))
+        for entry in index["manifests"]:
+            if "index" not in entry.get("mediaType", "") and "list" not in entry.get("mediaType", ""):
+                continue
+            nested = json.load(open(f"{blobs}/{entry['digest'].split(':')[1]}"))
+            nested["manifests"] = [m for m in nested["manifests"]
+                                   if m.get("platform", {}).get("architecture") != arg]
+            data = json.dumps(nested).encode()
+            hexd = hashlib.sha256(data).hexdigest()
+            open(f"{blobs}/{hexd}", "wb").write(data)
+            entry["digest"], entry["size"] = "sha256:" + hexd, len(data)
+            print("sha256:" + hexd)
+        sig = json.dumps({"signed": "nothing"}).encode()
+        sig_hex = hashlib.sha256(sig).hexdigest()
+        open(f"{blobs}/{sig_hex}", "wb").write(sig)
+        index["manifests"] += [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": "sha256:" + "e" * 64, "size": 500,
+             "annotations": {"org.opencontainers.image.ref.name": "localhost/whoami/gone:1"}},
+            {"mediaType": "application/vnd.example.signature.v1+json",
+             "digest": "sha256:" + sig_hex, "size": len(sig),
+             "annotations": {"org.opencontainers.image.ref.name": "localhost/whoami/sig:1"}},
+        ]
+        json.dump(index, open(f"{src_path}/index.json", "w"))
+        return
     if case == "big-layer":
         size = int(arg) << 30
         with open(out_path, "wb") as raw:
@@ -114,6 +152,39 @@ def main():
             for e in entries[:2]:
                 e["RepoTags"] = (e.get("RepoTags") or []) + [arg]
             copy_members(src, dst, replace={"manifest.json": json.dumps(entries).encode()})
+        elif case == "lower-keys":
+            entries = json.loads(src.extractfile("manifest.json").read())
+            keys = {"Config": "config", "RepoTags": "repoTags", "Layers": "layers"}
+            entries = [{keys.get(k, k): v for k, v in e.items()} for e in entries]
+            copy_members(src, dst, replace={"manifest.json": json.dumps(entries).encode()})
+        elif case == "misname-config":
+            entries = json.loads(src.extractfile("manifest.json").read())
+            entry = next(e for e in entries if arg in (e.get("RepoTags") or []))
+            old = entry["Config"]
+            new = hashlib.sha256(b"not these bytes").hexdigest() + ".json"
+            entry["Config"] = new
+            for m in src.getmembers():
+                data = src.extractfile(m).read() if m.isfile() else None
+                if m.name == "manifest.json":
+                    data = json.dumps(entries).encode()
+                    m.size = len(data)
+                if m.name == old:
+                    m.name = new
+                dst.addfile(m, io.BytesIO(data) if data is not None else None)
+            print(new)
+        elif case == "dot-prefix":
+            root = tarfile.TarInfo("./")
+            root.type = tarfile.DIRTYPE
+            root.mode = 0o755
+            dst.addfile(root)
+            for m in src.getmembers():
+                data = src.extractfile(m).read() if m.isfile() else None
+                m.name = "./" + m.name
+                if m.issym() or m.islnk():
+                    # hard links name members: those are ./-prefixed too
+                    if m.islnk():
+                        m.linkname = "./" + m.linkname
+                dst.addfile(m, io.BytesIO(data) if data is not None else None)
         elif case == "corrupt-manifest":
             data = src.extractfile("manifest.json").read()
             copy_members(src, dst, replace={"manifest.json": data[: len(data) // 2]})

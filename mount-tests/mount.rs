@@ -20,6 +20,7 @@ mod cli;
 mod containerd;
 mod containers_storage;
 mod docker;
+mod formats;
 mod kept;
 mod mem;
 mod reading;

@@ -50,7 +50,9 @@ impl Image {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DanglingTag {
     pub tag: TagRef,
-    /// The ID the tag names: `sha256:<hex>`.
+    /// What the tag points at under by-id/: the ID it names (`sha256:<hex>`), or a
+    /// name for what is missing (`missing-manifest:sha256:<hex>`, see
+    /// `oci_walk::missing_name`).
     pub target: String,
 }
 
@@ -263,9 +265,10 @@ impl Catalog {
         dangling.retain(|d| claims.get(&d.tag) == Some(&Claim::Dangling(d.target.clone())));
         dangling.sort_by(|a, b| a.tag.cmp(&b.tag));
         dangling.dedup_by(|a, b| a.tag == b.tag);
-        // A dangling target that is not a digest would make a symlink leave by-id.
+        // A dangling target that is not one name under by-id/ (an expected image ID,
+        // or a name for what is missing) would make a symlink leave by-id.
         dangling.retain(|d| {
-            let ok = crate::reference::is_digest(&d.target);
+            let ok = crate::source::shared::oci_walk::is_dangling_target(&d.target);
             if !ok {
                 cat.problems
                     .push(format!("tag {} names no image digest: not shown", d.tag));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config_cache::DEFAULT_CACHE_SIZE;
-use crate::source::{self, RegistryOptions, SourceKind};
+use crate::source::{self, Platform, RegistryOptions, SourceKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +105,9 @@ pub struct MountOptions {
     pub registry_parallel: usize,
     pub registry_timeout: Duration,
     pub registry_refresh: Duration,
+    /// `platform=OS/ARCH[/VARIANT]`: the entry picked from multi-platform indexes
+    /// (None: the host's).
+    pub platform: Option<Platform>,
 }
 
 impl Default for MountOptions {
@@ -127,6 +130,7 @@ impl Default for MountOptions {
             registry_parallel: RegistryOptions::default().parallel,
             registry_timeout: RegistryOptions::default().timeout,
             registry_refresh: RegistryOptions::default().refresh,
+            platform: None,
         }
     }
 }
@@ -188,6 +192,9 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions, String> {
             ("registry_parallel", Some(v)) => out.registry_parallel = parse_count(key, v)?,
             ("registry_timeout", Some(v)) => out.registry_timeout = parse_duration(key, v)?,
             ("registry_refresh", Some(v)) => out.registry_refresh = parse_duration(key, v)?,
+            ("platform", Some(v)) => {
+                out.platform = Some(Platform::parse(v).map_err(|e| format!("platform={e}"))?)
+            }
             ("subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}

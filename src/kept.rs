@@ -157,6 +157,9 @@ pub struct Kept {
     dir: Option<PathBuf>,
     /// False under `-o rescan`: nothing kept is used, and what is read is kept anew.
     ignore_kept: bool,
+    /// Under `-o ro`: nothing is written beside a store (a compressed archive's index
+    /// goes to the cache directory only).
+    nothing_beside: bool,
 }
 
 /// A key and a value, as a payload holds them: the value stands for the store only
@@ -184,7 +187,22 @@ impl Kept {
         Kept {
             dir: Some(dir),
             ignore_kept: false,
+            nothing_beside: false,
         }
+    }
+
+    /// The same, writing nothing beside a store: `-o ro`.
+    pub fn nothing_beside(self) -> Kept {
+        Kept {
+            nothing_beside: true,
+            ..self
+        }
+    }
+
+    /// Whether a kept file may be written beside a store (also then only into a
+    /// directory of the mounting user's own).
+    pub fn writes_beside(&self) -> bool {
+        !self.nothing_beside
     }
 
     /// The same place, but what is kept there is not used (only replaced): `-o rescan`.

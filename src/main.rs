@@ -184,6 +184,11 @@ fn read_and_serve(
         Some(dir) => Kept::in_dir(dir),
         None => Kept::none(),
     };
+    let kept = if options.read_only {
+        kept.nothing_beside()
+    } else {
+        kept
+    };
     let source_options = source::SourceOptions {
         docker_host: options
             .docker_host
@@ -205,6 +210,7 @@ fn read_and_serve(
             proxies: cli::registry_proxies(),
             config_bytes: usize::try_from(options.cache_size).unwrap_or(usize::MAX),
         },
+        platform: options.platform.clone(),
     };
     let stores = if positional.is_empty() {
         discover_stores(&source_options)?
@@ -218,6 +224,7 @@ fn read_and_serve(
             read_only: options.read_only,
             kept,
             limits: options.limits,
+            platform: source_options.platform().display(),
         },
     )
     .map_err(|e| e.to_string())?;

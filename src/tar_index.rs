@@ -430,6 +430,8 @@ impl TarIndex {
                     index.push(name, member);
                     index.end_of_entries = next;
                 }
+                // `./`, which `tar -C dir -cf x .` writes first: the archive's root
+                None if is_archive_root(&raw_name) => index.end_of_entries = next,
                 None => index.problems.push(format!(
                     "member {raw_name:?} has an unsafe name (absolute, '..' or NUL): ignored"
                 )),
@@ -677,6 +679,11 @@ pub fn normalize_member_name(name: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// `./`, `.` or `.//`: the directory the archive was made from, not a member to show.
+fn is_archive_root(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('/') && name.split('/').all(|p| p.is_empty() || p == ".")
+}
+
 /// Joins a relative link target to a member directory, refusing to climb above the
 /// archive root.
 fn join_within_root(dir: &str, target: &str) -> Option<String> {
@@ -908,5 +915,27 @@ pub(crate) mod tests {
         assert_eq!(normalize_member_name("../x"), None);
         assert_eq!(normalize_member_name("/etc/passwd"), None);
         assert_eq!(normalize_member_name("a/../../b"), None);
+        for root in ["./", ".", ".//", "./."] {
+            assert!(is_archive_root(root), "{root}");
+        }
+        for not_root in ["/", "", "./..", "a", "/./"] {
+            assert!(!is_archive_root(not_root), "{not_root}");
+        }
+    }
+
+    #[test]
+    fn the_archive_root_is_no_member_and_no_problem() {
+        let mut bytes = header(b"./", b'5', 0, None);
+        bytes.extend(header(b"./a.json", b'0', 2, None));
+        bytes.extend(padded(b"{}"));
+        let idx = index(&bytes);
+        assert!(idx.problems.is_empty(), "{:?}", idx.problems);
+        assert_eq!(
+            idx.entries()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["a.json"]
+        );
     }
 }

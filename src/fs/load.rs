@@ -28,15 +28,17 @@ fn catalog_what(source: &dyn Source) -> String {
 /// (a catalog cut short by a lower limit is not one for a higher); `None` when its
 /// catalog is not kept. Taken before a scan: a change during it makes the key stale,
 /// which costs the next mount a scan and never shows a wrong catalog.
-fn catalog_key(kept: &Kept, source: &dyn Source, limits: &crate::limits::Limits) -> Option<String> {
-    if !kept.is_on() {
+fn catalog_key(source: &dyn Source, options: &FsOptions) -> Option<String> {
+    if !options.kept.is_on() {
         return None;
     }
     let content = source.content_key()?;
     Some(format!(
-        "{}\n{}\n{limits:?}\n{}",
+        "{}\n{}\n{:?}\n{}\n{}",
         env!("CARGO_PKG_VERSION"),
         source.describe(),
+        options.limits,
+        options.platform,
         content
     ))
 }
@@ -77,7 +79,7 @@ fn load_store(
     let token = source.change_token().ok();
     // Taken before the scan: a change during it makes the key stale, which costs the
     // next mount a scan and never shows a wrong catalog.
-    let key = catalog_key(&options.kept, source, &options.limits);
+    let key = catalog_key(source, options);
     let started = std::time::Instant::now();
     let meta = source.meta().unwrap_or(StoreMeta::NOT_LOCAL);
     let kept = key

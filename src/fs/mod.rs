@@ -97,6 +97,9 @@ pub struct FsOptions {
     pub kept: Kept,
     /// How much a store may make imagefs read and hash.
     pub limits: crate::limits::Limits,
+    /// The platform picked from multi-platform indexes, as shown (`linux/amd64`): a
+    /// catalog kept for one is not used for another.
+    pub platform: String,
 }
 
 /// One store as the mount holds it.

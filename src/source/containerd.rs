@@ -16,7 +16,9 @@ use super::containerd_api as images_v1;
 use super::containerd_api::images_client::ImagesClient;
 use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
 use super::shared::daemon;
-use super::shared::oci_walk::{Descriptor, LayoutBlobs, blob_rel_path, resolve_record};
+use super::shared::oci_walk::{
+    Descriptor, LayoutBlobs, Platform, blob_rel_path, host_platform, resolve_record,
+};
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
     SourceOptions, StoreDir, StoreError, StoreMeta, Writer, read_whole,
@@ -35,6 +37,7 @@ pub struct Containerd {
     /// containerd's API socket: writes go only there.
     address: PathBuf,
     limits: Limits,
+    platform: Platform,
 }
 
 /// The socket a root's containerd listens on, unless `-o containerd_address=` says.
@@ -83,7 +86,8 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
                 &n,
                 options.containerd_address.as_deref(),
                 options.limits,
-            )?;
+            )?
+            .with_platform(options.platform());
             Ok(Opened {
                 namespace: (!single).then_some(n),
                 source: Box::new(store),
@@ -164,7 +168,14 @@ impl Containerd {
                 .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
                 .unwrap_or_else(|| default_address(root)),
             limits,
+            platform: host_platform(),
         })
+    }
+
+    /// The platform picked from multi-platform indexes (the host's unless said).
+    pub fn with_platform(mut self, platform: Platform) -> Containerd {
+        self.platform = platform;
+        self
     }
 
     /// Every record with the image ID its target resolves to (None: unresolvable).
@@ -175,7 +186,10 @@ impl Containerd {
         Ok(records
             .into_iter()
             .map(|(name, desc)| {
-                let id = resolve_record(self, &desc, &name).0.map(|r| r.claimed_id);
+                let id = resolve_record(self, &desc, &name)
+                    .0
+                    .ok()
+                    .map(|r| r.claimed_id);
                 (name, desc, id)
             })
             .collect())
@@ -411,6 +425,10 @@ impl LayoutBlobs for Containerd {
     fn limits(&self) -> Limits {
         self.limits
     }
+
+    fn platform(&self) -> &Platform {
+        &self.platform
+    }
 }
 
 impl Source for Containerd {
@@ -436,18 +454,15 @@ impl Source for Containerd {
         }
         for (name, desc) in records {
             let what = format!("{} image {name}", self.describe());
-            let (mut record, problems) = resolve_record(self, &desc, &what);
+            let (record, problems) = resolve_record(self, &desc, &what);
             inv.problems.extend(problems);
-            if record.is_none() {
-                // manifest or config missing: the name dangles at what it names
-                record = Some(ImageRecord {
-                    claimed_id: desc.digest.clone(),
-                    config: None,
-                    config_name: what.clone(),
-                    ..Default::default()
-                });
-            }
-            let Some(mut record) = record else { continue };
+            // manifest or index missing: the name dangles at a name saying so
+            let mut record = record.unwrap_or_else(|missing| ImageRecord {
+                claimed_id: missing,
+                config: None,
+                config_name: what.clone(),
+                ..Default::default()
+            });
             if name.starts_with("moby-dangling@") {
                 // Docker's placeholder for an untagged image: the image, no name
             } else {
@@ -760,8 +775,8 @@ mod tests {
         );
         assert!(app_record.config.is_some());
         let gone = named("localhost/gone:1");
-        assert_eq!(gone.claimed_id, missing);
-        assert!(gone.config.is_none(), "the name dangles at what it names");
+        assert_eq!(gone.claimed_id, format!("missing-manifest:{missing}"));
+        assert!(gone.config.is_none(), "the name dangles at what is missing");
         // every record is an image; only two give tags
         assert_eq!(inv.images.len(), 6);
         let tagged: usize = inv.images.iter().map(|r| r.tags.len()).sum();

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::shared::blob::{read_file_blob, repin_file_blob};
 use super::shared::json_limits::{self, Limited};
-use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform};
+use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform, missing_name};
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
     SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
@@ -57,7 +57,8 @@ pub static KIND: Kind = Kind {
 const DRIVERS: [&str; 4] = ["vfs", "overlay", "btrfs", "zfs"];
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
-    let store = ContainersStorage::open(&super::spec_path(spec), options.limits)?;
+    let store = ContainersStorage::open(&super::spec_path(spec), options.limits)?
+        .with_platform(options.platform());
     Ok(vec![Opened::one(store)])
 }
 /// layers.json may list this many layers per image the store may hold.
@@ -66,6 +67,8 @@ const LAYERS_PER_IMAGE: usize = 16;
 pub struct ContainersStorage {
     root: PathBuf,
     limits: Limits,
+    /// The platform picked from manifest lists.
+    platform: Platform,
     /// The graph root: every file of the store is reached through it.
     dir: StoreDir,
     /// `<driver>-images`, beneath the root.
@@ -140,6 +143,12 @@ fn is_store_id(id: &str) -> bool {
 }
 
 impl ContainersStorage {
+    /// The platform picked from manifest lists (the host's unless said).
+    pub fn with_platform(mut self, platform: Platform) -> ContainersStorage {
+        self.platform = platform;
+        self
+    }
+
     pub fn open(root: &Path, limits: Limits) -> Result<ContainersStorage, StoreError> {
         let fail = |e| StoreError::io(root.display(), e);
         let dir = StoreDir::open(root, "store").map_err(fail)?;
@@ -184,6 +193,7 @@ impl ContainersStorage {
         Ok(ContainersStorage {
             root: root.to_path_buf(),
             limits,
+            platform: host_platform(),
             dir,
             images_dir,
             driver,
@@ -274,20 +284,22 @@ impl ContainersStorage {
             .map(str::to_string)
     }
 
-    /// For a manifest list (`buildah manifest create`): the instance for the host
-    /// platform among the store's images (None when the store lacks it), and the
-    /// other platforms. None for an ordinary image.
+    /// For a manifest list (`buildah manifest create`): the instance for the platform
+    /// among the store's images (`Ok(None)` when the store lacks it; `Err` with the
+    /// platforms there when the list has none for it), and the other platforms. None
+    /// for an ordinary image.
+    #[allow(clippy::type_complexity)]
     fn list_instance(
         &self,
         image: &Value,
         images: &[Value],
         by_manifest: &HashMap<String, usize>,
-    ) -> Option<(Option<usize>, Vec<String>)> {
+    ) -> Option<(Result<Option<usize>, Vec<String>>, Vec<String>)> {
         let id = image.get("id")?.as_str()?;
         let bytes = self.read_big_data(id, "manifest")?;
         let list: Value = serde_json::from_slice(&bytes).ok()?;
         let entries = list.get("manifests")?.as_array()?;
-        let host = host_platform();
+        let host = &self.platform;
         let platform = |e: &Value| {
             let p = e.get("platform")?;
             Some(Platform {
@@ -296,12 +308,18 @@ impl ContainersStorage {
                 variant: p.get("variant").and_then(Value::as_str).map(str::to_string),
             })
         };
+        // the platform's own entry, as podman picks it, else one naming no platform
         let chosen = entries
             .iter()
-            .position(|e| {
-                platform(e).is_some_and(|p| p.os == host.os && p.architecture == host.architecture)
-            })
-            .unwrap_or(0);
+            .position(|e| platform(e).is_some_and(|p| host.matches(&p)))
+            .or_else(|| entries.iter().position(|e| e.get("platform").is_none()));
+        let Some(chosen) = chosen else {
+            let there = entries
+                .iter()
+                .filter_map(|e| platform(e).map(|p| p.display()))
+                .collect();
+            return Some((Err(there), Vec::new()));
+        };
         let others = entries
             .iter()
             .enumerate()
@@ -313,7 +331,7 @@ impl ContainersStorage {
             .get(digest)
             .copied()
             .filter(|&i| i < images.len());
-        Some((instance, others))
+        Some((Ok(instance), others))
     }
 
     /// layer id → (parent, size), from `<driver>-layers/layers.json`.
@@ -614,9 +632,32 @@ impl Source for ContainersStorage {
                     .extra_xattrs
                     .push(("user.image.manifest-list".into(), format!("sha256:{id}")));
             }
+            if let Some((Err(there), _)) = &list {
+                // no entry for the platform: its names dangle, never at another's
+                inv.problems.push(format!(
+                    "{what}: manifest list has no image for {} (it has {}): its names dangle (-o platform= picks another)",
+                    self.platform.display(),
+                    there.join(", ")
+                ));
+                let digest = image
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .filter(|d| crate::reference::is_digest(d))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("sha256:{id}"));
+                record.claimed_id = missing_name(
+                    &format!("no-{}", self.platform.display().replace('/', "-")),
+                    &digest,
+                );
+                for name in names(image) {
+                    record.add_name(&name, &what, &mut inv.problems);
+                }
+                inv.images.push(record);
+                continue;
+            }
             let source_image = list
                 .as_ref()
-                .and_then(|(i, _)| *i)
+                .and_then(|(i, _)| i.as_ref().ok().copied().flatten())
                 .map(|i| &images[i])
                 .unwrap_or(image);
             let source_id = source_image.get("id").and_then(Value::as_str).unwrap_or(id);

@@ -35,19 +35,120 @@ pub static KIND: Kind = Kind {
     open,
 };
 
+/// manifest.json's keys as Docker writes them. Docker reads them in any case (Go's
+/// JSON decoding folds case), and so do skopeo and imagefs: jib wrote `config`,
+/// `repoTags` and `layers` until 2020.
+const ENTRY_KEYS: [&str; 4] = ["Config", "RepoTags", "Layers", "LayerSources"];
+
+/// An entry with its keys in Docker's case. Where an entry has a key in two cases,
+/// the exact one is taken, as Go takes it.
+fn canonical_keys(entry: Value) -> Value {
+    let Value::Object(map) = entry else {
+        return entry;
+    };
+    let mut out = serde_json::Map::new();
+    let mut folded = Vec::new();
+    for (k, v) in map {
+        match ENTRY_KEYS.iter().find(|c| c.eq_ignore_ascii_case(&k)) {
+            Some(c) if *c != k => folded.push((c.to_string(), v)),
+            _ => {
+                out.insert(k, v);
+            }
+        }
+    }
+    for (k, v) in folded {
+        out.entry(k).or_insert(v);
+    }
+    Value::Object(out)
+}
+
+/// manifest.json's entries, at most `max`, keys in Docker's case.
+fn read_entries(a: &TarArchive) -> Result<json_limits::Limited<Value>, StoreError> {
+    let limits = a.limits();
+    let bytes = a.read_member("manifest.json", limits.max_index_size)?;
+    let mut listed = json_limits::list::<Value>(&bytes, limits.max_images).map_err(|e| {
+        StoreError::format(
+            a.member_display("manifest.json"),
+            format!("not a valid docker-save manifest: {e}"),
+        )
+    })?;
+    listed.items = listed.items.into_iter().map(canonical_keys).collect();
+    Ok(listed)
+}
+
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
     let source = ArchiveSource::open(&super::spec_path(spec), options, DockerArchive)?;
     Ok(vec![Opened::one(source)])
 }
 
-#[derive(Deserialize, Debug)]
+/// A manifest.json entry, its keys read in any case ([`ENTRY_KEYS`]), straight from
+/// the bytes: a manifest of 250,000 entries is not held as JSON values first.
+#[derive(Debug)]
 struct ManifestEntry {
-    #[serde(rename = "Config")]
     config: String,
-    #[serde(rename = "RepoTags", default)]
     repo_tags: Option<Vec<String>>,
-    #[serde(rename = "Layers", default)]
     layers: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for ManifestEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ManifestEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a manifest.json entry")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ManifestEntry, A::Error> {
+                // (value, from the exact key): an exact key wins over a folded one
+                let mut config: Option<(String, bool)> = None;
+                let mut repo_tags: Option<(Option<Vec<String>>, bool)> = None;
+                let mut layers: Option<(Option<Vec<String>>, bool)> = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let Some(canonical) = ENTRY_KEYS.iter().find(|c| c.eq_ignore_ascii_case(&key))
+                    else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    };
+                    let exact = *canonical == key;
+                    let keep = |had: Option<bool>| had.is_none_or(|was_exact| exact || !was_exact);
+                    match *canonical {
+                        "Config" => {
+                            let v: String = map.next_value()?;
+                            if keep(config.as_ref().map(|c| c.1)) {
+                                config = Some((v, exact));
+                            }
+                        }
+                        "RepoTags" => {
+                            let v: Option<Vec<String>> = map.next_value()?;
+                            if keep(repo_tags.as_ref().map(|c| c.1)) {
+                                repo_tags = Some((v, exact));
+                            }
+                        }
+                        "Layers" => {
+                            let v: Option<Vec<String>> = map.next_value()?;
+                            if keep(layers.as_ref().map(|c| c.1)) {
+                                layers = Some((v, exact));
+                            }
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ManifestEntry {
+                    config: config
+                        .ok_or_else(|| serde::de::Error::missing_field("Config"))?
+                        .0,
+                    repo_tags: repo_tags.and_then(|t| t.0),
+                    layers: layers.and_then(|l| l.0),
+                })
+            }
+        }
+        d.deserialize_map(Entry)
+    }
 }
 
 /// The docker-save format, over the shared tar store.
@@ -110,8 +211,14 @@ impl ArchiveFormat for DockerArchive {
                     entry.config
                 ));
             }
+            let named = claimed_id(&entry.config);
+            let claimed = match &config {
+                Some(_) => content_id(a, &entry.config, &named, &mut inv.problems),
+                // missing: the tag dangles at the ID its name gives
+                None => named,
+            };
             let mut record = ImageRecord {
-                claimed_id: claimed_id(&entry.config),
+                claimed_id: claimed,
                 config,
                 config_name,
                 ..Default::default()
@@ -143,6 +250,25 @@ impl ArchiveFormat for DockerArchive {
     }
 }
 
+/// A docker-archive's image ID is its config's content, as `docker load` computes it,
+/// whatever the member is named: the hash of `member`'s bytes, with a problem said
+/// when its name (`named`, the ID it gives) says otherwise. What its name gives (the catalog
+/// hashes it) when the member cannot be read here and its name gives no ID.
+fn content_id(a: &TarArchive, member: &str, named: &str, problems: &mut Vec<String>) -> String {
+    let Ok(bytes) = a.read_member(member, a.limits().max_config_size) else {
+        // too big, or unreadable: the catalog says so when it reads it
+        return named.to_string();
+    };
+    let id = super::sha256_id(&bytes);
+    if !named.is_empty() && id != named {
+        problems.push(format!(
+            "{}: named for {named}, but its bytes hash to {id}: shown as {id}, as docker load shows it",
+            a.member_display(member)
+        ));
+    }
+    id
+}
+
 fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
     {
         let layout = match scan_layout(a) {
@@ -170,10 +296,7 @@ fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
 /// index.json, kept in step), and for a delete the members no other image uses.
 fn plan(a: &TarArchive, edit: &Edit<'_>) -> Result<WritePlan, StoreError> {
     let limits = a.limits();
-    let bytes = a.read_member("manifest.json", limits.max_index_size)?;
-    let listed = json_limits::list::<Value>(&bytes, limits.max_images).map_err(|e| {
-        StoreError::format(a.member_display("manifest.json"), format!("not valid: {e}"))
-    })?;
+    let listed = read_entries(a)?;
     // a write rewrites every entry: one over the bound is not written
     if listed.truncated() {
         return Err(StoreError::Unsupported(format!(
@@ -262,20 +385,17 @@ fn to_json(v: &Value) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::internal("manifest.json", format!("cannot serialise: {e}")))
 }
 
-/// The ID of a manifest.json entry: what its Config path names, else the hash of the
-/// config member.
+/// The ID of a manifest.json entry, as the scan shows it: the hash of its config
+/// member, else (missing) what its Config path names.
 fn entry_id(a: &TarArchive, entry: &Value) -> String {
     let config = entry
         .get("Config")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let id = claimed_id(config);
-    if !id.is_empty() {
-        return id;
+    match a.read_member(config, a.limits().max_config_size) {
+        Ok(b) => super::sha256_id(&b),
+        Err(_) => claimed_id(config),
     }
-    a.read_member(config, 64 << 20)
-        .map(|b| super::sha256_id(&b))
-        .unwrap_or_default()
 }
 
 fn repo_tags(entry: &Value) -> impl Iterator<Item = TagRef> + '_ {
@@ -428,5 +548,35 @@ mod tests {
             format!("sha256:{hex}")
         );
         assert_eq!(claimed_id("config.json"), "");
+    }
+
+    #[test]
+    fn manifest_keys_are_read_in_any_case_and_the_exact_one_wins() {
+        let jib: Value = serde_json::from_str(
+            r#"{"config": "c.json", "repoTags": ["a:1"], "LAYERS": ["l.tar"], "Other": 1}"#,
+        )
+        .unwrap();
+        let e = canonical_keys(jib);
+        assert_eq!(e["Config"], "c.json");
+        assert_eq!(e["RepoTags"][0], "a:1");
+        assert_eq!(e["Layers"][0], "l.tar");
+        assert_eq!(e["Other"], 1);
+        assert!(e.get("config").is_none());
+        let both: Value =
+            serde_json::from_str(r#"{"config": "lower.json", "Config": "exact.json"}"#).unwrap();
+        assert_eq!(canonical_keys(both)["Config"], "exact.json");
+        let entry: ManifestEntry = serde_json::from_value(e).unwrap();
+        assert_eq!(entry.config, "c.json");
+        // read straight from the bytes, in any case, the exact key winning
+        let entry: ManifestEntry = serde_json::from_str(
+            r#"{"Config": "exact.json", "CONFIG": "folded.json", "repotags": ["b:1"], "x": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(entry.config, "exact.json");
+        assert_eq!(entry.repo_tags, Some(vec!["b:1".to_string()]));
+        let entry: ManifestEntry =
+            serde_json::from_str(r#"{"config": "folded.json", "Config": "exact.json"}"#).unwrap();
+        assert_eq!(entry.config, "exact.json");
+        assert!(serde_json::from_str::<ManifestEntry>(r#"{"RepoTags": []}"#).is_err());
     }
 }

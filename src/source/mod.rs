@@ -21,6 +21,7 @@ pub(crate) mod oci;
 pub(crate) mod oci_archive;
 pub(crate) mod registry;
 pub use registry::{RegistryOptions, RegistryProxies};
+pub use shared::oci_walk::Platform;
 pub(crate) mod shared;
 
 use std::fmt;
@@ -423,6 +424,18 @@ pub struct SourceOptions {
     pub kept: crate::kept::Kept,
     /// How registries are reached (`registry_*` options, CAs, credential files).
     pub registry: registry::RegistryOptions,
+    /// `-o platform=`: the platform picked from multi-platform indexes (None: the
+    /// host's).
+    pub platform: Option<shared::oci_walk::Platform>,
+}
+
+impl SourceOptions {
+    /// The platform picked from multi-platform indexes.
+    pub fn platform(&self) -> shared::oci_walk::Platform {
+        self.platform
+            .clone()
+            .unwrap_or_else(shared::oci_walk::host_platform)
+    }
 }
 
 /// A store opened from a spec, with the containerd namespace it stands for, if any.

@@ -8,7 +8,9 @@ use tracing::{debug, warn};
 
 use super::shared::blob::{read_file_blob, repin_file_blob};
 use super::shared::oci_index;
-use super::shared::oci_walk::{LayoutBlobs, blob_rel_path, repository_from_file_name, scan_layout};
+use super::shared::oci_walk::{
+    LayoutBlobs, Platform, blob_rel_path, host_platform, repository_from_file_name, scan_layout,
+};
 use super::{
     BlobLocation, ChangeToken, Edit, Inventory, Kind, Opened, Source, SourceKind, SourceOptions,
     StoreDir, StoreError, StoreMeta, Writer, read_whole,
@@ -28,7 +30,8 @@ pub static KIND: Kind = Kind {
 };
 
 fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> {
-    let layout = OciLayout::open(&super::spec_path(spec), options.limits)?;
+    let layout =
+        OciLayout::open(&super::spec_path(spec), options.limits)?.with_platform(options.platform());
     Ok(vec![Opened::one(layout)])
 }
 
@@ -36,6 +39,7 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
 pub struct OciLayout {
     root: PathBuf,
     limits: Limits,
+    platform: Platform,
     canonical_root: PathBuf,
     /// Every file of the layout is reached through this (see `store_file::StoreDir`).
     dir: StoreDir,
@@ -43,6 +47,12 @@ pub struct OciLayout {
 }
 
 impl OciLayout {
+    /// The platform picked from multi-platform indexes (the host's unless said).
+    pub fn with_platform(mut self, platform: Platform) -> OciLayout {
+        self.platform = platform;
+        self
+    }
+
     pub fn open(root: &Path, limits: Limits) -> Result<OciLayout, StoreError> {
         let canonical_root = root
             .canonicalize()
@@ -62,6 +72,7 @@ impl OciLayout {
         Ok(OciLayout {
             root: root.to_path_buf(),
             limits,
+            platform: host_platform(),
             canonical_root,
             dir,
             meta: StoreMeta::of(&meta),
@@ -138,6 +149,10 @@ impl LayoutBlobs for OciLayout {
 
     fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn platform(&self) -> &Platform {
+        &self.platform
     }
 }
 

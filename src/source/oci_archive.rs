@@ -89,4 +89,8 @@ impl LayoutBlobs for TarArchive {
     fn limits(&self) -> Limits {
         TarArchive::limits(self)
     }
+
+    fn platform(&self) -> &super::shared::oci_walk::Platform {
+        TarArchive::platform(self)
+    }
 }

@@ -34,7 +34,9 @@ pub use client::RegistryOptions;
 use client::{Client, Reply};
 pub use proxy::Proxies as RegistryProxies;
 
-use super::shared::oci_walk::{Descriptor, LayoutBlobs, MANIFEST_LIMIT, resolve_record};
+use super::shared::oci_walk::{
+    Descriptor, LayoutBlobs, MANIFEST_LIMIT, Platform, is_index_type, missing_name, resolve_record,
+};
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
     SourceOptions, StoreError, StoreMeta, Writer,
@@ -294,6 +296,8 @@ struct Inner {
     parallel: usize,
     refresh: Duration,
     limits: Limits,
+    /// The platform picked from multi-platform indexes.
+    platform: Platform,
     seen: Mutex<Seen>,
     /// Manifests and indexes fetched during a scan, by digest.
     fetched: Mutex<HashMap<String, Arc<[u8]>>>,
@@ -447,6 +451,7 @@ impl Registry {
                 parallel: options.registry.parallel.max(1),
                 refresh: options.registry.refresh,
                 limits: options.limits,
+                platform: options.platform(),
                 seen: Mutex::new(Seen::default()),
                 fetched: Mutex::new(HashMap::new()),
                 configs: Mutex::new(ConfigBytes {
@@ -695,7 +700,7 @@ impl Inner {
             env!("CARGO_PKG_VERSION"),
             self.describe(),
             self.limits,
-            super::shared::oci_walk::host_platform().display()
+            self.platform.display()
         )
     }
 
@@ -863,6 +868,10 @@ impl LayoutBlobs for RepoView<'_> {
         self.inner.limits
     }
 
+    fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
     fn manifest_bytes(&self, digest: &str, blob_name: &str) -> Result<Vec<u8>, StoreError> {
         match self.inner.manifest(self.repo, digest) {
             Ok(b) => Ok(b.to_vec()),
@@ -927,7 +936,8 @@ impl Source for Registry {
         for ((repo, tag), got) in tags.iter().zip(served) {
             match got {
                 Ok((s, _)) if s.altered.is_some() => {
-                    // not what its digest names: the tag dangles at that digest
+                    // not what its digest names: the tag dangles, at a name saying
+                    // that the manifest of that digest is missing
                     let name = format!("{}/{repo}:{tag}", inner.host);
                     warn!(
                         "{}: {repo}:{tag}: manifest {}: content hashes to {}, not to its name: the tag dangles",
@@ -936,7 +946,14 @@ impl Source for Registry {
                         s.altered.as_deref().unwrap_or_default()
                     );
                     let mut record = ImageRecord {
-                        claimed_id: s.digest.clone(),
+                        claimed_id: missing_name(
+                            if is_index_type(&s.media_type) {
+                                "missing-index"
+                            } else {
+                                "missing-manifest"
+                            },
+                            &s.digest,
+                        ),
                         config: None,
                         config_name: format!("{name} manifest {}", s.digest),
                         ..Default::default()
@@ -969,7 +986,7 @@ impl Source for Registry {
                         .entry(digest.clone())
                         .or_insert_with(|| repo.clone());
                 }
-                return (Some(k.record.clone()), k.problems.clone());
+                return (Ok(k.record.clone()), k.problems.clone());
             }
             let desc = Descriptor {
                 media_type: s.media_type.clone(),
@@ -991,7 +1008,7 @@ impl Source for Registry {
         let mut configs = Vec::new();
         let mut keep = KeptState::default();
         for ((s, repo, names), (record, problems)) in groups.into_iter().zip(resolved) {
-            if let (Some(r), Some(manifest)) = (&record, seen.manifests.get(&s.digest)) {
+            if let (Ok(r), Some(manifest)) = (&record, seen.manifests.get(&s.digest)) {
                 keep.resolved.push(KeptResolution {
                     digest: s.digest.clone(),
                     media_type: s.media_type.clone(),
@@ -1001,9 +1018,9 @@ impl Source for Registry {
                 });
             }
             inv.problems.extend(problems);
-            let mut record = record.unwrap_or_else(|| ImageRecord {
+            let mut record = record.unwrap_or_else(|missing| ImageRecord {
                 // the manifest or its index cannot be followed: its tags dangle
-                claimed_id: s.digest.clone(),
+                claimed_id: missing,
                 config: None,
                 config_name: format!("registry:{}/{repo} manifest {}", inner.host, s.digest),
                 ..Default::default()

@@ -1,4 +1,4 @@
-//! Compressed (gzip, zstd) tar archives: indexed in one decompression pass, the index
+//! Compressed (gzip, zstd, xz, bzip2) tar archives: indexed in one decompression pass, the index
 //! persisted so that the next mount decompresses nothing.
 //!
 //! imagefs only ever reads an archive's small members (manifest.json, index.json,
@@ -31,22 +31,45 @@ use crate::kept::{FramedWriter, KeptKind, Place};
 use crate::store_file::FileId;
 use crate::tar_index::{Capture, TarIndex, TarMember};
 
+/// How an archive file is compressed, told by its first bytes as `docker load` tells
+/// it. Kept indexes record it: new kinds go at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compression {
     None,
     Gzip,
     Zstd,
+    Xz,
+    Bzip2,
 }
 
+/// Compressions recognised by their magic and not read: named in the error.
+const UNREAD: &[(&[u8], &str)] = &[
+    (&[0x04, 0x22, 0x4d, 0x18], "lz4"),
+    (b"LZIP", "lzip"),
+    (&[0x1f, 0x9d], "compress (.Z)"),
+    (&[0x5d, 0x00, 0x00], "lzma (legacy .lzma, not xz)"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+    (b"PK\x03\x04", "zip"),
+];
+
 impl Compression {
-    pub fn sniff(magic: &[u8]) -> Compression {
-        if magic.starts_with(&[0x1f, 0x8b]) {
+    /// The compression of a file starting with `magic` (6 bytes suffice); `Err` names
+    /// a compression that is recognised and not read.
+    pub fn sniff(magic: &[u8]) -> Result<Compression, &'static str> {
+        Ok(if magic.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Compression::Zstd
+        } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else if magic.len() >= 4 && magic.starts_with(b"BZh") && (b'1'..=b'9').contains(&magic[3])
+        {
+            Compression::Bzip2
+        } else if let Some((_, name)) = UNREAD.iter().find(|(m, _)| magic.starts_with(m)) {
+            return Err(name);
         } else {
             Compression::None
-        }
+        })
     }
 
     /// A decoder over the whole file from its start. Multi-member gzip (pigz,
@@ -56,6 +79,9 @@ impl Compression {
         Ok(match self {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+            // several streams (pixz, `xz` of concatenated files) are read to the end
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
             Compression::None => Box::new(input),
         })
     }
@@ -248,26 +274,40 @@ impl CompressedTar {
 /// as ratarmount keeps `<archive>.index.sqlite`), trusted from this user or the
 /// archive's owner; then in the cache directory, when kept files are on.
 fn places(at: &ArchiveFile) -> Vec<Place> {
-    let mut out = Vec::new();
-    if let Ok(dir) = at.dir.try_clone() {
-        let owner = at
-            .open(false)
-            .and_then(|f| f.metadata())
-            .map(|m| m.uid())
-            .ok();
-        out.push(Place::beside(
-            dir,
-            format!("{}.imagefs-index", at.name),
-            owner,
-        ));
-    }
-    if let Some(p) = at.kept.cache_place(
+    beside(at).into_iter().chain(in_cache(at)).collect()
+}
+
+/// Where a new index may be written: beside the archive only when the mount may
+/// write beside stores (not under `-o ro`) and the archive's directory is the
+/// mounting user's own, so that a mount writes nothing into another's directory;
+/// else the cache directory alone.
+fn places_to_write(at: &ArchiveFile) -> Vec<Place> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let own_dir = matches!(at.dir.metadata("."), Ok(Some(m)) if m.uid() == me);
+    let beside = beside(at).filter(|_| at.kept.writes_beside() && own_dir);
+    beside.into_iter().chain(in_cache(at)).collect()
+}
+
+fn beside(at: &ArchiveFile) -> Option<Place> {
+    let dir = at.dir.try_clone().ok()?;
+    let owner = at
+        .open(false)
+        .and_then(|f| f.metadata())
+        .map(|m| m.uid())
+        .ok();
+    Some(Place::beside(
+        dir,
+        format!("{}.imagefs-index", at.name),
+        owner,
+    ))
+}
+
+fn in_cache(at: &ArchiveFile) -> Option<Place> {
+    at.kept.cache_place(
         KeptKind::CompressedIndex,
         &crate::kept::canonical(&at.shown),
-    ) {
-        out.push(p);
-    }
-    out
+    )
 }
 
 /// Reads and checks a kept index: the file, where its data region starts, and its
@@ -384,7 +424,7 @@ enum IndexOut {
 
 impl IndexOut {
     fn create(at: &ArchiveFile) -> io::Result<IndexOut> {
-        for place in places(at) {
+        for place in places_to_write(at) {
             let shown = place.display();
             match place.create(KeptKind::CompressedIndex) {
                 Ok(w) => return Ok(IndexOut::Kept(w)),
@@ -418,7 +458,7 @@ impl IndexOut {
                 if kept.is_some() || !keep {
                     return Ok((file, start, kept));
                 }
-                for next in places(at).into_iter().skip(1) {
+                for next in places_to_write(at).into_iter().skip(1) {
                     match FramedWriter::copy_to(&file, &next) {
                         Ok(()) => return Ok((file, start, Some(PathBuf::from(next.display())))),
                         Err(e) => {
@@ -874,6 +914,72 @@ mod tests {
         .unwrap();
         assert_eq!(read_member(&ct, &index, "manifest.json"), b"[2]");
         assert!(index.get("big.tar").is_none());
+    }
+
+    #[test]
+    fn compressions_are_told_by_their_magic_and_xz_of_several_streams_is_read_whole() {
+        assert_eq!(Compression::sniff(b"\xfd7zXZ\0"), Ok(Compression::Xz));
+        assert_eq!(Compression::sniff(b"BZh91AY"), Ok(Compression::Bzip2));
+        assert_eq!(Compression::sniff(b"BZh0"), Ok(Compression::None));
+        assert_eq!(Compression::sniff(b"\x04\x22\x4d\x18"), Err("lz4"));
+        assert_eq!(Compression::sniff(b"ustar"), Ok(Compression::None));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar.xz");
+        let (tar, _) = sample();
+        let half = tar.len() / 2;
+        let mut bytes = Vec::new();
+        for part in [&tar[..half], &tar[half..]] {
+            let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            xz.write_all(part).unwrap();
+            bytes.extend(xz.finish().unwrap());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let options = crate::source::SourceOptions::default();
+        let (ct, index) = CompressedTar::open(
+            &ArchiveFile::locate(&path, &options).unwrap(),
+            &File::open(&path).unwrap(),
+            Compression::Xz,
+        )
+        .unwrap();
+        assert_eq!(ct.tar_len, tar.len() as u64);
+        assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
+    }
+
+    #[test]
+    fn a_read_only_mount_or_another_users_directory_gets_nothing_beside_the_archive() {
+        for (ro, owner) in [(true, 0), (false, 4242)] {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.tar.bz2");
+            let (tar, _) = sample();
+            let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            bz.write_all(&tar).unwrap();
+            std::fs::write(&path, bz.finish().unwrap()).unwrap();
+            // SAFETY: chown(2) of our own temporary directory.
+            let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            if owner != 0 {
+                assert_eq!(unsafe { libc::chown(c.as_ptr(), owner, owner) }, 0);
+            }
+            let kept = crate::kept::Kept::in_dir(cache.path().join("imagefs"));
+            let options = crate::source::SourceOptions {
+                kept: if ro { kept.nothing_beside() } else { kept },
+                ..Default::default()
+            };
+            let (ct, index) = CompressedTar::open(
+                &ArchiveFile::locate(&path, &options).unwrap(),
+                &File::open(&path).unwrap(),
+                Compression::Bzip2,
+            )
+            .unwrap();
+            assert_eq!(read_member(&ct, &index, "manifest.json"), b"[1]");
+            let kept = ct.index_path.clone().unwrap();
+            assert!(kept.starts_with(cache.path()), "{kept:?}");
+            let beside: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(beside, ["a.tar.bz2"], "ro={ro} owner={owner}");
+        }
     }
 
     #[test]

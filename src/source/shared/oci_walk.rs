@@ -8,7 +8,6 @@ use std::path::Path;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use tracing::warn;
 
 use super::json_limits;
 use crate::limits::Limits;
@@ -54,6 +53,49 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// `OS/ARCH[/VARIANT]`, as `-o platform=` and `podman --platform` take it.
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if ok(os) && ok(arch) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: parts.get(2).filter(|v| ok(v)).map(|v| v.to_string()),
+            })
+            .and_then(|p| match (parts.len(), &p.variant) {
+                (3, None) => Err(format!("{s:?}: not OS/ARCH[/VARIANT]")),
+                _ => Ok(p),
+            }),
+            _ => Err(format!(
+                "{s:?}: not OS/ARCH[/VARIANT] (lower case, e.g. linux/arm64 or linux/arm/v7)"
+            )),
+        }
+    }
+
+    /// Is an index entry's platform this one, as containerd matches them: the same OS
+    /// and architecture, and the same variant when one is asked for (an arm64 entry
+    /// that names none is v8).
+    pub fn matches(&self, entry: &Platform) -> bool {
+        let variant = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
+            (_, Some(v)) if !v.is_empty() => Some(v.to_string()),
+            ("arm64", _) => Some("v8".to_string()),
+            _ => None,
+        };
+        entry.os == self.os
+            && entry.architecture == self.architecture
+            && (self.variant.is_none() || variant(self) == variant(entry))
+    }
+
+    /// As a file name component: `linux-arm-v7`.
+    fn file_name(&self) -> String {
+        self.display().replace('/', "-")
+    }
+
     pub fn display(&self) -> String {
         match &self.variant {
             Some(v) if !v.is_empty() => format!("{}/{}/{v}", self.os, self.architecture),
@@ -98,6 +140,9 @@ pub fn host_platform() -> Platform {
 pub trait LayoutBlobs {
     /// Reads a layout file (`index.json`) by its path in the layout.
     fn read_file(&self, rel: &str, limit: u64) -> Result<Vec<u8>, StoreError>;
+    /// The platform picked from a multi-platform index (`-o platform=`, the host's
+    /// by default).
+    fn platform(&self) -> &Platform;
     /// Where the blob of `digest` is; `Ok(None)` when it is not in the layout.
     fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError>;
     fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError>;
@@ -146,42 +191,46 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
             .push(limits.too_many_images(&index_name, listed.total));
     }
     let entries = listed.items;
-    let host = host_platform();
     // One walk per distinct descriptor: an index may name one manifest many times
     // (20,000 entries of one 4 MiB manifest took two minutes when each read and
     // hashed it again).
-    let mut resolved: HashMap<(&str, &str), Option<ImageRecord>> = HashMap::new();
+    let mut resolved: HashMap<(&str, &str), Result<ImageRecord, String>> = HashMap::new();
     for (i, desc) in entries.iter().enumerate() {
         let what = format!("{index_name} entry {i}");
         let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
         let key = (desc.digest.as_str(), desc.media_type.as_str());
+        if !is_followed(&desc.media_type) {
+            // an artifact (a signature, an SBOM): not an image, as containers/image
+            // passes it over
+            continue;
+        }
         let record = match resolved.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let mut walk = Walk {
-                    layout,
-                    host: &host,
-                    problems: &mut inv.problems,
-                    visited: HashSet::new(),
-                };
-                let r = walk.resolve(desc, &what, 0);
+                let mut walk = Walk::new(layout, &mut inv.problems);
+                let r = walk
+                    .resolve(desc, &what, 0)
+                    .ok_or_else(|| walk.missing(desc));
                 resolved.insert(key, r.clone());
                 r
             }
         };
-        let Some(mut record) = record else {
-            if !tags.is_empty() {
-                // The tag names something we cannot follow: show it as dangling,
-                // pointing at the digest it names.
-                inv.images.push(ImageRecord {
-                    claimed_id: desc.digest.clone(),
-                    config: None,
-                    config_name: what,
-                    tags,
-                    ..Default::default()
-                });
+        let mut record = match record {
+            Ok(r) => r,
+            Err(missing) => {
+                if !tags.is_empty() {
+                    // The tag names something we cannot follow: show it as dangling,
+                    // pointing at a name that says what is missing.
+                    inv.images.push(ImageRecord {
+                        claimed_id: missing,
+                        config: None,
+                        config_name: what,
+                        tags,
+                        ..Default::default()
+                    });
+                }
+                continue;
             }
-            continue;
         };
         record.tags = tags;
         record.digest_refs = digest_refs;
@@ -228,36 +277,111 @@ pub(crate) fn references_of(
 
 /// The image ID (config digest) a top-level index entry resolves to, if it does.
 pub(crate) fn resolve_descriptor(layout: &dyn LayoutBlobs, desc: &Descriptor) -> Option<String> {
-    resolve_record(layout, desc, "").0.map(|r| r.claimed_id)
+    resolve_record(layout, desc, "")
+        .0
+        .ok()
+        .map(|r| r.claimed_id)
 }
 
-/// The image record a descriptor resolves to (index → host manifest → config), and
-/// the problems met on the way.
+/// The image record a descriptor resolves to (index → the platform's manifest →
+/// config), else the name a tag of it dangles at ([`Walk::missing`]); and the
+/// problems met on the way.
 pub(crate) fn resolve_record(
     layout: &dyn LayoutBlobs,
     desc: &Descriptor,
     what: &str,
-) -> (Option<ImageRecord>, Vec<String>) {
-    let host = host_platform();
+) -> (Result<ImageRecord, String>, Vec<String>) {
     let mut problems = Vec::new();
-    let mut walk = Walk {
-        layout,
-        host: &host,
-        problems: &mut problems,
-        visited: HashSet::new(),
-    };
-    let record = walk.resolve(desc, what, 0);
+    let mut walk = Walk::new(layout, &mut problems);
+    let record = walk
+        .resolve(desc, what, 0)
+        .ok_or_else(|| walk.missing(desc));
     (record, problems)
+}
+
+pub fn is_index_type(media_type: &str) -> bool {
+    media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
+}
+
+/// Index entries the walk follows: images and indexes, and entries that do not say
+/// (old layouts). Others (artifacts, signatures) are passed over, as containers/image
+/// passes them over.
+fn is_followed(media_type: &str) -> bool {
+    media_type.is_empty()
+        || [
+            MT_OCI_MANIFEST,
+            MT_DOCKER_MANIFEST,
+            MT_OCI_INDEX,
+            MT_DOCKER_LIST,
+        ]
+        .contains(&media_type)
+}
+
+/// What a tag dangles at when its manifest or index cannot be followed: a name under
+/// by-id/ that says what is missing, `missing-manifest:sha256:…`,
+/// `missing-index:sha256:…`, or `no-linux-amd64:sha256:<index>` (the index has no
+/// entry for the platform). It cannot be mistaken for an image ID, which is a config
+/// digest and starts with `sha256:`.
+pub fn missing_name(what: &str, digest: &str) -> String {
+    format!("{what}:{digest}")
+}
+
+/// Is `target` a name a dangling tag may point at: an image ID, or a
+/// [`missing_name`]? Either is one path component.
+pub fn is_dangling_target(target: &str) -> bool {
+    if reference::is_digest(target) {
+        return true;
+    }
+    match target.split_once(':') {
+        Some((what, digest)) => {
+            !what.is_empty()
+                && what
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                && reference::is_digest(digest)
+        }
+        None => false,
+    }
 }
 
 struct Walk<'a> {
     layout: &'a dyn LayoutBlobs,
-    host: &'a Platform,
+    platform: Platform,
     problems: &'a mut Vec<String>,
     visited: HashSet<String>,
+    /// The first thing found missing on the way down, as [`missing_name`] names it.
+    missing: Option<String>,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(layout: &'a dyn LayoutBlobs, problems: &'a mut Vec<String>) -> Walk<'a> {
+        Walk {
+            layout,
+            platform: layout.platform().clone(),
+            problems,
+            visited: HashSet::new(),
+            missing: None,
+        }
+    }
+
+    /// What a tag of `desc` dangles at, once the walk failed.
+    fn missing(&self, desc: &Descriptor) -> String {
+        self.missing.clone().unwrap_or_else(|| {
+            let what = if is_index_type(&desc.media_type) {
+                "missing-index"
+            } else {
+                "missing-manifest"
+            };
+            missing_name(what, &desc.digest)
+        })
+    }
+
+    fn found_missing(&mut self, what: &str, digest: &str) {
+        if self.missing.is_none() && reference::is_digest(digest) {
+            self.missing = Some(missing_name(what, digest));
+        }
+    }
+
     /// Follows a descriptor to the image it stands for.
     fn resolve(&mut self, desc: &Descriptor, what: &str, depth: usize) -> Option<ImageRecord> {
         if !reference::is_digest(&desc.digest) {
@@ -277,10 +401,16 @@ impl Walk<'_> {
         let blob_name = self
             .layout
             .display(&blob_rel_path(&desc.digest).unwrap_or_default());
+        let kind = if is_index_type(&desc.media_type) {
+            "missing-index"
+        } else {
+            "missing-manifest"
+        };
         let bytes = match self.read_verified(&desc.digest, &blob_name) {
             Ok(b) => b,
             Err(e) => {
                 self.problems.push(format!("{what}: {e}"));
+                self.found_missing(kind, &desc.digest);
                 return None;
             }
         };
@@ -289,6 +419,7 @@ impl Walk<'_> {
             Err(e) => {
                 self.problems
                     .push(format!("{blob_name}: not a valid manifest or index: {e}"));
+                self.found_missing(kind, &desc.digest);
                 return None;
             }
         };
@@ -297,9 +428,8 @@ impl Walk<'_> {
         } else {
             desc.media_type.clone()
         };
-        let is_index = media_type == MT_OCI_INDEX
-            || media_type == MT_DOCKER_LIST
-            || (media_type.is_empty() && parsed.manifests.is_some());
+        let is_index =
+            is_index_type(&media_type) || (media_type.is_empty() && parsed.manifests.is_some());
         let is_manifest = media_type == MT_OCI_MANIFEST
             || media_type == MT_DOCKER_MANIFEST
             || (media_type.is_empty() && parsed.config.is_some());
@@ -323,30 +453,46 @@ impl Walk<'_> {
         depth: usize,
     ) -> Option<ImageRecord> {
         let entries = index.manifests.unwrap_or_default();
-        // Attestations and other non-images are marked unknown/unknown.
+        // Attestations and other non-images are marked unknown/unknown; entries of
+        // media types that are no image are passed over.
         let images: Vec<&Descriptor> = entries
             .iter()
             .filter(|d| d.platform.as_ref().is_none_or(|p| p.os != "unknown"))
+            .filter(|d| is_followed(&d.media_type))
             .collect();
-        let chosen = images
-            .iter()
-            .position(|d| {
-                d.platform.as_ref().is_some_and(|p| {
-                    p.os == self.host.os && p.architecture == self.host.architecture
-                })
-            })
-            .or_else(|| {
-                if !images.is_empty() {
-                    warn!(
-                        index = blob_name,
-                        "no manifest for the host platform: showing the first"
-                    );
-                }
-                (!images.is_empty()).then_some(0)
-            });
-        let Some(chosen) = chosen else {
+        if images.is_empty() {
             self.problems
                 .push(format!("{blob_name}: index lists no image manifests"));
+            self.found_missing("missing-manifest", &desc.digest);
+            return None;
+        }
+        // The platform's own entry, as containerd and skopeo pick: never another in
+        // its place, which would make the tag's ID depend on the machine and on the
+        // order of the entries
+        let chosen = images.iter().position(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| self.platform.matches(p))
+        });
+        // else one that names no platform, which containerd takes last
+        let chosen = chosen.or_else(|| images.iter().position(|d| d.platform.is_none()));
+        let Some(chosen) = chosen else {
+            let there: Vec<String> = images
+                .iter()
+                .map(|d| {
+                    d.platform
+                        .as_ref()
+                        .map(Platform::display)
+                        .unwrap_or_else(|| format!("{} (no platform)", d.digest))
+                })
+                .collect();
+            self.problems.push(format!(
+                "{blob_name}: index has no manifest for {} (it has {}): its tags dangle (-o platform= picks another)",
+                self.platform.display(),
+                there.join(", ")
+            ));
+            let what = format!("no-{}", self.platform.file_name());
+            self.found_missing(&what, &desc.digest);
             return None;
         };
         let what = format!("{blob_name} entry {chosen}");

@@ -44,6 +44,8 @@ pub struct ArchiveFile {
     /// The path as the user gave it, for messages.
     pub shown: PathBuf,
     pub limits: Limits,
+    /// The platform picked from multi-platform indexes.
+    pub platform: super::oci_walk::Platform,
     /// Where its tar index and compressed index may be kept.
     pub kept: Kept,
 }
@@ -70,6 +72,7 @@ impl ArchiveFile {
             name,
             shown: path.to_path_buf(),
             limits: options.limits,
+            platform: options.platform(),
             kept: options.kept.clone(),
         })
     }
@@ -131,7 +134,12 @@ impl TarArchive {
         let mut magic = [0u8; 6];
         let n = read_up_to(&file, &mut magic).map_err(fail)?;
         (&file).seek(SeekFrom::Start(0)).map_err(fail)?;
-        let compression = Compression::sniff(&magic[..n]);
+        let compression = Compression::sniff(&magic[..n]).map_err(|name| {
+            StoreError::unsupported(format!(
+                "{}: a {name}-compressed file: imagefs reads tar archives uncompressed or compressed with gzip, zstd, xz or bzip2",
+                path.display()
+            ))
+        })?;
         let (data, index) = match compression {
             Compression::None => {
                 let index = match load_tar_index(&at, &meta) {
@@ -202,6 +210,10 @@ impl TarArchive {
 
     pub fn meta(&self) -> StoreMeta {
         self.meta
+    }
+
+    pub fn platform(&self) -> &super::oci_walk::Platform {
+        &self.at.platform
     }
 
     pub fn limits(&self) -> Limits {

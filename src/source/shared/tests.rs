@@ -14,12 +14,24 @@ use crate::reference::{Parsed, TagRef};
 use crate::source::{BlobLocation, Edit, StoreError, sha256_id};
 
 /// An OCI layout in memory: index.json and blobs by digest.
-#[derive(Default)]
 struct MemLayout {
     index: Vec<u8>,
     blobs: HashMap<String, Vec<u8>>,
     reads: Cell<usize>,
     limits: Limits,
+    platform: oci_walk::Platform,
+}
+
+impl Default for MemLayout {
+    fn default() -> Self {
+        MemLayout {
+            index: Vec::new(),
+            blobs: HashMap::new(),
+            reads: Cell::new(0),
+            limits: Limits::default(),
+            platform: oci_walk::host_platform(),
+        }
+    }
 }
 
 impl MemLayout {
@@ -99,6 +111,10 @@ impl LayoutBlobs for MemLayout {
 
     fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn platform(&self) -> &oci_walk::Platform {
+        &self.platform
     }
 }
 
@@ -208,22 +224,76 @@ fn a_nested_index_resolves_to_the_host_platform_and_lists_the_others() {
 }
 
 #[test]
-fn an_index_without_the_host_platform_shows_its_first_image() {
+fn an_index_without_the_platform_dangles_and_says_what_it_has() {
     let mut layout = MemLayout::default();
-    let (a, a_id) = layout.image(1);
-    let (b, _) = layout.image(2);
+    let (a, _) = layout.image(1);
+    let (b, b_id) = layout.image(2);
     let mut a = a;
     a["platform"] = json!({"os": "plan9", "architecture": "mips"});
     let mut b = b;
     b["platform"] = json!({"os": "plan9", "architecture": "arm", "variant": "v7"});
     // the index says no media type: it is told by the fields present
     let index = layout.add("", &json!({"manifests": [a, b]}));
+    let index_digest = index["digest"].as_str().unwrap().to_string();
     let mut index = index;
     index.as_object_mut().unwrap().remove("mediaType");
     layout.set_index(vec![named(index, "localhost/x:1")]);
     let inv = oci_walk::scan_layout(&layout).unwrap();
-    assert_eq!(inv.images[0].claimed_id, a_id, "{:?}", inv.problems);
-    assert_eq!(inv.images[0].other_platforms, ["plan9/arm/v7"]);
+    // never the first entry in the host's place
+    let host = oci_walk::host_platform();
+    assert!(inv.images[0].config.is_none(), "{:?}", inv.images[0]);
+    assert_eq!(
+        inv.images[0].claimed_id,
+        format!("no-{}:{index_digest}", host.display().replace('/', "-"))
+    );
+    assert!(
+        oci_walk::is_dangling_target(&inv.images[0].claimed_id),
+        "{}",
+        inv.images[0].claimed_id
+    );
+    let said = inv.problems.join("\n");
+    assert!(
+        said.contains("plan9/mips, plan9/arm/v7") && said.contains(&host.display()),
+        "{said}"
+    );
+    // -o platform= picks another, variant and all
+    layout.platform = oci_walk::Platform::parse("plan9/arm/v7").unwrap();
+    let inv = oci_walk::scan_layout(&layout).unwrap();
+    assert_eq!(inv.images[0].claimed_id, b_id, "{:?}", inv.problems);
+    assert_eq!(inv.images[0].other_platforms, ["plan9/mips"]);
+    layout.platform = oci_walk::Platform::parse("plan9/arm/v6").unwrap();
+    assert!(
+        oci_walk::scan_layout(&layout).unwrap().images[0]
+            .config
+            .is_none()
+    );
+}
+
+#[test]
+fn platforms_parse_and_match_as_containerd_matches_them() {
+    use oci_walk::Platform;
+    let p = |s: &str| Platform::parse(s).unwrap();
+    assert_eq!(p("linux/arm/v7").variant.as_deref(), Some("v7"));
+    for bad in [
+        "linux",
+        "Linux/amd64",
+        "linux/amd64/",
+        "/amd64",
+        "a/b/c/d",
+        "",
+    ] {
+        assert!(Platform::parse(bad).is_err(), "{bad}");
+    }
+    let entry = |os: &str, arch: &str, v: Option<&str>| Platform {
+        os: os.into(),
+        architecture: arch.into(),
+        variant: v.map(str::to_string),
+    };
+    assert!(p("linux/arm64").matches(&entry("linux", "arm64", Some("v8"))));
+    assert!(p("linux/arm64/v8").matches(&entry("linux", "arm64", None)));
+    assert!(p("linux/arm").matches(&entry("linux", "arm", Some("v6"))));
+    assert!(!p("linux/arm/v7").matches(&entry("linux", "arm", Some("v6"))));
+    assert!(!p("linux/amd64").matches(&entry("windows", "amd64", None)));
 }
 
 #[test]
@@ -239,6 +309,9 @@ fn what_cannot_be_followed_is_reported_and_its_tag_dangles() {
         json!({"mediaType": MT_MANIFEST, "digest": "sha256:../../etc/passwd", "size": 1});
     let not_json = layout.add_bytes(MT_MANIFEST, b"not json".to_vec());
     let odd_type = layout.add("text/plain", &json!({"hello": 1}));
+    // no media type, and neither a manifest nor an index
+    let mut untyped = layout.add("", &json!({"hello": 2}));
+    untyped.as_object_mut().unwrap().remove("mediaType");
     // a manifest whose config is bigger than it says
     let config = layout.add(
         "application/vnd.oci.image.config.v1+json",
@@ -257,7 +330,9 @@ fn what_cannot_be_followed_is_reported_and_its_tag_dangles() {
         ),
         named(bad_digest, "localhost/bad:1"),
         named(not_json, "localhost/notjson:1"),
-        odd_type,
+        // an artifact's entry: passed over, as containers/image passes it, not tagged
+        named(odd_type, "localhost/artifact:1"),
+        untyped,
         named(lying, "localhost/lying:1"),
         named(
             json!({"mediaType": MT_MANIFEST, "digest": "sha256:x"}),
@@ -291,15 +366,30 @@ fn what_cannot_be_followed_is_reported_and_its_tag_dangles() {
         .flat_map(|r| r.tags.iter().map(move |t| (t.to_string(), r)))
         .collect();
     assert_eq!(by_tag["localhost/good:1"].claimed_id, good_id);
-    // a tag whose image cannot be followed dangles at the digest it names
+    // a tag whose image cannot be followed dangles at a name for what is missing,
+    // which no image ID can be
     for t in [
         "localhost/altered:1",
         "localhost/missing:1",
         "localhost/loop:1",
     ] {
         assert!(by_tag[t].config.is_none(), "{t}");
+        assert!(
+            by_tag[t].claimed_id.starts_with("missing-")
+                && oci_walk::is_dangling_target(&by_tag[t].claimed_id),
+            "{t}: {}",
+            by_tag[t].claimed_id
+        );
     }
-    assert_eq!(by_tag["localhost/altered:1"].claimed_id, altered_digest);
+    assert_eq!(
+        by_tag["localhost/altered:1"].claimed_id,
+        format!("missing-manifest:{altered_digest}")
+    );
+    assert_eq!(
+        by_tag["localhost/loop:1"].claimed_id,
+        format!("missing-index:{loop_digest}")
+    );
+    assert!(!by_tag.contains_key("localhost/artifact:1"));
     // the config's size is reported, the image still shown
     assert!(by_tag["localhost/lying:1"].config.is_some());
     // an untagged entry that cannot be followed is not shown at all
