@@ -236,3 +236,98 @@ fn an_index_without_the_platform_dangles_and_platform_picks_another() {
         "{said:?}"
     );
 }
+
+/// skopeo's `dir:` transport, one image or (`--all`) an index with its instances:
+/// found without a prefix, its image the one `skopeo inspect` and `podman pull dir:`
+/// read, untagged as podman leaves it; writes are refused.
+#[test]
+fn skopeo_dir_copies_are_read_as_skopeo_and_podman_read_them() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let sample = f.path("sample.tar");
+    ok(&format!(
+        "skopeo copy -q docker-archive:{sample}:localhost/whoami/web:latest dir:{d}/web &&
+         skopeo copy -q --all oci:{}:localhost/whoami/multi:latest dir:{d}/multi",
+        f.path("multi")
+    ));
+    let m = Mount::new(&[&format!("web={d}/web"), &format!("multi=dir:{d}/multi")]);
+    for store in ["web", "multi"] {
+        let want = skopeo_id(&format!("dir:{d}/{store}"));
+        assert_eq!(
+            lines(&ok(&format!("ls {}", m.p(&format!("{store}/by-id"))))),
+            lines(&want),
+            "{}",
+            m.log()
+        );
+        // untagged, as podman pull dir: leaves it
+        assert!(ok(&format!("ls {}", m.p(&format!("{store}/by-tag")))).is_empty());
+        let links = ok(&format!(
+            "stat -c %h {}",
+            m.p(&format!("{store}/by-id/{want}"))
+        ));
+        assert_eq!(links.trim(), "1");
+    }
+    let web_id = skopeo_id(&format!("dir:{d}/web"));
+    assert_eq!(web_id, f.id("WEB_V2"));
+    // the index's digest (what a pull by digest names) and its other platforms
+    let digest = ok(&format!(
+        "getfattr --only-values -n user.image.digest {}/by-id/*",
+        m.p("multi")
+    ));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&format!("skopeo inspect dir:{d}/multi"))).unwrap();
+    assert_eq!(digest, inspect["Digest"].as_str().unwrap());
+    assert!(
+        ok(&format!(
+            "getfattr --only-values -n user.image.platforms {}/by-id/*",
+            m.p("multi")
+        ))
+        .contains("arm64")
+    );
+    // podman pull dir: gives the same image, and no name
+    let store = tempfile::tempdir().unwrap();
+    let pm = podman(store.path());
+    ok(&format!("{pm} pull -q dir:{d}/web >/dev/null"));
+    let listed = ok(&format!(
+        "{pm} images --no-trunc --format '{{{{.Repository}}}}:{{{{.Tag}}}} {{{{.ID}}}}'"
+    ));
+    assert_eq!(listed.trim(), format!("<none>:<none> {web_id}"));
+    // a dir: keeps no name: tagging is refused
+    let o = sh(&format!(
+        "ln {} {}/localhost/x:1",
+        m.p(&format!("web/by-id/{web_id}")),
+        m.p("web/by-tag")
+    ));
+    assert!(!o.status.success(), "{o:?}");
+}
+
+/// `-o ro` writes nothing beside the store: a compressed archive's index goes to
+/// the cache directory (and a writable mount of the user's own directory keeps it
+/// beside the archive, as before).
+#[test]
+fn a_read_only_mount_writes_nothing_beside_the_store() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("s.tar.gz");
+    std::fs::copy(f.path("sample.tar.gz"), &gz).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().display().to_string();
+    let m = Mount::with_env(
+        &["-o", "ro", &gz.display().to_string()],
+        &[("XDG_CACHE_HOME", &c)],
+    );
+    assert!(tags_of(&m, "").len() > 4);
+    drop(m);
+    let beside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside, ["s.tar.gz"], "written beside the store under ro");
+    let kept = ok(&format!("find '{c}/imagefs' -type f"));
+    assert!(!kept.trim().is_empty(), "the index went nowhere");
+    // a writable mount with an empty cache indexes it again, beside it
+    let m = Mount::new(&[&gz.display().to_string()]);
+    drop(m);
+    assert!(dir.path().join("s.tar.gz.imagefs-index").exists());
+}

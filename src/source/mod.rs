@@ -13,6 +13,7 @@ pub(crate) mod containerd;
 #[allow(clippy::all)]
 mod containerd_api;
 pub(crate) mod containers_storage;
+pub(crate) mod dir;
 pub(crate) mod docker_archive;
 pub(crate) mod docker_root;
 mod error;
@@ -42,6 +43,7 @@ pub use shared::label_from_file_name;
 pub static KINDS: &[&Kind] = &[
     &docker_archive::KIND,
     &oci::KIND,
+    &dir::KIND,
     &oci_archive::KIND,
     &containers_storage::KIND,
     &docker_root::KIND,
@@ -524,7 +526,7 @@ pub fn detect(path: &Path) -> Result<SourceKind, StoreError> {
             .find(|k| k.is_dir_store.is_some_and(|is| is(&dir)))
             .ok_or_else(|| {
                 StoreError::unsupported(format!(
-                    "{}: directory is not an OCI layout (no oci-layout or index.json), nor a store imagefs knows",
+                    "{}: directory is not an OCI layout (no oci-layout or index.json), nor a skopeo dir: (no version and manifest.json), nor a store imagefs knows",
                     path.display()
                 ))
             });
