@@ -189,3 +189,66 @@ fn containerd_writes_go_through_its_api_and_keep_untagged_images() {
     );
     assert!(m.log().contains("no containerd answers"), "{}", m.log());
 }
+
+/// A busy node: commits that touch no image (leases, here) cost the mount nothing,
+/// not even a rescan, while containerd's image events are followed; an image change
+/// shows within the usual bound; and once containerd restarts, the mount follows it
+/// again.
+#[test]
+fn commits_that_touch_no_image_cost_no_rescan() {
+    let f = fixtures();
+    let mut c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    let address = format!("containerd_address={}/sock", c.dir.path().display());
+    let m = Mount::with_env(
+        &["-o", &address, &format!("containerd:{}#k8s.io", c.root())],
+        &[("RUST_LOG", "imagefs=debug")],
+    );
+    let scans = || m.log().matches("store read").count();
+    // settled: the mount's scan, and the one when the subscription began
+    let settled = || {
+        let before = scans();
+        std::thread::sleep(Duration::from_millis(1500));
+        scans() == before
+    };
+    wait_for("the mount to settle", settled);
+    let before = scans();
+    for i in 0..30 {
+        ok(&format!("{k8s} leases create --id busy-{i} >/dev/null"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        scans(),
+        before,
+        "rescans for commits that touch no image\n{}",
+        m.log()
+    );
+    // an image change still shows
+    ok(&format!(
+        "{k8s} images tag docker.io/library/busybox:latest localhost/whoami/busy:1 >/dev/null"
+    ));
+    let t = m.p("by-tag/localhost/whoami/busy:1");
+    shows_soon("ctr's tag", || sh(&format!("stat {t}")).status.success());
+    assert_eq!(tags_of(&m, ""), c.tags("k8s.io"));
+    // containerd restarts: followed again
+    c.stop();
+    c.spawn();
+    ok(&format!(
+        "{k8s} images tag docker.io/library/busybox:latest localhost/whoami/busy:2 >/dev/null"
+    ));
+    let t = m.p("by-tag/localhost/whoami/busy:2");
+    wait_for("the tag made after the restart", || {
+        sh(&format!("stat {t}")).status.success()
+    });
+    wait_for("the mount to settle again", settled);
+    let before = scans();
+    for i in 0..10 {
+        ok(&format!("{k8s} leases create --id again-{i} >/dev/null"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(scans(), before, "rescans after the restart");
+}

@@ -120,23 +120,37 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let mut c = Containerd { dir, child: None };
+        c.spawn();
+        c
+    }
+    /// Starts containerd (again) on the same root and socket.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("log"))
+            .unwrap();
         let child = Command::new("containerd")
             .arg("--config")
-            .arg(dir.path().join("config.toml"))
+            .arg(self.dir.path().join("config.toml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("containerd");
-        let c = Containerd {
-            dir,
-            child: Some(child),
-        };
-        let ctr = c.ctr("default");
+        self.child = Some(child);
+        let ctr = self.ctr("default");
         wait_for("containerd", || {
             sh(&format!("{ctr} version")).status.success()
         });
-        c
+    }
+    /// Stops it, by PID.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
     }
     pub fn root(&self) -> String {
         format!("{}/root", self.dir.path().display())
@@ -168,11 +182,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
+        self.stop();
         let _ = sh(&format!(
             "umount -R {}/state 2>/dev/null; true",
             self.dir.path().display()

@@ -12,8 +12,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use super::containerd_api as images_v1;
 use super::containerd_api::images_client::ImagesClient;
+use super::containerd_events::ImageEvents;
 use super::shared::blob::{chain_ids, diff_ids, read_file_blob, repin_file_blob};
 use super::shared::daemon;
 use super::shared::oci_walk::{
@@ -38,6 +41,8 @@ pub struct Containerd {
     address: PathBuf,
     limits: Limits,
     platform: Platform,
+    /// Image events from containerd's API: the change token while subscribed.
+    events: Arc<ImageEvents>,
 }
 
 /// The socket a root's containerd listens on, unless `-o containerd_address=` says.
@@ -169,6 +174,7 @@ impl Containerd {
                 .unwrap_or_else(|| default_address(root)),
             limits,
             platform: host_platform(),
+            events: Arc::new(ImageEvents::default()),
         })
     }
 
@@ -482,10 +488,17 @@ impl Source for Containerd {
     }
 
     /// meta.db's transaction id: every committed change moves it.
+    /// The count of image events while containerd's API answers (see
+    /// `containerd_events`), else meta.db's txid.
     fn change_token(&self) -> io::Result<ChangeToken> {
+        self.events
+            .start(self.address.clone(), self.namespace.clone());
+        if let Some(t) = self.events.token() {
+            return Ok(ChangeToken(t));
+        }
         self.db
             .meta()
-            .map(|m| ChangeToken(m.txid.to_string()))
+            .map(|m| ChangeToken(format!("txid:{}", m.txid)))
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -601,7 +614,9 @@ impl Containerd {
 
 /// A gRPC channel over containerd's unix socket. The URI is a placeholder that tonic
 /// requires; the connector ignores it.
-async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub(crate) async fn connect(
+    socket: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     tonic::transport::Endpoint::from_static("http://[::]:0")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -615,7 +630,7 @@ async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::tran
 }
 
 /// A request in a containerd namespace.
-fn request<T>(message: T, namespace: &str) -> tonic::Request<T> {
+pub(crate) fn request<T>(message: T, namespace: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Ok(ns) = namespace.parse() {
         req.metadata_mut().insert("containerd-namespace", ns);
@@ -759,7 +774,11 @@ mod tests {
         );
         assert_eq!(namespaces(root).unwrap(), ["default", "k8s.io"]);
         let store = Containerd::open(root, "k8s.io", None, Limits::default()).unwrap();
-        assert_eq!(store.change_token().unwrap(), ChangeToken("41".into()));
+        assert_eq!(
+            store.change_token().unwrap(),
+            ChangeToken("txid:41".into()),
+            "no containerd answers: the txid"
+        );
         let inv = store.scan().unwrap();
         let named = |tag: &str| {
             inv.images

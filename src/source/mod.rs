@@ -9,9 +9,13 @@
 //! catalog verifies it.
 
 pub(crate) mod containerd;
+mod containerd_events;
 #[rustfmt::skip]
 #[allow(clippy::all)]
 mod containerd_api;
+#[rustfmt::skip]
+#[allow(clippy::all)]
+mod containerd_events_api;
 pub(crate) mod containers_storage;
 pub(crate) mod dir;
 pub(crate) mod docker_archive;
