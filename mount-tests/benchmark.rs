@@ -2,6 +2,17 @@
 
 use crate::common::*;
 
+/// Runs a benchmark script of mount-tests/bench/ on its tiny inputs, in a work
+/// directory of its own; what it printed.
+fn tiny(script: &str) -> String {
+    fixtures();
+    let work = tempfile::tempdir().unwrap();
+    ok(&format!(
+        "python3 {SCRIPTS}/bench/{script} --tiny --bin '{BIN}' '{}'",
+        work.path().display()
+    ))
+}
+
 #[test]
 fn benchmark_runs_on_tiny_inputs() {
     let f = fixtures();
@@ -60,12 +71,7 @@ fn benchmark_runs_on_tiny_inputs() {
 /// counts (which do not depend on time) are what issue 16 asks for.
 #[test]
 fn registry_benchmark_runs_on_tiny_inputs() {
-    fixtures();
-    let work = tempfile::tempdir().unwrap();
-    let out = ok(&format!(
-        "python3 {SCRIPTS}/bench/registry-bench.py --tiny --bin '{BIN}' '{}'",
-        work.path().display()
-    ));
+    let out = tiny("registry-bench.py");
     assert!(
         out.contains("| imagefs: mount, ls -l, find, read every config, umount; cold |"),
         "{out}"
@@ -83,4 +89,28 @@ fn registry_benchmark_runs_on_tiny_inputs() {
         out.contains("cold {'catalog': 1, 'tags list': 2, 'manifest GET': 12, 'manifest HEAD': 0, 'blob GET': 4"),
         "{out}"
     );
+}
+
+/// The busy-node benchmark (mount-tests/bench/containerd-busy.py) on a tiny
+/// namespace, to keep it working: its table, and the difference it measures (no
+/// rescan for unrelated commits while events are followed; one per commit or so with
+/// the txid as the token).
+#[test]
+fn containerd_busy_benchmark_runs_on_tiny_inputs() {
+    let out = tiny("containerd-busy.py");
+    let row = |tool: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(&format!("| 20 | {tool} |")))
+            .unwrap_or_else(|| panic!("no {tool} row: {out}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let events = row("imagefs");
+    let txid = row("imagefs, txid");
+    // columns: "", names, tool, commits, CPU, rescans, shows
+    assert_eq!(events[5], "0", "{out}");
+    let polled: usize = txid[5].parse().unwrap();
+    assert!(polled >= 3, "{out}");
+    assert!(out.contains("targets (issue 17, part 1):"), "{out}");
 }
