@@ -40,12 +40,21 @@ pub fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> std::io::Re
     std::thread::Builder::new()
         .name("watcher".into())
         .spawn(move || {
+            let mut watched = Watched::new(&fs);
             let mut next_check = Instant::now() + WATCH_INTERVAL;
+            let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
             loop {
                 let wait = next_check.saturating_duration_since(Instant::now());
                 tell(fs.wait_for_queued(wait));
                 if Instant::now() >= next_check {
-                    tell(fs.refresh_changed());
+                    // every store at a sweep; else those inotify named, and those it
+                    // cannot watch
+                    let sweep = Instant::now() >= next_sweep;
+                    let due = watched.due();
+                    tell(fs.refresh_changed_where(|i| sweep || due.contains(&i)));
+                    if sweep {
+                        next_sweep = Instant::now() + SWEEP_INTERVAL;
+                    }
                     // what the mount and any reload since scanned, for the next mount
                     fs.keep_catalogs();
                     next_check = Instant::now() + WATCH_INTERVAL;
@@ -53,6 +62,145 @@ pub fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> std::io::Re
             }
         })
         .map(|_| ())
+}
+
+/// How often every store's token is looked at even when inotify said nothing: a
+/// change inotify cannot see (another mount namespace's bind, a directory replaced
+/// under the store, NFS) still shows, later.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The stores' directories under inotify (see `Source::watches`): which stores an
+/// event named since the last tick, and which cannot be watched (polled every tick).
+struct Watched {
+    /// None: no inotify here; every store is polled at every tick.
+    fd: Option<std::os::fd::OwnedFd>,
+    /// Watch descriptor → the stores watching that directory, each with the names
+    /// that matter to it there (empty: any). Stores in one directory share its watch.
+    by_wd: std::collections::HashMap<i32, Vec<(usize, Vec<String>)>>,
+    /// Stores with no watch, or whose watch broke.
+    polled: HashSet<usize>,
+    stores: usize,
+}
+
+impl Watched {
+    fn new(fs: &ImageFs) -> Watched {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let stores = fs.store_count();
+        let mut w = Watched {
+            fd: None,
+            by_wd: Default::default(),
+            polled: (0..stores).collect(),
+            stores,
+        };
+        // SAFETY: inotify_init1 takes flags only; a negative result is an error.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            tracing::debug!(
+                "no inotify ({}): every store is polled",
+                std::io::Error::last_os_error()
+            );
+            return w;
+        }
+        // SAFETY: a new descriptor, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mask = libc::IN_MODIFY
+            | libc::IN_ATTRIB
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_FROM
+            | libc::IN_MOVED_TO
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF;
+        let mut failed = HashSet::new();
+        let mut watching = HashSet::new();
+        for (store, watch) in fs.store_watches() {
+            let path = watch.dir.held_path();
+            let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                failed.insert(store);
+                continue;
+            };
+            // SAFETY: a valid descriptor and a NUL-terminated path.
+            let wd = unsafe {
+                libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), mask)
+            };
+            if wd < 0 {
+                tracing::debug!(
+                    store,
+                    "cannot watch {}: {}: polled",
+                    watch.dir.display("."),
+                    std::io::Error::last_os_error()
+                );
+                failed.insert(store);
+                continue;
+            }
+            watching.insert(store);
+            w.by_wd.entry(wd).or_default().push((store, watch.names));
+        }
+        w.polled = (0..stores)
+            .filter(|i| !watching.contains(i) || failed.contains(i))
+            .collect();
+        tracing::debug!(
+            watched = watching.len(),
+            polled = w.polled.len(),
+            "stores watched by inotify"
+        );
+        w.fd = Some(fd);
+        w
+    }
+
+    /// The stores to look at now: those polled, and those an event named.
+    fn due(&mut self) -> HashSet<usize> {
+        let mut due = self.polled.clone();
+        let Some(fd) = &self.fd else {
+            return (0..self.stores).collect();
+        };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            // SAFETY: reading into a buffer of its own length.
+            let n = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                break; // EAGAIN: nothing more
+            }
+            let mut at = 0usize;
+            let n = n as usize;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            while at + head <= n {
+                // SAFETY: the kernel wrote whole events; read unaligned from the buffer.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at).cast()) };
+                let len = ev.len as usize;
+                let name_bytes = buf.get(at + head..(at + head + len).min(n)).unwrap_or(&[]);
+                let name = name_bytes.split(|b| *b == 0).next().unwrap_or(&[]);
+                at += head + len;
+                if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                    // events were lost: look at every store
+                    return (0..self.stores).collect();
+                }
+                let Some(stores) = self.by_wd.get(&ev.wd) else {
+                    continue;
+                };
+                let gone =
+                    ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0;
+                for (store, names) in stores {
+                    if gone {
+                        // the directory itself went: polled from now on
+                        self.polled.insert(*store);
+                        due.insert(*store);
+                    } else if names.is_empty() || names.iter().any(|w| w.as_bytes() == name) {
+                        due.insert(*store);
+                    }
+                }
+            }
+        }
+        due
+    }
 }
 
 /// When the prefetcher pushes: listed files are held until a first READ says that

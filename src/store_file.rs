@@ -208,6 +208,12 @@ impl StoreDir {
         })
     }
 
+    /// A path naming this directory as it is held open (`/proc/self/fd/N`), for an
+    /// inotify watch on this very directory, whatever its path names by then.
+    pub fn held_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+    }
+
     pub fn try_clone(&self) -> io::Result<StoreDir> {
         Ok(StoreDir {
             dir: self.dir.try_clone()?,

@@ -29,8 +29,27 @@ impl ImageFs {
     /// program), and says what the kernel must forget. Cheap when nothing changed: one
     /// stat-like call per store.
     pub fn refresh_changed(&self) -> Vec<Invalidation> {
+        self.refresh_changed_where(|_| true)
+    }
+
+    /// The stores' watches, by store index (see `Source::watches`).
+    pub fn store_watches(&self) -> Vec<(usize, crate::source::Watch)> {
+        self.stores
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.source.watches().into_iter().map(move |w| (i, w)))
+            .collect()
+    }
+
+    /// How many stores the mount holds.
+    pub fn store_count(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// [`Self::refresh_changed`] for the stores `pick` names.
+    pub fn refresh_changed_where(&self, pick: impl Fn(usize) -> bool) -> Vec<Invalidation> {
         let mut out = Vec::new();
-        for (i, store) in self.stores.iter().enumerate() {
+        for (i, store) in self.stores.iter().enumerate().filter(|(i, _)| pick(*i)) {
             let _one_writer = store.writing.lock();
             let now = store.source.change_token().ok();
             if now.is_none() || self.state.read().stores[i].token == now {

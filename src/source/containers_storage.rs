@@ -748,6 +748,20 @@ impl Source for ContainersStorage {
         Some(self.meta)
     }
 
+    /// `<driver>-images/`: every writer rewrites images.lock's last-write token in
+    /// place and replaces images.json by rename.
+    fn watches(&self) -> Vec<super::Watch> {
+        self.dir
+            .open_dir(&self.images_dir, "images directory")
+            .ok()
+            .map(|dir| super::Watch {
+                dir,
+                names: vec!["images.lock".into(), "images.json".into()],
+            })
+            .into_iter()
+            .collect()
+    }
+
     /// The last-write token (every writer under the lock protocol moves it), and the
     /// identities of images.json, layers.json (image sizes) and the directories
     /// holding the big-data files.

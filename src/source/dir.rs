@@ -228,6 +228,12 @@ impl Source for DirImage {
         Some(self.meta)
     }
 
+    fn watches(&self) -> Vec<super::Watch> {
+        super::Watch::of(&self.dir, &["manifest.json"])
+            .into_iter()
+            .collect()
+    }
+
     fn content_key(&self) -> Option<String> {
         Some(ChangeToken::identities(&self.dir, ["manifest.json", "."]))
     }

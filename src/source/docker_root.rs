@@ -485,6 +485,23 @@ impl Source for DockerRoot {
         Some(self.meta.via_socket(&self.socket))
     }
 
+    /// Each driver's repositories.json, and its imagedb's content directory (a load or
+    /// a delete adds or removes a file there).
+    fn watches(&self) -> Vec<super::Watch> {
+        let mut out = Vec::new();
+        for driver in &self.drivers {
+            for (rel, names) in [
+                (driver.clone(), vec!["repositories.json".to_string()]),
+                (format!("{driver}/imagedb/content/sha256"), vec![]),
+            ] {
+                if let Ok(dir) = self.dir.open_dir(&rel, "image directory") {
+                    out.push(super::Watch { dir, names });
+                }
+            }
+        }
+        out
+    }
+
     fn writer(&self) -> Option<&dyn Writer> {
         Some(self)
     }

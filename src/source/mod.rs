@@ -206,6 +206,23 @@ pub struct Inventory {
     pub problems: Vec<String>,
 }
 
+/// A directory whose changes may change a store, held as the store holds it, and the
+/// names in it that matter (empty: any).
+pub struct Watch {
+    pub dir: StoreDir,
+    pub names: Vec<String>,
+}
+
+impl Watch {
+    /// `names` of the directory `dir` (a clone of the store's own handle).
+    pub fn of(dir: &StoreDir, names: &[&str]) -> Option<Watch> {
+        Some(Watch {
+            dir: dir.try_clone().ok()?,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        })
+    }
+}
+
 /// A cheap value that changes whenever the store may have changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeToken(pub String);
@@ -378,6 +395,13 @@ pub trait Source: Send + Sync {
     /// The store's current change token: any value that moves when the store may have
     /// changed (a file's identity, a lock's last-write token, a database's txid).
     fn change_token(&self) -> io::Result<ChangeToken>;
+
+    /// The directories whose changes move the change token, for inotify: a store with
+    /// watches has its token looked at when one fires (and every few seconds anyway);
+    /// one without (a registry, containerd, memory) at every tick.
+    fn watches(&self) -> Vec<Watch> {
+        Vec::new()
+    }
 
     /// The change token describes what the last scan read (a registry's is the digest
     /// of the tags it listed), so it is taken after the scan. A file's is taken

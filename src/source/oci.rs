@@ -210,6 +210,12 @@ impl Source for OciLayout {
         Some(self.meta)
     }
 
+    fn watches(&self) -> Vec<super::Watch> {
+        super::Watch::of(&self.dir, &["index.json"])
+            .into_iter()
+            .collect()
+    }
+
     /// index.json, and the directories down to the blobs: a blob added, removed or
     /// renamed, or a directory swapped for a link, moves one of them. (A blob
     /// rewritten in place moves none; a config read is checked against its digest.)

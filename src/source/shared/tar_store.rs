@@ -478,6 +478,13 @@ impl ArchiveStore {
         self.at.change_token()
     }
 
+    /// The archive's name in its directory: a write in place or a rename over it.
+    pub fn watches(&self) -> Vec<super::super::Watch> {
+        super::super::Watch::of(&self.at.dir, &[&self.at.name])
+            .into_iter()
+            .collect()
+    }
+
     pub fn meta(&self) -> StoreMeta {
         self.current().meta()
     }
@@ -652,6 +659,10 @@ impl<F: ArchiveFormat> Source for ArchiveSource<F> {
 
     fn change_token(&self) -> io::Result<ChangeToken> {
         self.store.change_token()
+    }
+
+    fn watches(&self) -> Vec<super::super::Watch> {
+        self.store.watches()
     }
 
     fn meta(&self) -> Option<StoreMeta> {
