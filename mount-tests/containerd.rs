@@ -252,3 +252,52 @@ fn commits_that_touch_no_image_cost_no_rescan() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(scans(), before, "rescans after the restart");
 }
+
+/// A containerd namespace's catalog is kept (issue 17, part 1): a remount of an
+/// unchanged namespace reads it instead of the content store, and a record added
+/// meanwhile makes the next mount read the namespace again.
+#[test]
+fn an_unchanged_namespace_is_mounted_from_its_kept_catalog() {
+    const REUSED: &str = "store read from the catalog kept by an earlier mount";
+    let f = fixtures();
+    let c = Containerd::start();
+    let k8s = c.ctr("k8s.io");
+    ok(&format!(
+        "{k8s} images import --snapshotter native {} >/dev/null",
+        f.path("sample.tar")
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("XDG_CACHE_HOME", cache.path().to_str().unwrap())];
+    let address = format!("containerd_address={}/sock", c.dir.path().display());
+    let spec = format!("containerd:{}#k8s.io", c.root());
+    let mount = || Mount::with_env(&["-o", &address, &spec], &env);
+    let m = mount();
+    let first = tags_of(&m, "");
+    assert!(!m.log().contains(REUSED), "{}", m.log());
+    // SIGTERM unmounts cleanly, catalogs kept, even with the event thread running
+    // (started while the store loaded, before main blocks the signal for its own
+    // signal thread: it blocks it itself)
+    let mut m = m;
+    let status = m.stop();
+    assert!(status.success(), "{status:?}");
+    let first_log = m.log();
+    assert!(
+        first_log.contains("catalog kept for the next mount"),
+        "{first_log}"
+    );
+    // unchanged: from the kept catalog, the same tree
+    let m = mount();
+    assert!(m.log().contains(REUSED), "{first_log}\n---\n{}", m.log());
+    assert_eq!(tags_of(&m, ""), first);
+    assert_eq!(first, c.tags("k8s.io"));
+    let mut m = m;
+    m.stop();
+    // a tag made while unmounted: read again, and shown
+    ok(&format!(
+        "{k8s} images tag docker.io/library/busybox:latest localhost/whoami/kept:1 >/dev/null"
+    ));
+    let m = mount();
+    assert!(!m.log().contains(REUSED), "{}", m.log());
+    assert_eq!(tags_of(&m, ""), c.tags("k8s.io"));
+    assert!(tags_of(&m, "").contains_key("localhost/whoami/kept:1"));
+}

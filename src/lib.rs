@@ -35,3 +35,4 @@ mod limits;
 mod reference;
 mod store_file;
 mod tar_index;
+pub mod threads;

@@ -403,7 +403,9 @@ fn serve(
     config: &fuser::Config,
     status_pipe: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
-    let signals = block_termination_signals();
+    // taken by the signal thread alone: blocked here, before the threads below start
+    // (threads the stores started while loading block them themselves)
+    let signals = imagefs::threads::block_termination_signals();
     let (prefetch_tx, prefetch_rx) = Prefetcher::channel();
     let mut session = fuser::Session::new(
         FuseAdapter::new(fs.clone(), Listings::new(Some(prefetch_tx))),
@@ -445,21 +447,6 @@ fn serve(
     // A mount shorter than a watcher tick still leaves its catalogs for the next one.
     fs.keep_catalogs();
     ended
-}
-
-/// SIGTERM, SIGINT and SIGHUP are taken by the signal thread alone: blocked here,
-/// before any thread is started, so every thread inherits the mask.
-fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a zeroed set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
 }
 
 /// A daemon's standard streams go to /dev/null, so that the terminal it came from

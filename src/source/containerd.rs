@@ -502,6 +502,35 @@ impl Source for Containerd {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// Every image record of the namespace (name, and its target's digest, media type
+    /// and size), hashed, and the content store's blob directory: a record added,
+    /// moved or removed changes the first, a blob added or removed (a pull, a
+    /// garbage collection) the second. Blobs are named by their digest, and a config
+    /// is checked against its ID whenever it is read. Read only at a (re)load: the
+    /// commits of a busy node never reach it (see `containerd_events`).
+    fn content_key(&self) -> Option<String> {
+        use sha2::Digest as _;
+        let records = self.records().ok()?;
+        let mut h = sha2::Sha256::new();
+        for (name, d) in &records {
+            for part in [
+                name.as_bytes(),
+                d.digest.as_bytes(),
+                d.media_type.as_bytes(),
+            ] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+            h.update(d.size.to_le_bytes());
+        }
+        Some(format!(
+            "{}:{}|{}",
+            self.namespace,
+            hex::encode(h.finalize()),
+            ChangeToken::identities(&self.dir, [&*format!("{CONTENT}/blobs/sha256")])
+        ))
+    }
+
     /// Writes go only through containerd's socket: whoever may use it may read and
     /// tag; without containerd, no one may tag (meta.db is containerd's alone).
     fn meta(&self) -> Option<StoreMeta> {

@@ -49,9 +49,9 @@ impl ImageEvents {
             return;
         }
         let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("containerd-events".into())
-            .spawn(move || watch(weak, socket, namespace));
+        let spawned = crate::threads::spawn_background("containerd-events", move || {
+            watch(weak, socket, namespace)
+        });
         if let Err(e) = spawned {
             debug!("no thread for containerd's events ({e}): meta.db's txid is the token");
         }

@@ -792,21 +792,19 @@ fn start_poller(inner: &Arc<Inner>) {
     *started = true;
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let refresh = inner.refresh;
-    let spawned = std::thread::Builder::new()
-        .name("registry-poll".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(refresh);
-                let Some(inner) = weak.upgrade() else { return };
-                if let Some(token) = inner.poll() {
-                    let mut now = inner.token.lock();
-                    if *now != token {
-                        info!("{}: tags changed in the registry", inner.describe());
-                        *now = token;
-                    }
+    let spawned = crate::threads::spawn_background("registry-poll", move || {
+        loop {
+            std::thread::sleep(refresh);
+            let Some(inner) = weak.upgrade() else { return };
+            if let Some(token) = inner.poll() {
+                let mut now = inner.token.lock();
+                if *now != token {
+                    info!("{}: tags changed in the registry", inner.describe());
+                    *now = token;
                 }
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         warn!(
             "{}: no poller ({e}): changes in the registry are not shown",

@@ -137,7 +137,7 @@ fn ask_helper(name: &str, host: &str, file: &Path, timeout: Duration) -> Option<
     }
     let (tx, rx) = std::sync::mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
-        std::thread::spawn(move || {
+        let _ = crate::threads::spawn_background("credential-helper", move || {
             let mut out = Vec::new();
             let _ = stdout.take(HELPER_OUTPUT).read_to_end(&mut out);
             let _ = tx.send(out);
