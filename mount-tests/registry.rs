@@ -984,9 +984,13 @@ fn a_remount_of_an_unchanged_registry_asks_one_head_per_tag_and_fetches_nothing(
     // cold: the tags list, one manifest per tag, the index's platform manifest, and
     // one config per image
     let cold = {
-        let m = Mount::with_env(&[&spec], &[("XDG_CACHE_HOME", &cache)]);
+        let mut m = Mount::with_env(&[&spec], &[("XDG_CACHE_HOME", &cache)]);
         let shown = tags_of(&m, "");
         assert_eq!(shown.len(), 5, "{}", m.log());
+        // SIGTERM unmounts cleanly though the poller thread runs (it was started
+        // while the store loaded, and blocks the signal itself)
+        let status = m.stop();
+        assert!(status.success(), "{status:?}\n{}", m.log());
         shown
     };
     let n = proxy.requests().len();
