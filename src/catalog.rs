@@ -227,7 +227,7 @@ impl Catalog {
             let verified = cat.verify(store, source, &record, cache, limits, &mut memo);
             let claim = match &verified {
                 Some((id, ..)) => Claim::Image(id.clone()),
-                None => Claim::Dangling(record.claimed_id.clone()),
+                None => Claim::Dangling(record.expected_id().to_string()),
             };
             for t in &record.tags {
                 if let Some(earlier) = claims.insert(t.clone(), claim.clone())
@@ -244,7 +244,7 @@ impl Catalog {
                 Some((id, summary, loc)) => merge(&mut images, id, summary, loc, record),
                 None => dangling.extend(record.tags.iter().map(|t| DanglingTag {
                     tag: t.clone(),
-                    target: record.claimed_id.clone(),
+                    target: record.expected_id().to_string(),
                 })),
             }
         }
@@ -296,7 +296,8 @@ impl Catalog {
                 if !record.tags.is_empty() {
                     self.problems.push(format!(
                         "{}: config {} is missing: its tags are dangling",
-                        record.config_name, record.claimed_id
+                        record.config_name,
+                        record.expected_id()
                     ));
                 }
                 return None;
@@ -334,6 +335,12 @@ impl Catalog {
                 record.config_name, record.claimed_id
             ));
             return None;
+        }
+        if first && !record.named_id.is_empty() && *id != record.named_id {
+            self.problems.push(format!(
+                "{}: named for {}, but its bytes hash to {id}: shown as {id}, as docker load shows it",
+                record.config_name, record.named_id
+            ));
         }
         if let Some(p) = parse_problem.as_ref().filter(|_| first) {
             self.problems.push(format!(

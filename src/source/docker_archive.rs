@@ -156,7 +156,7 @@ pub struct DockerArchive;
 
 /// The config digest a manifest.json `Config` path names: `<hex>.json` (Docker < 25,
 /// podman) or `blobs/sha256/<hex>` (Docker 25+). Empty when it names none.
-fn claimed_id(config_path: &str) -> String {
+fn id_in_name(config_path: &str) -> String {
     let base = config_path.rsplit('/').next().unwrap_or(config_path);
     let hex = base.strip_suffix(".json").unwrap_or(base);
     let id = format!("sha256:{hex}");
@@ -211,14 +211,10 @@ impl ArchiveFormat for DockerArchive {
                     entry.config
                 ));
             }
-            let named = claimed_id(&entry.config);
-            let claimed = match &config {
-                Some(_) => content_id(a, &entry.config, &named, &mut inv.problems),
-                // missing: the tag dangles at the ID its name gives
-                None => named,
-            };
+            // the ID is the config's content, as docker load computes it: its name
+            // is no claim (a misnamed member is said by the catalog, which hashes it)
             let mut record = ImageRecord {
-                claimed_id: claimed,
+                named_id: id_in_name(&entry.config),
                 config,
                 config_name,
                 ..Default::default()
@@ -250,25 +246,6 @@ impl ArchiveFormat for DockerArchive {
     }
 }
 
-/// A docker-archive's image ID is its config's content, as `docker load` computes it,
-/// whatever the member is named: the hash of `member`'s bytes, with a problem said
-/// when its name (`named`, the ID it gives) says otherwise. What its name gives (the catalog
-/// hashes it) when the member cannot be read here and its name gives no ID.
-fn content_id(a: &TarArchive, member: &str, named: &str, problems: &mut Vec<String>) -> String {
-    let Ok(bytes) = a.read_member(member, a.limits().max_config_size) else {
-        // too big, or unreadable: the catalog says so when it reads it
-        return named.to_string();
-    };
-    let id = super::sha256_id(&bytes);
-    if !named.is_empty() && id != named {
-        problems.push(format!(
-            "{}: named for {named}, but its bytes hash to {id}: shown as {id}, as docker load shows it",
-            a.member_display(member)
-        ));
-    }
-    id
-}
-
 fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
     {
         let layout = match scan_layout(a) {
@@ -281,10 +258,10 @@ fn add_manifest_digests(a: &TarArchive, inv: &mut Inventory) {
         };
         let mut by_id: HashMap<&str, &ImageRecord> = HashMap::new();
         for r in &layout.images {
-            by_id.entry(r.claimed_id.as_str()).or_insert(r);
+            by_id.entry(r.expected_id()).or_insert(r);
         }
         for record in &mut inv.images {
-            if let Some(oci) = by_id.get(record.claimed_id.as_str()) {
+            if let Some(oci) = by_id.get(record.expected_id()) {
                 record.manifest_digests = oci.manifest_digests.clone();
                 record.other_platforms = oci.other_platforms.clone();
             }
@@ -394,7 +371,7 @@ fn entry_id(a: &TarArchive, entry: &Value) -> String {
         .unwrap_or_default();
     match a.read_member(config, a.limits().max_config_size) {
         Ok(b) => super::sha256_id(&b),
-        Err(_) => claimed_id(config),
+        Err(_) => id_in_name(config),
     }
 }
 
@@ -542,12 +519,12 @@ mod tests {
     #[test]
     fn config_names_give_ids() {
         let hex = "a".repeat(64);
-        assert_eq!(claimed_id(&format!("{hex}.json")), format!("sha256:{hex}"));
+        assert_eq!(id_in_name(&format!("{hex}.json")), format!("sha256:{hex}"));
         assert_eq!(
-            claimed_id(&format!("blobs/sha256/{hex}")),
+            id_in_name(&format!("blobs/sha256/{hex}")),
             format!("sha256:{hex}")
         );
-        assert_eq!(claimed_id("config.json"), "");
+        assert_eq!(id_in_name("config.json"), "");
     }
 
     #[test]

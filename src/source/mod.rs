@@ -163,6 +163,12 @@ pub struct ImageRecord {
     /// The config digest the store claims (`sha256:<hex>`); verified by the catalog.
     /// Empty when the store does not name it (then the bytes' hash is the ID).
     pub claimed_id: String,
+    /// With no claim: the ID the store's file name gives the config (a docker-archive's
+    /// `<hex>.json`), which its content decides, as `docker load` decides it. A name
+    /// that says otherwise is logged, not refused; a config that is missing dangles at
+    /// it.
+    #[serde(default)]
+    pub named_id: String,
     /// The config blob; `None` when the store refers to a config it does not hold:
     /// the image's tags are then dangling.
     pub config: Option<BlobLocation>,
@@ -183,6 +189,15 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// The ID the store expects: what it claims, else what the file name gives.
+    pub fn expected_id(&self) -> &str {
+        if self.claimed_id.is_empty() {
+            &self.named_id
+        } else {
+            &self.claimed_id
+        }
+    }
+
     /// Files a name the store gives this image: a tag, a digest reference, or
     /// (an ID, or a malformed name) nothing as a tag, with a problem for the latter.
     pub fn add_name(&mut self, name: &str, what: &str, problems: &mut Vec<String>) {

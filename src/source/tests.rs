@@ -76,7 +76,7 @@ fn docker_25_layout_gives_tags_and_manifest_digests() {
     let inv = src.scan().unwrap();
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
     let r = &inv.images[0];
-    assert_eq!(r.claimed_id, cfg);
+    assert_eq!(r.expected_id(), cfg);
     assert_eq!(tags(r), ["docker.io/library/busybox:latest"]);
     assert_eq!(r.manifest_digests, vec![mdigest]);
     assert_eq!(r.layers_size, Some(layer.len() as u64));
@@ -124,7 +124,7 @@ fn null_repotags_missing_config_and_bad_names_are_reported_not_fatal() {
     assert_eq!(inv.images.len(), 3);
     assert!(inv.images[0].tags.is_empty());
     assert!(inv.images[1].config.is_none());
-    assert_eq!(inv.images[1].claimed_id, format!("sha256:{missing}"));
+    assert_eq!(inv.images[1].expected_id(), format!("sha256:{missing}"));
     assert!(inv.images[2].config.is_none());
     let all = inv.problems.join("\n");
     assert!(all.contains("a.tar:manifest.json entry 1: config"), "{all}");
@@ -243,7 +243,7 @@ fn docker_pre_25_layout_with_short_names() {
     let inv = src.scan().unwrap();
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
     let r = &inv.images[0];
-    assert_eq!(r.claimed_id, cfg);
+    assert_eq!(r.expected_id(), cfg);
     assert_eq!(
         tags(r),
         ["docker.io/library/busybox:latest", "docker.io/user/app:1"]
