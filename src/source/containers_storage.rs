@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::shared::blob::{read_file_blob, repin_file_blob};
 use super::shared::json_limits::{self, Limited};
-use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform, missing_name};
+use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform, no_platform_name};
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
     SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
@@ -645,10 +645,7 @@ impl Source for ContainersStorage {
                     .filter(|d| crate::reference::is_digest(d))
                     .map(str::to_string)
                     .unwrap_or_else(|| format!("sha256:{id}"));
-                record.claimed_id = missing_name(
-                    &format!("no-{}", self.platform.display().replace('/', "-")),
-                    &digest,
-                );
+                record.claimed_id = no_platform_name(&self.platform, &digest);
                 for name in names(image) {
                     record.add_name(&name, &what, &mut inv.problems);
                 }

@@ -35,7 +35,7 @@ use client::{Client, Reply};
 pub use proxy::Proxies as RegistryProxies;
 
 use super::shared::oci_walk::{
-    Descriptor, LayoutBlobs, MANIFEST_LIMIT, Platform, is_index_type, missing_name, resolve_record,
+    Descriptor, LayoutBlobs, MANIFEST_LIMIT, Platform, missing_blob_name, resolve_record,
 };
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
@@ -944,14 +944,7 @@ impl Source for Registry {
                         s.altered.as_deref().unwrap_or_default()
                     );
                     let mut record = ImageRecord {
-                        claimed_id: missing_name(
-                            if is_index_type(&s.media_type) {
-                                "missing-index"
-                            } else {
-                                "missing-manifest"
-                            },
-                            &s.digest,
-                        ),
+                        claimed_id: missing_blob_name(&s.media_type, &s.digest),
                         config: None,
                         config_name: format!("{name} manifest {}", s.digest),
                         ..Default::default()

@@ -299,7 +299,7 @@ pub(crate) fn resolve_record(
     (record, problems)
 }
 
-pub fn is_index_type(media_type: &str) -> bool {
+fn is_index_type(media_type: &str) -> bool {
     media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
 }
 
@@ -324,6 +324,22 @@ fn is_followed(media_type: &str) -> bool {
 /// digest and starts with `sha256:`.
 pub fn missing_name(what: &str, digest: &str) -> String {
     format!("{what}:{digest}")
+}
+
+/// The manifest or index of `media_type` named `digest` is not there (or not what
+/// its digest says).
+pub fn missing_blob_name(media_type: &str, digest: &str) -> String {
+    let what = if is_index_type(media_type) {
+        "missing-index"
+    } else {
+        "missing-manifest"
+    };
+    missing_name(what, digest)
+}
+
+/// The index `digest` has no image for `platform`.
+pub fn no_platform_name(platform: &Platform, digest: &str) -> String {
+    missing_name(&format!("no-{}", platform.file_name()), digest)
 }
 
 /// Is `target` a name a dangling tag may point at: an image ID, or a
@@ -366,19 +382,15 @@ impl<'a> Walk<'a> {
 
     /// What a tag of `desc` dangles at, once the walk failed.
     fn missing(&self, desc: &Descriptor) -> String {
-        self.missing.clone().unwrap_or_else(|| {
-            let what = if is_index_type(&desc.media_type) {
-                "missing-index"
-            } else {
-                "missing-manifest"
-            };
-            missing_name(what, &desc.digest)
-        })
+        self.missing
+            .clone()
+            .unwrap_or_else(|| missing_blob_name(&desc.media_type, &desc.digest))
     }
 
-    fn found_missing(&mut self, what: &str, digest: &str) {
+    /// Keeps the first thing found missing (`name`, for `digest`).
+    fn found_missing(&mut self, digest: &str, name: impl FnOnce() -> String) {
         if self.missing.is_none() && reference::is_digest(digest) {
-            self.missing = Some(missing_name(what, digest));
+            self.missing = Some(name());
         }
     }
 
@@ -401,16 +413,13 @@ impl<'a> Walk<'a> {
         let blob_name = self
             .layout
             .display(&blob_rel_path(&desc.digest).unwrap_or_default());
-        let kind = if is_index_type(&desc.media_type) {
-            "missing-index"
-        } else {
-            "missing-manifest"
-        };
         let bytes = match self.read_verified(&desc.digest, &blob_name) {
             Ok(b) => b,
             Err(e) => {
                 self.problems.push(format!("{what}: {e}"));
-                self.found_missing(kind, &desc.digest);
+                self.found_missing(&desc.digest, || {
+                    missing_blob_name(&desc.media_type, &desc.digest)
+                });
                 return None;
             }
         };
@@ -419,7 +428,9 @@ impl<'a> Walk<'a> {
             Err(e) => {
                 self.problems
                     .push(format!("{blob_name}: not a valid manifest or index: {e}"));
-                self.found_missing(kind, &desc.digest);
+                self.found_missing(&desc.digest, || {
+                    missing_blob_name(&desc.media_type, &desc.digest)
+                });
                 return None;
             }
         };
@@ -463,7 +474,9 @@ impl<'a> Walk<'a> {
         if images.is_empty() {
             self.problems
                 .push(format!("{blob_name}: index lists no image manifests"));
-            self.found_missing("missing-manifest", &desc.digest);
+            self.found_missing(&desc.digest, || {
+                missing_name("missing-manifest", &desc.digest)
+            });
             return None;
         }
         // The platform's own entry, as containerd and skopeo pick: never another in
@@ -491,8 +504,8 @@ impl<'a> Walk<'a> {
                 self.platform.display(),
                 there.join(", ")
             ));
-            let what = format!("no-{}", self.platform.file_name());
-            self.found_missing(&what, &desc.digest);
+            let platform = self.platform.clone();
+            self.found_missing(&desc.digest, || no_platform_name(&platform, &desc.digest));
             return None;
         };
         let what = format!("{blob_name} entry {chosen}");
