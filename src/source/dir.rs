@@ -10,7 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::shared::blob::{read_file_blob, repin_file_blob};
+use super::shared::blob::{file_blob_at, location_display, read_file_blob, repin_file_blob};
 use super::shared::oci_walk::{
     Descriptor, LayoutBlobs, MANIFEST_LIMIT, Platform, host_platform, repository_from_file_name,
     resolve_record,
@@ -49,7 +49,6 @@ fn open(spec: &str, options: &SourceOptions) -> Result<Vec<Opened>, StoreError> 
 /// A directory written by skopeo's `dir:` transport.
 pub struct DirImage {
     root: PathBuf,
-    canonical_root: PathBuf,
     /// Every file of the directory is reached through this (see `store_file::StoreDir`).
     dir: StoreDir,
     limits: Limits,
@@ -59,9 +58,6 @@ pub struct DirImage {
 
 impl DirImage {
     pub fn open(root: &Path, options: &SourceOptions) -> Result<DirImage, StoreError> {
-        let canonical_root = root
-            .canonicalize()
-            .map_err(|e| StoreError::io(root.display(), e))?;
         let dir = StoreDir::open(root, "dir").map_err(|e| StoreError::io(root.display(), e))?;
         let version = dir
             .read_own("version", 256)
@@ -78,7 +74,6 @@ impl DirImage {
             .ok_or_else(|| StoreError::NotFound(format!("{}: missing", root.display())))?;
         Ok(DirImage {
             root: root.to_path_buf(),
-            canonical_root,
             dir,
             limits: options.limits,
             platform: options.platform.clone().unwrap_or_else(host_platform),
@@ -107,49 +102,34 @@ impl LayoutBlobs for DirImage {
     }
 
     fn blob(&self, digest: &str) -> Result<Option<BlobLocation>, StoreError> {
-        let rel = self.blob_name(digest)?;
-        let Some(meta) = self
-            .dir
-            .metadata(&rel)
-            .map_err(|e| StoreError::io(self.dir.display(&rel), e))?
-        else {
-            return Ok(None);
-        };
-        if !meta.is_file() {
-            return Err(StoreError::format(
-                self.dir.display(&rel),
-                "not a regular file",
-            ));
-        }
-        Ok(Some(BlobLocation::file(rel, &meta)))
+        file_blob_at(&self.dir, &self.blob_name(digest)?)
     }
 
     fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError> {
-        let shown = match loc {
-            BlobLocation::File { rel, .. } => self.dir.display(rel),
-            other => format!("{other:?}"),
-        };
         read_whole(loc.size(), limit, |off, buf| self.read_at(loc, off, buf))
-            .map_err(|e| StoreError::io(shown, e))
+            .map_err(|e| StoreError::io(location_display(&self.dir, loc), e))
     }
 
-    /// The top manifest is manifest.json; an index's instances are
-    /// `<hex>.manifest.json`. The walk checks each against its digest.
+    /// An index's instances are `<hex>.manifest.json`; the top manifest, which has
+    /// no such file, is manifest.json. The walk checks each against its digest.
     fn manifest_bytes(&self, digest: &str, _blob_name: &str) -> Result<Vec<u8>, StoreError> {
-        let top = self.read_file("manifest.json", MANIFEST_LIMIT)?;
-        if sha256_id(&top) == digest {
-            return Ok(top);
-        }
         let rel = format!("{}.manifest.json", self.blob_name(digest)?);
-        self.read_file(&rel, MANIFEST_LIMIT)
+        match self.dir.read_own(&rel, MANIFEST_LIMIT) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.read_file("manifest.json", MANIFEST_LIMIT)
+            }
+            Err(e) => Err(StoreError::io(self.dir.display(&rel), e)),
+        }
     }
 
     fn display(&self, rel: &str) -> String {
         self.dir.display(rel)
     }
 
+    /// Never asked: the walk gives a dir: copy no tag.
     fn bare_tag_repository(&self) -> String {
-        repository_from_file_name(&self.canonical_root)
+        repository_from_file_name(&self.root)
     }
 
     fn limits(&self) -> Limits {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
-use super::shared::blob::{read_file_blob, repin_file_blob};
+use super::shared::blob::{file_blob_at, location_display, read_file_blob, repin_file_blob};
 use super::shared::oci_index;
 use super::shared::oci_walk::{
     LayoutBlobs, Platform, blob_rel_path, host_platform, repository_from_file_name, scan_layout,
@@ -118,20 +118,7 @@ impl LayoutBlobs for OciLayout {
         let Some(rel) = blob_rel_path(digest) else {
             return Err(malformed_digest(&self.dir, digest));
         };
-        let Some(meta) = self
-            .dir
-            .metadata(&rel)
-            .map_err(|e| StoreError::io(self.dir.display(&rel), e))?
-        else {
-            return Ok(None);
-        };
-        if !meta.is_file() {
-            return Err(StoreError::format(
-                self.dir.display(&rel),
-                "not a regular file",
-            ));
-        }
-        Ok(Some(BlobLocation::file(rel, &meta)))
+        file_blob_at(&self.dir, &rel)
     }
 
     fn read_location(&self, loc: &BlobLocation, limit: u64) -> Result<Vec<u8>, StoreError> {
@@ -159,14 +146,6 @@ impl LayoutBlobs for OciLayout {
 /// A digest no blob can be named by (in a descriptor of the store at `dir`).
 pub(crate) fn malformed_digest(dir: &StoreDir, digest: &str) -> StoreError {
     StoreError::format(dir.display("."), format!("malformed digest {digest:?}"))
-}
-
-fn location_display(dir: &StoreDir, loc: &BlobLocation) -> String {
-    match loc {
-        BlobLocation::File { rel, .. } => dir.display(rel),
-        BlobLocation::Member { offset, .. } => format!("member at offset {offset}"),
-        BlobLocation::Digest { digest, .. } => digest.clone(),
-    }
 }
 
 impl Source for OciLayout {

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::source::{BlobChanged, BlobLocation, Source};
+use crate::source::{BlobChanged, BlobLocation, Source, StoreError};
 use crate::store_file::{FileId, StoreDir, read_whole};
 
 /// The chain IDs of an image's layers, from its config's `rootfs.diff_ids`: what
@@ -108,6 +108,31 @@ pub fn read_file_blob(
             pread_clamped(&file, 0, *size, offset, buf)
         }
         BlobLocation::Member { .. } | BlobLocation::Digest { .. } => Err(not_a_file(dir, blob)),
+    }
+}
+
+/// Where the blob file `rel` of a store directory is (links inside the store followed,
+/// as [`read_file_blob`] opens it); `None` when there is none, an error when it is no
+/// regular file.
+pub fn file_blob_at(dir: &StoreDir, rel: &str) -> Result<Option<BlobLocation>, StoreError> {
+    let Some(meta) = dir
+        .metadata(rel)
+        .map_err(|e| StoreError::io(dir.display(rel), e))?
+    else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Err(StoreError::format(dir.display(rel), "not a regular file"));
+    }
+    Ok(Some(BlobLocation::file(rel.to_string(), &meta)))
+}
+
+/// How messages name a blob of a store directory.
+pub fn location_display(dir: &StoreDir, loc: &BlobLocation) -> String {
+    match loc {
+        BlobLocation::File { rel, .. } => dir.display(rel),
+        BlobLocation::Member { offset, .. } => format!("member at offset {offset}"),
+        BlobLocation::Digest { digest, .. } => digest.clone(),
     }
 }
 
