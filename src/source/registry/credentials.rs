@@ -100,6 +100,17 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// The program a helper name stands for, looked up in PATH as Docker looks it up;
+/// None for a name that could reach elsewhere (a path, `..`, a space).
+fn helper_program(name: &str) -> Option<String> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    plain.then(|| format!("docker-credential-{name}"))
+}
+
 /// The most a helper may print.
 const HELPER_OUTPUT: u64 = 64 << 10;
 
@@ -108,16 +119,10 @@ const HELPER_OUTPUT: u64 = 64 << 10;
 /// which holds the secret).
 fn ask_helper(name: &str, host: &str, file: &Path, timeout: Duration) -> Option<Credentials> {
     let from = format!("{}: credential helper {name:?}", file.display());
-    // a helper is a program in PATH: a name that could reach elsewhere is not run
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    let Some(program) = helper_program(name) else {
         warn!("{from}: not a helper name: not run");
         return None;
-    }
-    let program = format!("docker-credential-{name}");
+    };
     let mut child = match Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
@@ -364,11 +369,15 @@ mod tests {
         assert!(!format!("{c:?}").contains("idt-1"));
         let password = Credentials::new("u", "p", file.clone());
         assert_eq!(password.refresh_token(), None);
-        for name in ["../../bin/sh", "a/b", "", "x y"] {
-            assert!(
-                ask_helper(name, "reg.example", &file, Duration::from_secs(5)).is_none(),
-                "{name:?}"
-            );
+        for name in ["../../bin/sh", "a/b", "", "x y", "..", "/bin/sh"] {
+            assert_eq!(helper_program(name), None, "{name:?}");
+        }
+        for (name, program) in [
+            ("pass", "docker-credential-pass"),
+            ("ecr-login", "docker-credential-ecr-login"),
+            ("osxkeychain", "docker-credential-osxkeychain"),
+        ] {
+            assert_eq!(helper_program(name).as_deref(), Some(program));
         }
     }
 }

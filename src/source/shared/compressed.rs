@@ -922,6 +922,10 @@ mod tests {
         assert_eq!(Compression::sniff(b"BZh91AY"), Ok(Compression::Bzip2));
         assert_eq!(Compression::sniff(b"BZh0"), Ok(Compression::None));
         assert_eq!(Compression::sniff(b"\x04\x22\x4d\x18"), Err("lz4"));
+        assert_eq!(Compression::sniff(b"LZIP\x01"), Err("lzip"));
+        assert_eq!(Compression::sniff(b"\x1f\x9d\x90"), Err("compress (.Z)"));
+        assert_eq!(Compression::sniff(b"7z\xbc\xaf\x27\x1c"), Err("7-Zip"));
+        assert_eq!(Compression::sniff(b"PK\x03\x04"), Err("zip"));
         assert_eq!(Compression::sniff(b"ustar"), Ok(Compression::None));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tar.xz");

@@ -270,6 +270,39 @@ fn an_index_without_the_platform_dangles_and_says_what_it_has() {
 }
 
 #[test]
+fn an_entry_without_a_platform_is_taken_only_when_none_matches() {
+    let mut layout = MemLayout::default();
+    let (mut other, _) = layout.image(1);
+    let (any, any_id) = layout.image(2);
+    let (mut host, host_id) = layout.image(3);
+    other["platform"] = json!({"os": "plan9", "architecture": "mips"});
+    let p = oci_walk::host_platform();
+    host["platform"] = json!({"os": p.os, "architecture": p.architecture});
+    let without = layout.add(
+        MT_INDEX,
+        &json!({"manifests": [other.clone(), any.clone()]}),
+    );
+    let with = layout.add(MT_INDEX, &json!({"manifests": [any, other, host]}));
+    layout.set_index(vec![
+        named(without, "localhost/x:1"),
+        named(with, "localhost/x:2"),
+    ]);
+    let inv = oci_walk::scan_layout(&layout).unwrap();
+    let id_of = |t: &str| {
+        inv.images
+            .iter()
+            .find(|r| tags_of(r) == [t])
+            .map(|r| r.claimed_id.clone())
+    };
+    assert_eq!(id_of("localhost/x:1"), Some(any_id), "{:?}", inv.problems);
+    assert_eq!(
+        id_of("localhost/x:2"),
+        Some(host_id),
+        "the platform's own first"
+    );
+}
+
+#[test]
 fn platforms_parse_and_match_as_containerd_matches_them() {
     use oci_walk::Platform;
     let p = |s: &str| Platform::parse(s).unwrap();
