@@ -89,6 +89,10 @@ fn fifty_sources_are_watched_and_a_change_to_one_shows_within_a_second() {
     all.insert(0, "nokeep");
     all.insert(0, "-o");
     let m = Mount::with_env(&all, &[("RUST_LOG", "imagefs=debug")]);
+    // the watcher says so once it has started, which may be just after the mount
+    wait_for("the watcher's start", || {
+        m.log().contains("stores watched by inotify")
+    });
     assert!(
         m.log()
             .contains("stores watched by inotify watched=50 polled=0"),
