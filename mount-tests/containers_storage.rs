@@ -206,3 +206,60 @@ fn no_source_finds_the_users_containers_storage() {
         "{listed:?}"
     );
 }
+
+/// What a mount shows, for comparing two mounts: every tag with its link count and
+/// link target, and every image's extended attributes but its source.
+fn shown(m: &Mount) -> (String, String) {
+    let mp = m.mp();
+    let tree = ok(&format!(
+        "cd '{}' && find by-id by-tag \\( -type f -o -type l \\) -printf '%y %n %p %l\\n' | sort",
+        mp.display()
+    ));
+    let xattrs = ok(&format!(
+        "cd '{}/by-id' && getfattr -d -m '^user\\.image\\.' -- * | grep -v '^user.image.source='",
+        mp.display()
+    ));
+    (tree, xattrs)
+}
+
+/// A write through the mount whose edit was, by the tokens the store's lock shows, the
+/// store's only change is applied to what the mount shows without reading the store
+/// again; what the mount then shows is what a fresh mount shows (the names history
+/// included). A write that does more than its edit (the names of a manifest list,
+/// shown on its instance too) reads the store.
+#[test]
+fn writes_are_applied_in_place_as_a_fresh_mount_shows_them() {
+    let f = fixtures();
+    let cs = CsStore::new(f);
+    let m = Mount::with_env(&[&cs.root()], &[("RUST_LOG", "imagefs=debug")]);
+    let w = m.p("by-tag/localhost/whoami");
+    ok(&format!("mv {w}/multi:latest {w}/multi:moved"));
+    assert_eq!(m.log().matches("applied=false").count(), 1, "{}", m.log());
+    ok(&format!("ln {w}/web:latest {w}/web:inplace"));
+    ok(&format!(
+        "mkdir -p {d} && ln {v1} {d}/app:1",
+        d = m.p("by-tag/localhost/newrepo/deep"),
+        v1 = m.p(&format!("by-id/{}", f.id("WEB_V1")))
+    ));
+    ok(&format!("mv {w}/web:inplace {w}/web:moved"));
+    ok(&format!("rm {w}/web:moved"));
+    ok(&format!("rm {w}/api:1.0 && ln {w}/web:latest {w}/api:1.0"));
+    let applied = m.log().matches("applied=true").count();
+    assert_eq!(applied, 6, "{}", m.log());
+    let fresh = Mount::new(&["-o", "rescan", &cs.root()]);
+    let (tree, xattrs) = shown(&m);
+    assert_eq!((&tree, &xattrs), (&shown(&fresh).0, &shown(&fresh).1));
+    // and what was written is what podman reads
+    assert!(
+        tree.contains("by-tag/localhost/newrepo/deep/app:1"),
+        "{tree}"
+    );
+    assert!(
+        xattrs.contains("localhost/whoami/web:inplace"),
+        "the history: {xattrs}"
+    );
+    let (names, _, _) = cs.podman_images();
+    assert_eq!(names["localhost/newrepo/deep/app:1"], f.id("WEB_V1"));
+    assert_eq!(names["localhost/whoami/api:1.0"], f.id("WEB_V2"));
+    assert!(!names.contains_key("localhost/whoami/web:moved"));
+}

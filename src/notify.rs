@@ -55,8 +55,9 @@ pub fn spawn_watcher(fs: Arc<ImageFs>, notifier: fuser::Notifier) -> std::io::Re
                     if sweep {
                         next_sweep = Instant::now() + SWEEP_INTERVAL;
                     }
-                    // what the mount and any reload since scanned, for the next mount
-                    fs.keep_catalogs();
+                    // what the mount, reloads and writes made, once settled, for the
+                    // next mount
+                    fs.keep_settled_catalogs();
                     next_check = Instant::now() + WATCH_INTERVAL;
                 }
             }

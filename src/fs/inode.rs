@@ -44,6 +44,15 @@ impl InodeTable {
         }
     }
 
+    /// The number `key` has been given, if any (never hands one out).
+    pub fn get(&self, key: &NodeKey) -> Option<u64> {
+        match key {
+            NodeKey::Root => Some(ROOT_INO),
+            NodeKey::StoreRoot(0) if self.single_store => Some(ROOT_INO),
+            k => self.numbers.get(k).copied(),
+        }
+    }
+
     pub fn ino(&mut self, key: NodeKey) -> u64 {
         let key = match key {
             NodeKey::StoreRoot(0) if self.single_store => NodeKey::Root,

@@ -28,7 +28,7 @@ fn catalog_what(source: &dyn Source) -> String {
 /// (a catalog cut short by a lower limit is not one for a higher); `None` when its
 /// catalog is not kept. Taken before a scan: a change during it makes the key stale,
 /// which costs the next mount a scan and never shows a wrong catalog.
-fn catalog_key(source: &dyn Source, options: &FsOptions) -> Option<String> {
+pub(super) fn catalog_key(source: &dyn Source, options: &FsOptions) -> Option<String> {
     if !options.kept.is_on() {
         return None;
     }
@@ -53,18 +53,28 @@ fn load_catalog(kept: &Kept, source: &dyn Source, key: &str) -> Option<Catalog> 
     Some(catalog)
 }
 
-/// A catalog scanned but not yet kept for the next mount, with the key it was read
-/// under.
+/// A store's catalog not yet kept for the next mount: which one (the store's
+/// catalog generation) and the key it stands for.
 pub(super) struct UnkeptCatalog {
-    store: usize,
-    key: String,
-    catalog: Arc<Catalog>,
+    pub(super) store: usize,
+    /// `None`: the key the store has when the catalog is kept, if its change token
+    /// is still the catalog's then (a catalog changed by a write).
+    pub(super) key: Option<String>,
+    pub(super) generation: u64,
+    /// When the catalog became the store's.
+    pub(super) at: std::time::Instant,
 }
+
+/// How long a store's catalog must stay as it is before the watcher keeps it: a burst
+/// of writes (a script of `ln`s) keeps one catalog, not one per write, and a kept
+/// catalog is as big as the store. The catalog current at unmount is kept anyway.
+const KEEP_SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One store, read.
 struct Loaded {
     state: StoreState,
-    unkept: Option<UnkeptCatalog>,
+    /// The key to keep its catalog under, when it was scanned and is to be kept.
+    unkept: Option<String>,
 }
 
 /// Reads store `i`: from the catalog an earlier mount kept, when `reuse` and its key
@@ -118,11 +128,7 @@ fn load_store(
         "store read"
     );
     Ok(Loaded {
-        unkept: key.map(|key| UnkeptCatalog {
-            store: i,
-            key,
-            catalog: catalog.clone(),
-        }),
+        unkept: key,
         state: StoreState::new(catalog, meta, token),
     })
 }
@@ -147,7 +153,12 @@ impl ImageFs {
             }
             let loaded = load_store(i, source, &cache, &options, true)?;
             states.push(loaded.state);
-            unkept.extend(loaded.unkept);
+            unkept.extend(loaded.unkept.map(|key| UnkeptCatalog {
+                store: i,
+                key: Some(key),
+                generation: 0,
+                at: std::time::Instant::now(),
+            }));
         }
         let mut state = State {
             stores: states,
@@ -168,31 +179,75 @@ impl ImageFs {
             options,
             counters: KernelCounters::default(),
             unkept: Mutex::new(unkept),
+            keeping: Mutex::new(()),
             queued: Mutex::new(Vec::new()),
             queued_wake: parking_lot::Condvar::new(),
             repinned: Mutex::new(Default::default()),
         })
     }
 
-    /// Keeps the catalogs scanned since the last call (at mount, or by a reload) for
-    /// the next mount (see `crate::kept`). Called off the request path: by the
-    /// watcher, and once more after unmount.
+    /// Keeps the stores' catalogs not kept yet (read at mount, by a reload, or
+    /// changed by a write) for the next mount (see `crate::kept`). Called off the
+    /// request path, once after unmount.
     pub fn keep_catalogs(&self) {
+        self.keep_catalogs_settled_for(std::time::Duration::ZERO);
+    }
+
+    /// [`Self::keep_catalogs`] for those that have not changed for a while: the
+    /// watcher's, at every tick.
+    pub fn keep_settled_catalogs(&self) {
+        self.keep_catalogs_settled_for(KEEP_SETTLED);
+    }
+
+    fn keep_catalogs_settled_for(&self, settled: std::time::Duration) {
         let kept = &self.options.kept;
         if !kept.is_on() {
             return;
         }
-        // Held throughout, so that the call after unmount waits for one under way.
-        let mut pending = self.unkept.lock();
+        // Held throughout, so that the call after unmount waits for one under way;
+        // the queue itself only briefly, since writes add to it.
+        let _one_keeper = self.keeping.lock();
+        let due = {
+            let mut pending = self.unkept.lock();
+            let newest: std::collections::HashMap<usize, u64> =
+                pending.iter().map(|u| (u.store, u.generation)).collect();
+            // Only the store's current catalog: an older one queued is dropped, a
+            // newer one waits until it has settled.
+            pending.retain(|u| newest.get(&u.store) == Some(&u.generation));
+            let (due, waiting): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|u| u.at.elapsed() >= settled);
+            *pending = waiting;
+            due
+        };
         for UnkeptCatalog {
             store,
             key,
-            catalog,
-        } in pending.drain(..)
+            generation,
+            ..
+        } in due
         {
-            // Only the store's current catalog: a reload's newer one is queued too.
-            if Arc::ptr_eq(&self.state.read().stores[store].catalog, &catalog) {
-                let source = self.stores[store].source.as_ref();
+            let source = self.stores[store].source.as_ref();
+            // A key worked out now stands for the catalog only if the store has not
+            // moved since it: taken first, then the token checked, so that a change
+            // in between is seen and the catalog not kept (the next reload queues
+            // its own).
+            let late = key.is_none();
+            let key = match key {
+                Some(key) => key,
+                None => match catalog_key(source, &self.options) {
+                    Some(key) => key,
+                    None => continue,
+                },
+            };
+            let token = late.then(|| source.change_token().ok());
+            // Only the store's current catalog: a newer one is queued too.
+            let current = {
+                let state = self.state.read();
+                let st = &state.stores[store];
+                let unmoved = token.is_none_or(|t| t.is_some() && t == st.token);
+                (st.generation == generation && unmoved).then(|| st.catalog.clone())
+            };
+            if let Some(catalog) = current {
                 kept.store(
                     KeptKind::Catalog,
                     &catalog_what(source),
@@ -206,19 +261,35 @@ impl ImageFs {
     /// Rescans store `store` and rebuilds the tree; inode numbers are kept. Returns
     /// the tree as it was, for telling the kernel what changed.
     pub fn reload(&self, store: usize) -> Result<Tree, StoreError> {
+        let started = std::time::Instant::now();
         let source = self.stores[store].source.as_ref();
         // configs are located again: what the cache holds of this store is stale
         self.cache.forget_store(store);
         self.repinned.lock().retain(|(s, _), _| *s != store);
         let loaded = load_store(store, source, &self.cache, &self.options, false)?;
-        // Queued, not kept here: a reload may run inside a write request.
-        self.unkept.lock().extend(loaded.unkept);
         let mut state = self.state.write();
         let held = std::mem::take(&mut state.stores[store].held_dirs);
+        let generation = state.stores[store].generation + 1;
         state.stores[store] = StoreState {
             held_dirs: held,
+            generation,
             ..loaded.state
         };
-        Ok(state.rebuild(&self.stores))
+        // Queued, not kept here: a reload may run inside a write request.
+        self.unkept
+            .lock()
+            .extend(loaded.unkept.map(|key| UnkeptCatalog {
+                store,
+                key: Some(key),
+                generation,
+                at: std::time::Instant::now(),
+            }));
+        let old = state.rebuild(&self.stores);
+        debug!(
+            store = %source.describe(),
+            reload_ms = started.elapsed().as_secs_f64() * 1e3,
+            "reloaded"
+        );
+        Ok(old)
     }
 }

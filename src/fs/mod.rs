@@ -5,6 +5,7 @@
 mod error;
 pub mod inode;
 mod load;
+mod patch;
 mod read;
 mod refresh;
 pub mod tree;
@@ -112,6 +113,9 @@ struct StoreState {
     held_dirs: BTreeSet<String>,
     /// The change token its catalog was read at.
     token: Option<ChangeToken>,
+    /// Moves with every change of the catalog, so that the catalog kept for the
+    /// next mount is the current one.
+    generation: u64,
 }
 
 impl StoreState {
@@ -121,6 +125,7 @@ impl StoreState {
             meta,
             held_dirs: BTreeSet::new(),
             token,
+            generation: 0,
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct ImageFs {
     options: FsOptions,
     /// Catalogs scanned (at mount, or by a reload) until `keep_catalogs` keeps them.
     unkept: Mutex<Vec<load::UnkeptCatalog>>,
+    /// Held while catalogs are being kept.
+    keeping: Mutex<()>,
     /// What the kernel asked for and was given, counted by the FUSE adapter.
     pub counters: KernelCounters,
     /// What the reload after a write through the mount found changed by another

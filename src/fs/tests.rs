@@ -756,3 +756,157 @@ fn tags_longer_than_a_file_name_are_listed_not_shown() {
         Err(Errno::ENAMETOOLONG.into())
     );
 }
+
+/// What the catalogs show, for comparing: each image's ID, tags and attributes, and
+/// the dangling tags.
+type Shown = Vec<(
+    Vec<(String, Vec<TagRef>, Vec<(String, String)>)>,
+    Vec<(TagRef, String)>,
+)>;
+
+fn shown(catalogs: &[&Catalog]) -> Shown {
+    catalogs
+        .iter()
+        .map(|c| {
+            (
+                c.images
+                    .iter()
+                    .map(|i| (i.id.clone(), i.tags.clone(), i.extra_xattrs.clone()))
+                    .collect(),
+                c.dangling
+                    .iter()
+                    .map(|d| (d.tag.clone(), d.target.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The mount's catalogs are what scanning its stores now gives, and its tree is what
+/// building from them gives, node for node.
+fn assert_as_scanned(fs: &ImageFs) {
+    let mut state = fs.state.write();
+    let fresh: Vec<Catalog> = fs
+        .stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let inv = s.source.scan().unwrap();
+            Catalog::build(i, s.source.as_ref(), inv, &fs.cache, &fs.options.limits)
+        })
+        .collect();
+    let held: Vec<&Catalog> = state.stores.iter().map(|s| s.catalog.as_ref()).collect();
+    assert_eq!(shown(&held), shown(&fresh.iter().collect::<Vec<_>>()));
+    let state = &mut *state;
+    let views: Vec<StoreView<'_>> = fs
+        .stores
+        .iter()
+        .zip(&state.stores)
+        .map(|(s, st)| StoreView {
+            label: &s.label,
+            catalog: &st.catalog,
+            held_dirs: &st.held_dirs,
+        })
+        .collect();
+    let built = Tree::build(&views, &mut state.inodes);
+    assert_eq!(built.len(), state.tree.len());
+    for (ino, node) in built.iter() {
+        assert_eq!(state.tree.get(ino), Some(node), "inode {ino}");
+    }
+}
+
+/// A write whose writer shows it was the store's only change is applied in place:
+/// no scan, and the catalog and tree are exactly what a scan and a build would give.
+#[test]
+fn writes_are_applied_in_place_as_a_scan_would_show_them() {
+    let s = mem();
+    let handle = s.clone();
+    let v1 = s.image(WEB_V1, &[]);
+    let v2 = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
+    let api = s.image(
+        API,
+        &[
+            "localhost/whoami/api:1.0",
+            "localhost/whoami/api:latest",
+            "busybox",
+        ],
+    );
+    s.change(|st| st.records.push(missing_config()));
+    let fs = mount(vec![("only", s)]);
+    let scans = std::cell::Cell::new(handle.scans());
+    let dir = |p: &str| resolve(&fs, p).unwrap().ino;
+    let image = |id: &str| resolve(&fs, &format!("by-id/{id}")).unwrap().ino;
+    let step = |what: &str| {
+        assert_eq!(
+            handle.scans(),
+            scans.get(),
+            "{what}: the store was read again"
+        );
+        assert_as_scanned(&fs);
+        scans.set(handle.scans());
+    };
+    let whoami = dir("by-tag/localhost/whoami");
+    fs.link(image(&v1), whoami, OsStr::new("web:old")).unwrap();
+    step("ln into a directory");
+    let localhost = dir("by-tag/localhost");
+    fs.mkdir(localhost, OsStr::new("new")).unwrap();
+    fs.mkdir(dir("by-tag/localhost/new"), OsStr::new("deep"))
+        .unwrap();
+    fs.link(
+        image(&v1),
+        dir("by-tag/localhost/new/deep"),
+        OsStr::new("app:1"),
+    )
+    .unwrap();
+    step("ln into new directories");
+    fs.rename(
+        whoami,
+        OsStr::new("api:latest"),
+        whoami,
+        OsStr::new("web:latest"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(resolve(&fs, &format!("by-id/{v2}")).unwrap().nlink, 1);
+    step("mv onto another image's tag");
+    let quay_app = dir("by-tag/quay.io/app");
+    fs.link(image(&v2), quay_app, OsStr::new("gone:v9"))
+        .unwrap();
+    fs.rename(
+        quay_app,
+        OsStr::new("broken:v1"),
+        whoami,
+        OsStr::new("broken:v1"),
+        false,
+    )
+    .unwrap();
+    assert!(
+        fs.readlink(
+            resolve(&fs, "by-tag/localhost/whoami/broken:v1")
+                .unwrap()
+                .ino
+        )
+        .is_ok()
+    );
+    step("mv of a dangling tag to another directory");
+    fs.link(image(&v1), whoami, OsStr::new("broken:v1"))
+        .unwrap();
+    step("ln over a dangling tag");
+    let library = dir("by-tag/docker.io/library");
+    fs.link(image(&v2), library, OsStr::new("busybox:latest"))
+        .unwrap();
+    fs.link(image(&api), library, OsStr::new("busybox:latest"))
+        .unwrap();
+    step("ln of a tag onto another image and back");
+    fs.unlink(whoami, OsStr::new("web:old")).unwrap();
+    fs.unlink(quay_app, OsStr::new("gone:v9")).unwrap();
+    assert_eq!(names(&fs, "by-tag/quay.io/app"), [".", ".."]);
+    step("rm of a directory's last tag: the directory is held");
+    fs.unlink(dir("by-tag/localhost/new/deep"), OsStr::new("app:1"))
+        .unwrap();
+    step("rm in a directory made by mkdir");
+    assert_eq!(
+        resolve(&fs, "by-tag/localhost/new/deep").unwrap().kind,
+        FileKind::Dir
+    );
+}

@@ -17,7 +17,7 @@ fn fits(tag: &TagRef) -> bool {
     tag.file_name_fits()
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
     /// Children sorted by name; `subdirs` counts directories among them (for nlink).
     Dir {
@@ -49,7 +49,7 @@ pub enum NodeRole {
     Dangling,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub parent: u64,
     pub kind: NodeKind,
@@ -117,6 +117,62 @@ impl Tree {
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Node)> {
         self.nodes.iter().map(|(i, n)| (*i, n))
+    }
+
+    pub(super) fn node_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub(super) fn insert_node(&mut self, ino: u64, node: Node) {
+        self.nodes.insert(ino, node);
+    }
+
+    pub(super) fn remove_node(&mut self, ino: u64) -> Option<Node> {
+        self.nodes.remove(&ino)
+    }
+
+    /// Takes `name` out of directory `dir`; the inode it named.
+    pub(super) fn remove_child(&mut self, dir: u64, name: &str) -> Option<u64> {
+        let NodeKind::Dir { children, .. } = &self.nodes.get(&dir)?.kind else {
+            return None;
+        };
+        let at = children
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()?;
+        let child = children[at].1;
+        let was_dir = matches!(
+            self.nodes.get(&child).map(|n| &n.kind),
+            Some(NodeKind::Dir { .. })
+        );
+        let NodeKind::Dir { children, subdirs } = &mut self.nodes.get_mut(&dir)?.kind else {
+            return None;
+        };
+        children.remove(at);
+        if was_dir {
+            *subdirs = subdirs.checked_sub(1)?;
+        }
+        Some(child)
+    }
+
+    /// Puts `name` into directory `dir`, in order; `None` if the name is taken.
+    pub(super) fn insert_child(
+        &mut self,
+        dir: u64,
+        name: &str,
+        ino: u64,
+        is_dir: bool,
+    ) -> Option<()> {
+        let NodeKind::Dir { children, subdirs } = &mut self.nodes.get_mut(&dir)?.kind else {
+            return None;
+        };
+        let at = children
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .err()?;
+        children.insert(at, (name.to_string(), ino));
+        if is_dir {
+            *subdirs += 1;
+        }
+        Some(())
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {

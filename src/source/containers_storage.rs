@@ -32,7 +32,7 @@ use super::shared::json_limits::{self, Limited};
 use super::shared::oci_walk::{MANIFEST_LIMIT, Platform, host_platform, no_platform_name};
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
-    SourceOptions, StoreDir, StoreError, StoreMeta, Writer,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer, Written,
 };
 use crate::limits::Limits;
 use crate::reference::{self, Parsed, TagRef};
@@ -376,11 +376,16 @@ impl ContainersStorage {
 
     /// One names edit under the store's write lock, written the way
     /// containers/storage writes: images.json replaced atomically, then a new
-    /// last-write token.
+    /// last-write token. The edit says what else it changed on the image it touched
+    /// (its names history), or `None` when a scan must tell; with the change tokens
+    /// before and after, read under the lock, that is what the mount applies.
     fn edit_names(
         &self,
-        edit: impl FnOnce(&mut Vec<Value>, &dyn Fn(&Value) -> Option<String>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        edit: impl FnOnce(
+            &mut Vec<Value>,
+            &dyn Fn(&Value) -> Option<String>,
+        ) -> Result<Option<Vec<(String, String, String)>>, StoreError>,
+    ) -> Result<Written, StoreError> {
         let rel = self.images_json();
         let _in_process = self.lock_guard.lock();
         let _lock = StoreLock::take(&self.lock_file, true).map_err(|e| {
@@ -389,6 +394,7 @@ impl ContainersStorage {
                 e,
             )
         })?;
+        let before = self.change_token().ok();
         let listed = self.read_images()?;
         // every record is written back: a store over the bound is not written
         if listed.truncated() {
@@ -404,7 +410,7 @@ impl ContainersStorage {
         let dropped = self.stale_drops(&images);
         restore_names(&mut images, &dropped);
         let id_of = |image: &Value| self.config_digest(image);
-        edit(&mut images, &id_of)?;
+        let xattrs = edit(&mut images, &id_of)?;
         for (id, name) in &dropped {
             warn!(store = %self.root.display(), image = %id, "a write from a stale copy of the names (podman 4.3 and older tag that way) dropped {name}, which imagefs had added: added back");
         }
@@ -424,7 +430,73 @@ impl ContainersStorage {
                 e,
             )
         })?;
-        Ok(())
+        Ok(Written {
+            tokens: before.zip(self.change_token().ok()),
+            // names put back are a change the edit does not describe
+            exact: xattrs.is_some() && dropped.is_empty(),
+            xattrs: xattrs.unwrap_or_default(),
+        })
+    }
+
+    /// The names history a scan now shows for image `id`, made by record `at`, when
+    /// that record alone makes the image: no other record holds its config, and no
+    /// manifest list (a record without a config, whose names and history are shown on
+    /// its instance too) names its manifest. `None`: a scan must tell. Reads only the
+    /// lists' manifests, which are few.
+    fn sole_history(
+        &self,
+        images: &[Value],
+        at: usize,
+        id: &str,
+    ) -> Option<Vec<(String, String, String)>> {
+        let keys = |image: &Value| -> Vec<String> {
+            image
+                .get("big-data-names")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        };
+        let target = images.get(at)?;
+        let target_keys = keys(target);
+        if !target_keys.iter().any(|k| k == id) {
+            return None;
+        }
+        let manifests: Vec<&str> = target_keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("manifest-"))
+            .chain(target.get("digest").and_then(Value::as_str))
+            .collect();
+        for (i, image) in images.iter().enumerate() {
+            let image_keys = keys(image);
+            if i != at && image_keys.iter().any(|k| k == id) {
+                return None;
+            }
+            if !image_keys.iter().any(|k| reference::is_digest(k)) {
+                let list_id = image.get("id").and_then(Value::as_str)?;
+                let list = self.read_big_data(list_id, "manifest")?;
+                let list = String::from_utf8_lossy(&list);
+                if manifests.iter().any(|m| list.contains(m)) {
+                    return None;
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let history: Vec<&str> = target
+            .get("names-history")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|n| seen.insert(*n))
+            .collect();
+        Some(vec![(
+            id.to_string(),
+            "user.image.history".to_string(),
+            history.join(","),
+        )])
     }
 
     /// Names imagefs gave that a write by another program dropped from a stale copy:
@@ -579,7 +651,7 @@ impl Source for ContainersStorage {
         let mut images = read()?;
         if !self.stale_drops(&images.items).is_empty() {
             // a write of nothing: it gives the dropped names back (see edit_names)
-            if let Err(e) = self.edit_names(|_, _| Ok(())) {
+            if let Err(e) = self.edit_names(|_, _| Ok(None)) {
                 warn!(store = %self.root.display(), "names a stale write dropped could not be added back: {e}");
             }
             images = read()?;
@@ -782,6 +854,14 @@ impl Source for ContainersStorage {
 
 impl Writer for ContainersStorage {
     fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
+        self.write_tracked(edit).map(|_| ())
+    }
+
+    fn reports_tokens(&self) -> bool {
+        true
+    }
+
+    fn write_tracked(&self, edit: Edit<'_>) -> Result<Written, StoreError> {
         match edit {
             Edit::Tag { id, tag } => self.tag(id, tag),
             Edit::Untag(tag) => self.untag(tag),
@@ -793,10 +873,10 @@ impl Writer for ContainersStorage {
 
 /// The edits, one method each.
 impl ContainersStorage {
-    fn tag(&self, id: &str, tag: &TagRef) -> Result<(), StoreError> {
+    fn tag(&self, id: &str, tag: &TagRef) -> Result<Written, StoreError> {
         let name = tag.to_string();
         let mut tagged = None;
-        self.edit_names(|images, id_of| {
+        let written = self.edit_names(|images, id_of| {
             let target = images
                 .iter()
                 .position(|i| id_of(i).as_deref() == Some(id))
@@ -822,15 +902,15 @@ impl ContainersStorage {
             new.push(name.clone());
             set_names(image, new);
             add_to_history(image, &name);
-            Ok(())
+            Ok(self.sole_history(images, target, id))
         })?;
         if let Some(store_id) = tagged {
             self.ours.lock().insert(name, store_id);
         }
-        Ok(())
+        Ok(written)
     }
 
-    fn untag(&self, tag: &TagRef) -> Result<(), StoreError> {
+    fn untag(&self, tag: &TagRef) -> Result<Written, StoreError> {
         self.ours.lock().retain(|n, _| !is_tag(n, tag));
         self.edit_names(|images, _| {
             let mut found = false;
@@ -844,17 +924,18 @@ impl ContainersStorage {
                 }
             }
             if found {
-                Ok(())
+                // names only: the history keeps what an image was called
+                Ok(Some(Vec::new()))
             } else {
                 Err(StoreError::NotFound(format!("no tag {tag}")))
             }
         })
     }
 
-    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<(), StoreError> {
+    fn retag(&self, from: &TagRef, to: &TagRef) -> Result<Written, StoreError> {
         let name = to.to_string();
         let mut moved_to = None;
-        self.edit_names(|images, _| {
+        let written = self.edit_names(|images, id_of| {
             let owner = images
                 .iter()
                 .position(|i| names(i).iter().any(|n| is_tag(n, from)))
@@ -875,17 +956,17 @@ impl ContainersStorage {
             new.push(name.clone());
             set_names(image, new);
             add_to_history(image, &name);
-            Ok(())
+            Ok(id_of(&images[owner]).and_then(|id| self.sole_history(images, owner, &id)))
         })?;
         let mut ours = self.ours.lock();
         ours.retain(|n, _| !is_tag(n, from));
         if let Some(store_id) = moved_to {
             ours.insert(name, store_id);
         }
-        Ok(())
+        Ok(written)
     }
 
-    fn delete_image(&self, id: &str) -> Result<(), StoreError> {
+    fn delete_image(&self, id: &str) -> Result<Written, StoreError> {
         info!(store = %self.root.display(), image = id, "not deleted: layers are podman's to remove");
         Err(StoreError::NotPermitted(format!(
             "{}: deleting images is left to `podman rmi {}` (it removes the image's layers under the store's layer locks)",

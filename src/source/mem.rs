@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::{
     BlobLocation, ChangeToken, Edit, ImageRecord, Inventory, Kind, Opened, Source, SourceKind,
-    SourceOptions, StoreDir, StoreError, StoreMeta, Writer, sha256_id,
+    SourceOptions, StoreDir, StoreError, StoreMeta, Writer, Written, sha256_id,
 };
 use crate::reference::TagRef;
 
@@ -292,15 +292,30 @@ impl Source for MemStore {
 
 impl Writer for MemStore {
     fn write(&self, edit: Edit<'_>) -> Result<(), StoreError> {
+        self.write_tracked(edit).map(|_| ())
+    }
+
+    fn reports_tokens(&self) -> bool {
+        true
+    }
+
+    fn write_tracked(&self, edit: Edit<'_>) -> Result<Written, StoreError> {
         if let Writes::Fail(error) = self.state.lock().writes {
             return Err(error());
         }
         let name = self.describe();
         let mut state = self.state.lock();
+        let before = ChangeToken(state.generation.to_string());
         apply(&mut state.records, edit, &name)?;
         // a refused edit changed nothing, so the token stays, as a store's file stays
         state.generation += 1;
-        Ok(())
+        let after = ChangeToken(state.generation.to_string());
+        Ok(Written {
+            tokens: Some((before, after)),
+            // a delete takes records away: the mount reads the store again
+            exact: !matches!(edit, Edit::Delete(_)),
+            xattrs: Vec::new(),
+        })
     }
 }
 

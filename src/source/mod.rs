@@ -363,6 +363,23 @@ pub enum Edit<'a> {
     Delete(&'a str),
 }
 
+/// What a write did, as its writer saw it under the store's own write lock.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The store's change token just before the edit and just after it, both read
+    /// under the store's exclusive lock: when the first is the token the mount's
+    /// catalog was read at, this edit is the only change since. `None`: the writer
+    /// cannot tell.
+    pub tokens: Option<(ChangeToken, ChangeToken)>,
+    /// The edit's effect is exactly what [`Edit`] says of tags (with `xattrs`);
+    /// false when it did more (a delete, names put back that a stale writer
+    /// dropped), and the store must be read.
+    pub exact: bool,
+    /// Attributes the edit set on an image beside its tags (containers-storage's
+    /// names history), as a scan would now show them: (image ID, name, value).
+    pub xattrs: Vec<(String, String, String)>,
+}
+
 /// Why a source without a [`Writer`] refuses `what`.
 pub fn read_only(source: &dyn Source, what: &str) -> StoreError {
     StoreError::Unsupported(format!(
@@ -381,6 +398,20 @@ pub trait Writer: Send + Sync {
     }
 
     fn write(&self, edit: Edit<'_>) -> Result<(), StoreError>;
+
+    /// [`Writer::write`], saying what it did where the writer can tell, so that the
+    /// mount can apply the edit to what it shows instead of reading the store again
+    /// (issue 17: a write costs what it changed, not the store's size).
+    fn write_tracked(&self, edit: Edit<'_>) -> Result<Written, StoreError> {
+        self.write(edit).map(|()| Written::default())
+    }
+
+    /// Whether [`Writer::write_tracked`] reports the change tokens around every edit
+    /// it can describe, so that whether the store moved before it needs no look of
+    /// the mount's own.
+    fn reports_tokens(&self) -> bool {
+        false
+    }
 
     /// Why this store never deletes an image as such (`rm by-id/…`), whatever its tags:
     /// a registry, whose images are there only through their tags. `None`: it does.

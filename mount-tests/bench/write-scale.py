@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""The write benchmark of issue 17, part 2: what a write through the mount costs as the
+store grows, beside podman doing the same on the same store. Not a test: nothing fails
+on time.
+
+usage: mount-tests/bench/write-scale.py [--tiny] [--bin BIN] [--fixtures DIR]
+       [--writes 40] [WORKDIR]
+
+Inputs: containers-storage stores of 10 and 10,000 images (make-cs.py, from the
+fixtures' buildah store), made afresh in WORKDIR.
+For each: the mount (release build, -f, its kept catalogs in WORKDIR) takes WRITES
+`ln by-id/… by-tag/…` and as many `rm` of what they made; the daemon's own log line
+per write ("write done") splits its time into the store's write (images.json read,
+edited, replaced and fsynced under images.lock: the format's cost) and imagefs's own
+(everything else: the change token, the catalog, the tree, the inodes). Then a
+`podman tag` made outside the mount is timed until its name shows in by-tag/. After
+the unmount, `podman tag` and `podman untag` on the same store, for the user's way.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def until(path, limit=30):
+    t0 = time.monotonic()
+    while not os.path.lexists(path) and time.monotonic() - t0 < limit:
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def podman_cmd(store):
+    return ["podman", "--root", store, "--runroot", f"{store}.run", "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+
+
+def bench_store(a, n):
+    store = f"{a.work}/cs-{n}"
+    subprocess.run([sys.executable, f"{HERE}/make-cs.py", f"{a.fixtures}/cs", store, str(n)],
+                   check=True)
+    mp = tempfile.mkdtemp(prefix="ifs-ws-mnt")
+    logp = f"{a.work}/imagefs-{n}.log"
+    env = dict(os.environ, RUST_LOG="imagefs=debug", XDG_CACHE_HOME=f"{a.work}/cache")
+    proc = subprocess.Popen([a.bin, "-f", f"containers-storage:{store}", mp],
+                            stdout=subprocess.DEVNULL, stderr=open(logp, "w"), env=env)
+    res = {"n": n}
+    try:
+        if until(f"{mp}/by-tag", 120) > 119:
+            sys.exit(f"the mount of {store} did not come up")
+        ids = sorted(os.listdir(f"{mp}/by-id"))
+        images = len(ids)
+        os.makedirs(f"{mp}/by-tag/localhost/bench/w", exist_ok=True)
+        lns, rms = [], []
+        for i in range(a.writes):
+            src = f"{mp}/by-id/{ids[(i * 7919) % len(ids)]}"
+            dst = f"{mp}/by-tag/localhost/bench/w:t{i}"
+            t0 = time.perf_counter()
+            os.link(src, dst)
+            lns.append(time.perf_counter() - t0)
+        for i in range(a.writes):
+            t0 = time.perf_counter()
+            os.unlink(f"{mp}/by-tag/localhost/bench/w:t{i}")
+            rms.append(time.perf_counter() - t0)
+        # outside: podman tags while the mount is up
+        pm = podman_cmd(store)
+        outside = []
+        for i in range(a.outside):
+            target = f"{mp}/by-tag/localhost/bench/outside:o{i}"
+            t0 = time.perf_counter()
+            subprocess.run(pm + ["tag", ids[i].removeprefix("sha256:"),
+                                 f"localhost/bench/outside:o{i}"], check=True,
+                           capture_output=True)
+            t1 = time.perf_counter()
+            until(target)
+            outside.append((t1 - t0, time.perf_counter() - t1))
+        time.sleep(0.5)
+    finally:
+        subprocess.run(["umount", mp], capture_output=True)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.rmdir(mp)
+    log = open(logp).read()
+    writes = [(float(s), float(o)) for s, o in
+              re.findall(r"write done.*?store_ms=([0-9.]+) own_ms=([0-9.]+)", log)]
+    reloads = [float(x) for x in re.findall(r"reload_ms=([0-9.]+)", log)]
+    if len(writes) != 2 * a.writes:
+        sys.exit(f"{logp}: {len(writes)} 'write done' lines for {2 * a.writes} writes")
+    res.update(images=images, ln=med(lns), rm=med(rms),
+               store_ms=med([s for s, _ in writes]), own_ms=med([o for _, o in writes]),
+               own_max=max(o for _, o in writes),
+               outside_cmd=med([c for c, _ in outside]), outside_shows=med([s for _, s in outside]),
+               reload_ms=med(reloads) if reloads else None)
+    # the user's way, on the same store: podman tag and untag
+    pm = podman_cmd(store)
+    tags, untags = [], []
+    for i in range(a.podman):
+        t0 = time.perf_counter()
+        subprocess.run(pm + ["tag", ids[i].removeprefix("sha256:"), f"localhost/bench/p:p{i}"],
+                       check=True, capture_output=True)
+        tags.append(time.perf_counter() - t0)
+    for i in range(a.podman):
+        t0 = time.perf_counter()
+        subprocess.run(pm + ["untag", ids[i].removeprefix("sha256:"), f"localhost/bench/p:p{i}"],
+                       check=True, capture_output=True)
+        untags.append(time.perf_counter() - t0)
+    res.update(podman_tag=med(tags), podman_untag=med(untags))
+    shutil.rmtree(f"{store}.run", ignore_errors=True)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/imagefs"))
+    ap.add_argument("--fixtures", default=os.path.join(ROOT, "target/tmp/fixtures"))
+    ap.add_argument("--writes", type=int, default=40)
+    ap.add_argument("--outside", type=int, default=5)
+    ap.add_argument("--podman", type=int, default=5)
+    ap.add_argument("work", nargs="?", default=os.path.join(ROOT, "target/bench-writes"))
+    a = ap.parse_args()
+    sizes = [10, 10000]
+    if a.tiny:
+        sizes, a.writes, a.outside, a.podman = [10, 200], 4, 1, 1
+    if not os.path.isdir(f"{a.fixtures}/cs"):
+        sys.exit(f"no fixtures in {a.fixtures}: run the mount tests first (mount-tests/run)")
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    rows = [bench_store(a, n) for n in sizes]
+    ms = lambda s: f"{s * 1e3:.2f} ms"
+    print()
+    print("containers-storage (vfs): medians of %d ln and %d rm through the mount; "
+          "%d podman tag/untag; %d outside tags" % (a.writes, a.writes, a.podman, a.outside))
+    print(f"| {'images':>7} | {'ln wall':>10} | {'rm wall':>10} | {'store write':>11} | "
+          f"{'imagefs own':>11} | {'own, worst':>10} | {'podman tag':>10} | {'podman untag':>12} | "
+          f"{'ln / podman tag':>15} | {'outside tag shows after':>23} |")
+    for r in rows:
+        print(f"| {r['images']:>7} | {ms(r['ln']):>10} | {ms(r['rm']):>10} | "
+              f"{r['store_ms']:>8.2f} ms | {r['own_ms']:>8.3f} ms | {r['own_max']:>7.3f} ms | "
+              f"{ms(r['podman_tag']):>10} | {ms(r['podman_untag']):>12} | "
+              f"{r['ln'] / r['podman_tag']:>14.2f}x | "
+              f"{ms(r['outside_shows']):>13} (podman {ms(r['outside_cmd'])}) |")
+    a0, a1 = rows[0], rows[-1]
+    print(f"imagefs own time per write, {a1['images']} against {a0['images']} images: "
+          f"{a1['own_ms'] / a0['own_ms']:.2f}x")
+    for r in rows:
+        if r["reload_ms"] is not None:
+            print(f"{r['images']} images: an outside change's reload took {r['reload_ms']:.2f} ms (median)")
+
+
+if __name__ == "__main__":
+    main()
