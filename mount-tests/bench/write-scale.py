@@ -15,9 +15,13 @@ edited, replaced and fsynced under images.lock: the format's cost) and imagefs's
 (everything else: the change token, the catalog, the tree, the inodes). Then a
 `podman tag` made outside the mount is timed until its name shows in by-tag/. After
 the unmount, `podman tag` and `podman untag` on the same store, for the user's way.
+Last, the same writes on mem: stores of as many images, whose writes change memory
+only: imagefs's own cost with no store format under it (no cache-cold tail after an
+11 MB images.json was parsed and written).
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -47,33 +51,67 @@ def podman_cmd(store):
             "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
 
 
-def bench_store(a, n):
+def mount(a, spec, tag):
+    mp = tempfile.mkdtemp(prefix="ifs-ws-mnt")
+    logp = f"{a.work}/imagefs-{tag}.log"
+    env = dict(os.environ, RUST_LOG="imagefs=debug", XDG_CACHE_HOME=f"{a.work}/cache")
+    proc = subprocess.Popen([a.bin, "-f", spec, mp],
+                            stdout=subprocess.DEVNULL, stderr=open(logp, "w"), env=env)
+    if until(f"{mp}/by-tag", 120) > 119:
+        sys.exit(f"the mount of {spec} did not come up")
+    return mp, proc, logp
+
+
+def unmount(mp, proc):
+    subprocess.run(["umount", mp], capture_output=True)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    os.rmdir(mp)
+
+
+def writes_through(a, mp):
+    """WRITES ln and as many rm through the mount: their wall times."""
+    ids = sorted(os.listdir(f"{mp}/by-id"))
+    os.makedirs(f"{mp}/by-tag/localhost/bench/w", exist_ok=True)
+    lns, rms = [], []
+    for i in range(a.writes):
+        src = f"{mp}/by-id/{ids[(i * 7919) % len(ids)]}"
+        t0 = time.perf_counter()
+        os.link(src, f"{mp}/by-tag/localhost/bench/w:t{i}")
+        lns.append(time.perf_counter() - t0)
+    for i in range(a.writes):
+        t0 = time.perf_counter()
+        os.unlink(f"{mp}/by-tag/localhost/bench/w:t{i}")
+        rms.append(time.perf_counter() - t0)
+    return ids, lns, rms
+
+
+def write_lines(a, logp):
+    log = open(logp).read()
+    writes = [(float(s), float(o), ap == "true") for s, o, ap in re.findall(
+        r"write done.*?store_ms=([0-9.]+) own_ms=([0-9.]+).*?applied=(\w+)", log)]
+    if len(writes) != 2 * a.writes:
+        sys.exit(f"{logp}: {len(writes)} 'write done' lines for {2 * a.writes} writes")
+    return writes
+
+
+def summary(a, n, ids, lns, rms, logp):
+    writes = write_lines(a, logp)
+    return dict(n=n, images=len(ids), ln=med(lns), rm=med(rms),
+                store_ms=med([s for s, _, _ in writes]), own_ms=med([o for _, o, _ in writes]),
+                own_max=max(o for _, o, _ in writes),
+                applied=sum(1 for _, _, ap in writes if ap), writes=len(writes))
+
+
+def bench_cs(a, n):
     store = f"{a.work}/cs-{n}"
     subprocess.run([sys.executable, f"{HERE}/make-cs.py", f"{a.fixtures}/cs", store, str(n)],
                    check=True)
-    mp = tempfile.mkdtemp(prefix="ifs-ws-mnt")
-    logp = f"{a.work}/imagefs-{n}.log"
-    env = dict(os.environ, RUST_LOG="imagefs=debug", XDG_CACHE_HOME=f"{a.work}/cache")
-    proc = subprocess.Popen([a.bin, "-f", f"containers-storage:{store}", mp],
-                            stdout=subprocess.DEVNULL, stderr=open(logp, "w"), env=env)
-    res = {"n": n}
+    mp, proc, logp = mount(a, f"containers-storage:{store}", f"cs-{n}")
     try:
-        if until(f"{mp}/by-tag", 120) > 119:
-            sys.exit(f"the mount of {store} did not come up")
-        ids = sorted(os.listdir(f"{mp}/by-id"))
-        images = len(ids)
-        os.makedirs(f"{mp}/by-tag/localhost/bench/w", exist_ok=True)
-        lns, rms = [], []
-        for i in range(a.writes):
-            src = f"{mp}/by-id/{ids[(i * 7919) % len(ids)]}"
-            dst = f"{mp}/by-tag/localhost/bench/w:t{i}"
-            t0 = time.perf_counter()
-            os.link(src, dst)
-            lns.append(time.perf_counter() - t0)
-        for i in range(a.writes):
-            t0 = time.perf_counter()
-            os.unlink(f"{mp}/by-tag/localhost/bench/w:t{i}")
-            rms.append(time.perf_counter() - t0)
+        ids, lns, rms = writes_through(a, mp)
         # outside: podman tags while the mount is up
         pm = podman_cmd(store)
         outside = []
@@ -88,25 +126,12 @@ def bench_store(a, n):
             outside.append((t1 - t0, time.perf_counter() - t1))
         time.sleep(0.5)
     finally:
-        subprocess.run(["umount", mp], capture_output=True)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        os.rmdir(mp)
-    log = open(logp).read()
-    writes = [(float(s), float(o)) for s, o in
-              re.findall(r"write done.*?store_ms=([0-9.]+) own_ms=([0-9.]+)", log)]
-    reloads = [float(x) for x in re.findall(r"reload_ms=([0-9.]+)", log)]
-    if len(writes) != 2 * a.writes:
-        sys.exit(f"{logp}: {len(writes)} 'write done' lines for {2 * a.writes} writes")
-    res.update(images=images, ln=med(lns), rm=med(rms),
-               store_ms=med([s for s, _ in writes]), own_ms=med([o for _, o in writes]),
-               own_max=max(o for _, o in writes),
-               outside_cmd=med([c for c, _ in outside]), outside_shows=med([s for _, s in outside]),
+        unmount(mp, proc)
+    res = summary(a, n, ids, lns, rms, logp)
+    reloads = [float(x) for x in re.findall(r"reload_ms=([0-9.]+)", open(logp).read())]
+    res.update(outside_cmd=med([c for c, _ in outside]), outside_shows=med([s for _, s in outside]),
                reload_ms=med(reloads) if reloads else None)
     # the user's way, on the same store: podman tag and untag
-    pm = podman_cmd(store)
     tags, untags = [], []
     for i in range(a.podman):
         t0 = time.perf_counter()
@@ -121,6 +146,25 @@ def bench_store(a, n):
     res.update(podman_tag=med(tags), podman_untag=med(untags))
     shutil.rmtree(f"{store}.run", ignore_errors=True)
     return res
+
+
+def bench_mem(a, n):
+    """The same writes on a mem: store of N images, whose write changes memory only:
+    imagefs's own cost per write with no store format under it."""
+    path = f"{a.work}/mem-{n}.json"
+    images = []
+    for i in range(n):
+        tags = [] if i % 10 == 9 else [f"localhost/bench/app{i % 100}:v{i}"]
+        images.append({"config": {"architecture": "amd64", "os": "linux",
+                                  "created": "2024-04-01T00:00:00Z", "bench": i}, "tags": tags})
+    with open(path, "w") as f:
+        json.dump({"images": images}, f)
+    mp, proc, logp = mount(a, f"mem:{path}", f"mem-{n}")
+    try:
+        ids, lns, rms = writes_through(a, mp)
+    finally:
+        unmount(mp, proc)
+    return summary(a, n, ids, lns, rms, logp)
 
 
 def main():
@@ -140,7 +184,8 @@ def main():
         sys.exit(f"no fixtures in {a.fixtures}: run the mount tests first (mount-tests/run)")
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
-    rows = [bench_store(a, n) for n in sizes]
+    rows = [bench_cs(a, n) for n in sizes]
+    mem_rows = [bench_mem(a, n) for n in sizes]
     ms = lambda s: f"{s * 1e3:.2f} ms"
     print()
     print("containers-storage (vfs): medians of %d ln and %d rm through the mount; "
@@ -158,8 +203,20 @@ def main():
     print(f"imagefs own time per write, {a1['images']} against {a0['images']} images: "
           f"{a1['own_ms'] / a0['own_ms']:.2f}x")
     for r in rows:
-        if r["reload_ms"] is not None:
-            print(f"{r['images']} images: an outside change's reload took {r['reload_ms']:.2f} ms (median)")
+        print(f"{r['images']} images: {r['applied']} of {r['writes']} writes applied in place"
+              + (f"; an outside change's reload took {r['reload_ms']:.2f} ms (median)"
+                 if r["reload_ms"] is not None else ""))
+    print()
+    print("mem: store (the write changes memory only): imagefs's own work per write, "
+          "no store format under it")
+    print(f"| {'images':>7} | {'ln wall':>10} | {'rm wall':>10} | {'imagefs own':>11} | "
+          f"{'own, worst':>10} | {'applied':>7} |")
+    for r in mem_rows:
+        print(f"| {r['images']:>7} | {ms(r['ln']):>10} | {ms(r['rm']):>10} | "
+              f"{r['own_ms']:>8.3f} ms | {r['own_max']:>7.3f} ms | {r['applied']:>3}/{r['writes']:<3} |")
+    m0, m1 = mem_rows[0], mem_rows[-1]
+    print(f"mem: imagefs own time per write, {m1['images']} against {m0['images']} images: "
+          f"{m1['own_ms'] / m0['own_ms']:.2f}x; ln wall {m1['ln'] / m0['ln']:.2f}x")
 
 
 if __name__ == "__main__":
