@@ -5,7 +5,12 @@
 //! one whose bytes do not hash to the digest it is stored under is not shown as that
 //! image; its tags become dangling and a warning names the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// foldhash: the build hashes every record's config location and tags, and the keys
+/// are the store's own, checked anyway; no flood resistance is needed.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -212,19 +217,60 @@ impl Catalog {
         cache: &ConfigCache,
         limits: &crate::limits::Limits,
     ) -> Catalog {
+        Catalog::build_after(store, source, inv, cache, limits, None)
+    }
+
+    /// [`Catalog::build`], for a store read again: a config that `previous` verified
+    /// at the very same location is not read and hashed again. A location pins the
+    /// file's device, inode, size, mtime and ctime (or is a digest, for stores read
+    /// by digest), the same test a kept catalog passes, and every read checks the
+    /// bytes anyway; so an outside change to one tag costs no rehash of ten thousand
+    /// configs.
+    pub fn build_after(
+        store: usize,
+        source: &dyn Source,
+        inv: Inventory,
+        cache: &ConfigCache,
+        limits: &crate::limits::Limits,
+        previous: Option<&Catalog>,
+    ) -> Catalog {
         let mut cat = Catalog {
             problems: inv.problems,
             ..Default::default()
         };
         let mut images: BTreeMap<String, Image> = BTreeMap::new();
         let mut dangling: Vec<DanglingTag> = Vec::new();
-        let mut memo = HashMap::new();
+        let mut memo: FastMap<BlobLocation, CheckedRead> = FastMap::default();
+        // A config that gave no summary may have been no JSON, whose problem only a
+        // read says again: read those.
+        for image in previous.into_iter().flat_map(|c| &c.images) {
+            if image.created.is_some() || image.architecture.is_some() || image.os.is_some() {
+                let summary = ConfigSummary {
+                    created: image.created.clone(),
+                    architecture: image.architecture.clone(),
+                    os: image.os.clone(),
+                    variant: image.variant.clone(),
+                };
+                memo.entry(image.config.clone())
+                    .or_insert_with(|| Ok((image.id.clone(), summary, None, image.config.clone())));
+            }
+        }
+        let known = memo.len();
+        let mut reported: FastSet<BlobLocation> = FastSet::default();
         // One tag names one image: the last record that claims it, as `docker load`
         // leaves a tag that an archive gives twice (the same rule for every store).
         // What each tag's claimant resolved to: an image ID, or its dangling target.
-        let mut claims: HashMap<TagRef, Claim> = HashMap::new();
+        let mut claims: FastMap<TagRef, Claim> = FastMap::default();
         for record in inv.images {
-            let verified = cat.verify(store, source, &record, cache, limits, &mut memo);
+            let verified = cat.verify(
+                store,
+                source,
+                &record,
+                cache,
+                limits,
+                &mut memo,
+                &mut reported,
+            );
             let claim = match &verified {
                 Some((id, ..)) => Claim::Image(id.clone()),
                 None => Claim::Dangling(record.expected_id().to_string()),
@@ -277,6 +323,12 @@ impl Catalog {
         });
         cat.images = images.into_values().collect();
         cat.dangling = dangling;
+        tracing::debug!(
+            store,
+            configs_read = memo.len() - known,
+            configs_known = known,
+            "catalog built"
+        );
         cat
     }
 
@@ -288,7 +340,8 @@ impl Catalog {
         record: &ImageRecord,
         cache: &ConfigCache,
         limits: &crate::limits::Limits,
-        memo: &mut HashMap<BlobLocation, CheckedRead>,
+        memo: &mut FastMap<BlobLocation, CheckedRead>,
+        reported: &mut FastSet<BlobLocation>,
     ) -> Option<(String, ConfigSummary, BlobLocation)> {
         let loc = match &record.config {
             Some(loc) => loc,
@@ -306,8 +359,7 @@ impl Catalog {
         // Each distinct blob is read and hashed once per build: a store may name one
         // config from many records (100,000 entries of one 1 MiB config took more
         // than 30 s when each hashed it again).
-        let first = !memo.contains_key(loc);
-        if first {
+        if !memo.contains_key(loc) {
             let checked = if loc.size() > limits.max_config_size {
                 Err(format!(
                     "{} bytes, more than the {} a config may have (-o max_config_size raises it)",
@@ -319,6 +371,8 @@ impl Catalog {
             };
             memo.insert(loc.clone(), checked);
         }
+        // what a config's first record says of it is said once per build
+        let first = reported.insert(loc.clone());
         let (id, summary, parse_problem, loc) = match memo.get(loc)? {
             Ok(c) => c,
             Err(e) => {
@@ -410,7 +464,11 @@ fn finish(image: &mut Image) {
     unique_first_seen(&mut image.manifest_digests);
     unique_first_seen(&mut image.digest_refs);
     unique_first_seen(&mut image.other_platforms);
-    for (_, value) in &mut image.extra_xattrs {
+    for (_, value) in image
+        .extra_xattrs
+        .iter_mut()
+        .filter(|(_, v)| v.contains(','))
+    {
         let mut parts: Vec<String> = value.split(',').map(str::to_string).collect();
         unique_first_seen(&mut parts);
         *value = parts.join(",");
@@ -419,7 +477,11 @@ fn finish(image: &mut Image) {
 
 /// Keeps the first of each value, in order.
 fn unique_first_seen<T: Eq + std::hash::Hash + Clone>(v: &mut Vec<T>) {
-    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    // most lists hold one value, or none
+    if v.len() < 2 {
+        return;
+    }
+    let mut seen = FastSet::with_capacity_and_hasher(v.len(), Default::default());
     v.retain(|x| seen.insert(x.clone()));
 }
 

@@ -85,6 +85,7 @@ fn load_store(
     cache: &ConfigCache,
     options: &FsOptions,
     reuse: bool,
+    previous: Option<&Catalog>,
 ) -> Result<Loaded, StoreError> {
     let token = source.change_token().ok();
     // Taken before the scan: a change during it makes the key stale, which costs the
@@ -117,7 +118,14 @@ fn load_store(
         token
     };
     let scanned = started.elapsed();
-    let catalog = Arc::new(Catalog::build(i, source, inv, cache, &options.limits));
+    let catalog = Arc::new(Catalog::build_after(
+        i,
+        source,
+        inv,
+        cache,
+        &options.limits,
+        previous,
+    ));
     catalog.log_problems(&source.describe());
     info!(
         store = %source.describe(),
@@ -151,7 +159,7 @@ impl ImageFs {
             {
                 warn!(store = %source.describe(), "cannot recover from an interrupted write: {e}");
             }
-            let loaded = load_store(i, source, &cache, &options, true)?;
+            let loaded = load_store(i, source, &cache, &options, true, None)?;
             states.push(loaded.state);
             unkept.extend(loaded.unkept.map(|key| UnkeptCatalog {
                 store: i,
@@ -266,7 +274,16 @@ impl ImageFs {
         // configs are located again: what the cache holds of this store is stale
         self.cache.forget_store(store);
         self.repinned.lock().retain(|(s, _), _| *s != store);
-        let loaded = load_store(store, source, &self.cache, &self.options, false)?;
+        let previous = self.catalog(store);
+        let loaded = load_store(
+            store,
+            source,
+            &self.cache,
+            &self.options,
+            false,
+            previous.as_deref(),
+        )?;
+        drop(previous);
         let mut state = self.state.write();
         let held = std::mem::take(&mut state.stores[store].held_dirs);
         let generation = state.stores[store].generation + 1;

@@ -268,9 +268,19 @@ impl ContainersStorage {
     /// that is a digest.
     fn config_digest(&self, image: &Value) -> Option<String> {
         let id = image.get("id")?.as_str()?;
-        if let Some(bytes) = self.read_big_data(id, "manifest")
-            && let Ok(m) = serde_json::from_slice::<Value>(&bytes)
-            && let Some(d) = m.pointer("/config/digest").and_then(Value::as_str)
+        self.config_digest_in(image, self.manifest(id).as_ref())
+    }
+
+    /// An image's manifest, parsed (`None` when it has none or it is no JSON).
+    fn manifest(&self, id: &str) -> Option<Value> {
+        serde_json::from_slice(&self.read_big_data(id, "manifest")?).ok()
+    }
+
+    /// [`Self::config_digest`], given the image's manifest as read.
+    fn config_digest_in(&self, image: &Value, manifest: Option<&Value>) -> Option<String> {
+        if let Some(d) = manifest
+            .and_then(|m| m.pointer("/config/digest"))
+            .and_then(Value::as_str)
             && reference::is_digest(d)
         {
             return Some(d.to_string());
@@ -291,14 +301,11 @@ impl ContainersStorage {
     #[allow(clippy::type_complexity)]
     fn list_instance(
         &self,
-        image: &Value,
+        list: Option<&Value>,
         images: &[Value],
         by_manifest: &HashMap<String, usize>,
     ) -> Option<(Result<Option<usize>, Vec<String>>, Vec<String>)> {
-        let id = image.get("id")?.as_str()?;
-        let bytes = self.read_big_data(id, "manifest")?;
-        let list: Value = serde_json::from_slice(&bytes).ok()?;
-        let entries = list.get("manifests")?.as_array()?;
+        let entries = list?.get("manifests")?.as_array()?;
         let host = &self.platform;
         let platform = |e: &Value| {
             let p = e.get("platform")?;
@@ -697,7 +704,9 @@ impl Source for ContainersStorage {
                 config_name: format!("{what} config"),
                 ..Default::default()
             };
-            let list = self.list_instance(image, &images, &by_manifest);
+            // read once: it says whether this is a list, and else names the config
+            let manifest = self.manifest(id);
+            let list = self.list_instance(manifest.as_ref(), &images, &by_manifest);
             if let Some((_, others)) = &list {
                 record.other_platforms = others.clone();
                 record
@@ -730,7 +739,12 @@ impl Source for ContainersStorage {
                 .map(|i| &images[i])
                 .unwrap_or(image);
             let source_id = source_image.get("id").and_then(Value::as_str).unwrap_or(id);
-            match self.config_digest(source_image) {
+            let digest = if std::ptr::eq(source_image, image) {
+                self.config_digest_in(image, manifest.as_ref())
+            } else {
+                self.config_digest(source_image)
+            };
+            match digest {
                 Some(digest) => {
                     let id = source_id;
                     record.config = self.big_data(id, &digest);
