@@ -154,6 +154,14 @@ fn check_config(
     ))
 }
 
+/// The configs one build has read (or knew from the catalog before), each once, and
+/// those whose problems it has said.
+#[derive(Default)]
+struct ConfigsRead {
+    memo: FastMap<BlobLocation, CheckedRead>,
+    reported: FastSet<BlobLocation>,
+}
+
 /// What a tag's last claimant resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Claim {
@@ -240,7 +248,8 @@ impl Catalog {
         };
         let mut images: BTreeMap<String, Image> = BTreeMap::new();
         let mut dangling: Vec<DanglingTag> = Vec::new();
-        let mut memo: FastMap<BlobLocation, CheckedRead> = FastMap::default();
+        let mut read = ConfigsRead::default();
+        let memo = &mut read.memo;
         // A config that gave no summary may have been no JSON, whose problem only a
         // read says again: read those.
         for image in previous.into_iter().flat_map(|c| &c.images) {
@@ -256,21 +265,12 @@ impl Catalog {
             }
         }
         let known = memo.len();
-        let mut reported: FastSet<BlobLocation> = FastSet::default();
         // One tag names one image: the last record that claims it, as `docker load`
         // leaves a tag that an archive gives twice (the same rule for every store).
         // What each tag's claimant resolved to: an image ID, or its dangling target.
         let mut claims: FastMap<TagRef, Claim> = FastMap::default();
         for record in inv.images {
-            let verified = cat.verify(
-                store,
-                source,
-                &record,
-                cache,
-                limits,
-                &mut memo,
-                &mut reported,
-            );
+            let verified = cat.verify(store, source, &record, cache, limits, &mut read);
             let claim = match &verified {
                 Some((id, ..)) => Claim::Image(id.clone()),
                 None => Claim::Dangling(record.expected_id().to_string()),
@@ -325,7 +325,7 @@ impl Catalog {
         cat.dangling = dangling;
         tracing::debug!(
             store,
-            configs_read = memo.len() - known,
+            configs_read = read.memo.len() - known,
             configs_known = known,
             "catalog built"
         );
@@ -340,9 +340,9 @@ impl Catalog {
         record: &ImageRecord,
         cache: &ConfigCache,
         limits: &crate::limits::Limits,
-        memo: &mut FastMap<BlobLocation, CheckedRead>,
-        reported: &mut FastSet<BlobLocation>,
+        read: &mut ConfigsRead,
     ) -> Option<(String, ConfigSummary, BlobLocation)> {
+        let ConfigsRead { memo, reported } = read;
         let loc = match &record.config {
             Some(loc) => loc,
             None => {
