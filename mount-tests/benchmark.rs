@@ -127,3 +127,15 @@ fn many_sources_benchmark_runs_on_tiny_inputs() {
     );
     assert!(out.contains("targets (issue 17, part 5):"), "{out}");
 }
+
+/// The write benchmark (mount-tests/bench/write-scale.py) on stores of 10 and 200
+/// images, to keep it working: its tables, every mem write applied in place, and
+/// its targets.
+#[test]
+fn write_scale_benchmark_runs_on_tiny_inputs() {
+    let out = tiny("write-scale.py");
+    assert!(out.contains("| ln / podman tag |"), "{out}");
+    assert!(out.contains("of 8 writes applied in place"), "{out}");
+    assert_eq!(out.matches("|   8/8   |").count(), 2, "{out}");
+    assert!(out.contains("targets (issue 17, part 2):"), "{out}");
+}

@@ -217,6 +217,15 @@ def main():
     m0, m1 = mem_rows[0], mem_rows[-1]
     print(f"mem: imagefs own time per write, {m1['images']} against {m0['images']} images: "
           f"{m1['own_ms'] / m0['own_ms']:.2f}x; ln wall {m1['ln'] / m0['ln']:.2f}x")
+    print()
+    print("targets (issue 17, part 2):")
+    print(f"- imagefs's own time per write within 2x from {a0['images']} to {a1['images']} images: "
+          f"containers-storage {a1['own_ms'] / a0['own_ms']:.1f}x "
+          f"({a0['own_ms'] * 1e3:.0f} us to {a1['own_ms'] * 1e3:.0f} us), "
+          f"mem {m1['own_ms'] / m0['own_ms']:.1f}x "
+          f"({m0['own_ms'] * 1e3:.0f} us to {m1['own_ms'] * 1e3:.0f} us)")
+    print(f"- ln on the {a1['images']}-image containers-storage store within 1.5x of podman tag: "
+          f"{a1['ln'] / a1['podman_tag']:.2f}x")
 
 
 if __name__ == "__main__":
