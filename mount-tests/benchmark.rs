@@ -22,10 +22,16 @@ fn benchmark_runs_on_tiny_inputs() {
         .unwrap()
         .join("examples/header_walk");
     assert!(walk.is_file(), "cargo test builds the examples: {walk:?}");
+    let server = walk.with_file_name("tree_server");
+    assert!(
+        server.is_file(),
+        "cargo test builds the examples: {server:?}"
+    );
     let out = ok(&format!(
         "python3 {SCRIPTS}/bench/bench.py --tiny --runs 1 --bin '{BIN}' --walk '{}' \
-         --cs-template '{}' '{}'",
+         --server '{}' --cs-template '{}' '{}'",
         walk.display(),
+        server.display(),
         f.path("cs"),
         work.path().display()
     ));
@@ -50,6 +56,23 @@ fn benchmark_runs_on_tiny_inputs() {
         })
         .count();
     assert_eq!(floors, 2, "{out}");
+    // (a), (c) and the trees of (c), (d), (e) are served by the minimal FUSE server too
+    let served = out
+        .lines()
+        .filter(|l| l.contains("minimal in-memory FUSE server"))
+        .filter(|l| {
+            l.split('|')
+                .nth(3)
+                .is_some_and(|w| w.trim().parse::<f64>().is_ok_and(|t| t > 0.0))
+        })
+        .count();
+    assert_eq!(served, 5, "{out}");
+    assert_eq!(
+        out.matches("imagefs ÷ the minimal FUSE server, warm:")
+            .count(),
+        5,
+        "{out}"
+    );
     // every imagefs row of the tool tables has a warm time, every fixed cost a figure
     let (tools, fixed): (Vec<&str>, Vec<&str>) = out
         .lines()

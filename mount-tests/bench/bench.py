@@ -18,7 +18,9 @@ once with the catalog a previous mount kept, once reading the store in full with
 -o rescan; catalogs are kept under WORKDIR/cache),
 the header walk (examples/header_walk: the physical limit; for (b) one zlib pass),
 on (a) and (c) imagefs's commands on a tmpfs copy of its tree (no mount: the floor
-of any mounted tool),
+of any mounted tool), and on (a), (c), (d), (e) the same workflow served from that
+copy by a minimal in-memory FUSE server (examples/tree_server, imagefs's TTLs and
+kernel options: the floor of any FUSE tool),
 GNU tar (extract manifest.json and *.json, sha256sum), `skopeo inspect --config` of
 every image (a sample of 50, scaled, where there are more), ratarmount when installed
 (first mount; mount with its index), `podman load` + `podman images` (on (a) only,
@@ -84,10 +86,17 @@ class Bench:
         rss, inblock = (int(x) for x in open(out).read().split()[-2:])
         return {"wall": wall, "rss": rss, "disk": inblock * 512, "ok": p.returncode == 0}
 
-    def imagefs_once(self, source, work, opts=(), with_umount=True):
+    def server_once(self, tree, work, with_umount=True):
+        """The same workflow served by the minimal in-memory FUSE server
+        (examples/tree_server) from a finished tree: the floor of any FUSE tool."""
+        return self.imagefs_once(tree, work, with_umount=with_umount,
+                                 argv=lambda mp: [self.args.server, tree, mp])
+
+    def imagefs_once(self, source, work, opts=(), with_umount=True, argv=None):
         """The imagefs workflow, the daemon run with -f so that its own figures count:
         wall (up to the end of the work when not `with_umount`), and the fixed costs
-        (mount ready, unmount) apart."""
+        (mount ready, unmount) apart. `argv`: another FUSE server's command line,
+        given the mount point."""
         mp = tempfile.mkdtemp(prefix="mnt-", dir=self.work)
         # The mount table says when it changes (POLLPRI): the harness notices the
         # mount at once, where sleeping between checks added up to its sleep.
@@ -96,8 +105,8 @@ class Bench:
         changed = select.poll()
         changed.register(table, select.POLLPRI | select.POLLERR)
         t0 = time.perf_counter()
-        p = subprocess.Popen([self.bin, "-f", *opts, source, mp], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        cmd = argv(mp) if argv else [self.bin, "-f", *opts, source, mp]
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not os.path.ismount(mp):
             if p.poll() is not None:
                 table.close()
@@ -242,10 +251,10 @@ class Bench:
             print(f"\n{n}")
         sys.stdout.flush()
 
-    def fixed_costs(self, s, needed=None):
+    def fixed_costs(self, s, needed=None, who="imagefs", ready="store read"):
         m = lambda k: statistics.median(r[k] for r in s["warm"])
-        line = (f"imagefs, warm medians: mount ready {m('mount') * 1000:.1f} ms "
-                f"(daemon started, store read, FUSE mounted), the work {m('work') * 1000:.1f} ms, "
+        line = (f"{who}, warm medians: mount ready {m('mount') * 1000:.1f} ms "
+                f"(daemon started, {ready}, FUSE mounted), the work {m('work') * 1000:.1f} ms, "
                 f"unmount {m('umount') * 1000:.1f} ms. Bytes the daemon read (rchar) while "
                 f"mounting: {m('rchar_mount') / 1024:.0f} KiB; in all, FUSE requests included: "
                 f"{m('rchar') / 1024:.0f} KiB")
@@ -326,6 +335,12 @@ class Bench:
                 rows.append(("the same ls -l, find, cat on a tmpfs copy of the tree (no mount: "
                              "the floor of any mounted tool)",
                              self.series(lambda: self.once(self.WORKFLOW.replace("$M", copy))), ""))
+                floor = self.series(lambda: self.server_once(copy, self.WORKFLOW))
+                rows.append(("the same workflow served by a minimal in-memory FUSE server "
+                             "(the floor of any FUSE tool)", floor, ""))
+                notes.append(self.fixed_costs(floor, who="the minimal FUSE server",
+                                              ready="the tree read from the tmpfs copy"))
+                notes.append(self.against_floor(s, full, floor))
             finally:
                 sh(f"umount {copy}; rmdir {copy}")
         rows.append(("GNU tar extract + sha256sum", self.series(lambda: self.once(
@@ -349,6 +364,16 @@ class Bench:
         elif not gz:
             notes.append("podman load is not run on this input (the issue measured 853 s for it).")
         self.table(title, rows, notes)
+
+    def against_floor(self, kept, full, floor):
+        """imagefs against the minimal FUSE server, warm medians (issue 17, part 4)."""
+        med = lambda s, k: statistics.median(r[k] for r in s["warm"])
+        parts = []
+        for name, s in (("catalog kept", kept), ("-o rescan", full)):
+            parts.append(f"{name}: the whole {med(s, 'wall') / med(floor, 'wall'):.2f}x, "
+                         f"mount ready {med(s, 'mount') / med(floor, 'mount'):.2f}x, "
+                         f"the work {med(s, 'work') / med(floor, 'work'):.2f}x")
+        return "imagefs ÷ the minimal FUSE server, warm: " + "; ".join(parts)
 
     def tmpfs_copy(self, source, name):
         """The mounted tree copied (hard and symbolic links kept) to a tmpfs."""
@@ -374,8 +399,14 @@ class Bench:
             rows.append(("imagefs: the same reading the store in full (-o rescan)", full, ""))
             rows.append(("tmpfs copy: find by-id -links 1",
                          self.series(lambda: self.once(find.replace("$M", copy))), ""))
+            floor = self.series(lambda: self.server_once(copy, find, with_umount=False))
+            rows.append(("minimal in-memory FUSE server on the same tree: mount + find by-id -links 1",
+                         floor, ""))
             notes = ["catalog kept: " + self.fixed_costs(s) + " (the unmount is not in the table's time)",
-                     "-o rescan: " + self.fixed_costs(full)]
+                     "-o rescan: " + self.fixed_costs(full),
+                     self.fixed_costs(floor, who="the minimal FUSE server",
+                                      ready="the tree read from the tmpfs copy"),
+                     self.against_floor(s, full, floor)]
             n_links1 = subprocess.run(["bash", "-c", f"find {copy}/by-id -links 1 | wc -l"],
                                       capture_output=True, text=True).stdout.strip()
             notes.append(f"untagged images found: {n_links1}; peak RSS of the imagefs daemon: "
@@ -463,13 +494,17 @@ def main():
     p.add_argument("--only", default="a,b,c,d,e")
     p.add_argument("--bin", help="imagefs binary (default: build --release)")
     p.add_argument("--walk", help="header_walk binary (default: build --release)")
+    p.add_argument("--server", help="tree_server binary, the minimal FUSE server "
+                   "(default: build --release)")
     p.add_argument("--cs-template", help="a containers-storage store to multiply "
                    "(default: make one with make-fixtures.sh)")
     args = p.parse_args()
-    if not args.bin or not args.walk:
-        sh(f"cd {ROOT} && cargo build --release -q && cargo build --release -q --example header_walk")
+    if not args.bin or not args.walk or not args.server:
+        sh(f"cd {ROOT} && cargo build --release -q && cargo build --release -q "
+           "--example header_walk --example tree_server")
         args.bin = args.bin or f"{ROOT}/target/release/imagefs"
         args.walk = args.walk or f"{ROOT}/target/release/examples/header_walk"
+        args.server = args.server or f"{ROOT}/target/release/examples/tree_server"
     Bench(args).run()
 
 
