@@ -343,6 +343,9 @@ class Bench:
                 notes.append(self.against_floor(s, full, floor))
             finally:
                 sh(f"umount {copy}; rmdir {copy}")
+        if self.args.floors_only:
+            self.table(title, rows, notes)
+            return
         rows.append(("GNU tar extract + sha256sum", self.series(lambda: self.once(
             f"d=$(mktemp -d -p {self.work}); tar -xf '{path}' -C $d --wildcards manifest.json '*.json'; "
             f"sha256sum $d/*.json >/dev/null; rm -rf $d")), ""))
@@ -411,7 +414,7 @@ class Bench:
                                       capture_output=True, text=True).stdout.strip()
             notes.append(f"untagged images found: {n_links1}; peak RSS of the imagefs daemon: "
                          f"{max(r['rss'] for r in s['cold'] + s['warm']) / 1024:.1f} MiB")
-            if user_tool:
+            if user_tool and not self.args.floors_only:
                 once = not self.args.tiny
                 s = self.series(lambda: self.once(user_tool[1]), runs=1 if once else None, warm=not once)
                 rows.append((user_tool[0], s, "(1 cold run: it takes minutes)" if once else ""))
@@ -492,6 +495,9 @@ def main():
     p.add_argument("--tiny", action="store_true", help="tiny inputs (CI: it must keep working)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", default="a,b,c,d,e")
+    p.add_argument("--floors-only", action="store_true",
+                   help="imagefs and the floors (header walk, tmpfs copy, minimal FUSE "
+                   "server) only: no tar, skopeo, ratarmount or podman rows")
     p.add_argument("--bin", help="imagefs binary (default: build --release)")
     p.add_argument("--walk", help="header_walk binary (default: build --release)")
     p.add_argument("--server", help="tree_server binary, the minimal FUSE server "
