@@ -8,7 +8,11 @@
 //! nodev, nosuid, 4 threads, one device descriptor per thread), so that what it costs
 //! is what FUSE itself costs.
 //!
-//! usage: tree_server TREE MOUNTPOINT   (stays in the foreground until unmounted)
+//! It is handed the tree as a snapshot file, read whole at start (what a server that
+//! already holds the tree pays: one read, no walk), made once from a directory:
+//!
+//! usage: tree_server --snapshot DIR SNAPSHOT   (writes the snapshot of DIR)
+//!        tree_server SNAPSHOT|DIR MOUNTPOINT   (serves it; in the foreground until unmounted)
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -60,6 +64,128 @@ fn attr_of(ino: u64, m: &std::fs::Metadata, kind: FileType) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+/// The snapshot format: for each node, its inode, parent, kind, mode, uid, gid,
+/// nlink, mtime and size, then its children (name, inode) or its bytes; all
+/// little-endian, lengths before what they measure.
+mod snapshot {
+    use super::*;
+
+    fn put(out: &mut Vec<u8>, v: u64) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        put(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    pub fn write(tree: &Tree) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, tree.nodes.len() as u64);
+        for (ino, n) in &tree.nodes {
+            let a = &n.attr;
+            let mtime = a.mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let kind = match n.body {
+                Body::Dir(_) => 0,
+                Body::File(_) => 1,
+                Body::Link(_) => 2,
+            };
+            for v in [
+                *ino,
+                n.parent,
+                kind,
+                a.perm as u64,
+                a.uid as u64,
+                a.gid as u64,
+            ] {
+                put(&mut out, v);
+            }
+            for v in [
+                a.nlink as u64,
+                mtime.as_secs(),
+                mtime.subsec_nanos() as u64,
+                a.size,
+            ] {
+                put(&mut out, v);
+            }
+            match &n.body {
+                Body::Dir(children) => {
+                    put(&mut out, children.len() as u64);
+                    for (name, child) in children {
+                        put_bytes(&mut out, name.as_bytes());
+                        put(&mut out, *child);
+                    }
+                }
+                Body::File(b) | Body::Link(b) => put_bytes(&mut out, b),
+            }
+        }
+        out
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl Reader<'_> {
+        fn u64(&mut self) -> Option<u64> {
+            let (head, rest) = self.0.split_at_checked(8)?;
+            self.0 = rest;
+            Some(u64::from_le_bytes(head.try_into().ok()?))
+        }
+
+        fn bytes(&mut self) -> Option<Vec<u8>> {
+            let n = usize::try_from(self.u64()?).ok()?;
+            let (head, rest) = self.0.split_at_checked(n)?;
+            self.0 = rest;
+            Some(head.to_vec())
+        }
+    }
+
+    pub fn read(bytes: &[u8]) -> Option<Tree> {
+        let mut r = Reader(bytes);
+        let count = r.u64()?;
+        let mut nodes = HashMap::with_capacity(count.min(1 << 24) as usize);
+        for _ in 0..count {
+            let mut v = [0u64; 10];
+            for x in &mut v {
+                *x = r.u64()?;
+            }
+            let [ino, parent, kind, perm, uid, gid, nlink, secs, nanos, size] = v;
+            let (ft, body) = match kind {
+                0 => {
+                    let n = r.u64()?;
+                    let mut children = Vec::with_capacity(n.min(1 << 24) as usize);
+                    for _ in 0..n {
+                        let name = String::from_utf8(r.bytes()?).ok()?;
+                        children.push((name, r.u64()?));
+                    }
+                    (FileType::Directory, Body::Dir(children))
+                }
+                1 => (FileType::RegularFile, Body::File(r.bytes()?)),
+                _ => (FileType::Symlink, Body::Link(r.bytes()?)),
+            };
+            let mtime = UNIX_EPOCH + Duration::new(secs, nanos as u32);
+            let attr = FileAttr {
+                ino: INodeNo(ino),
+                size,
+                blocks: size.div_ceil(512),
+                atime: mtime,
+                mtime,
+                ctime: mtime,
+                crtime: mtime,
+                kind: ft,
+                perm: perm as u16,
+                nlink: nlink as u32,
+                uid: uid as u32,
+                gid: gid as u32,
+                rdev: 0,
+                blksize: 4096,
+                flags: 0,
+            };
+            nodes.insert(ino, Node { attr, parent, body });
+        }
+        Some(Tree { nodes })
     }
 }
 
@@ -276,19 +402,33 @@ impl Filesystem for Tree {
     }
 }
 
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("tree_server: {what}: {e}");
+    std::process::exit(1);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir, out] = args.as_slice()
+        && flag == "--snapshot"
+    {
+        let tree = Tree::read(Path::new(dir)).unwrap_or_else(|e| fail(dir, e));
+        std::fs::write(out, snapshot::write(&tree)).unwrap_or_else(|e| fail(out, e));
+        return;
+    }
     let [_, tree, mountpoint] = args.as_slice() else {
-        eprintln!("usage: tree_server TREE MOUNTPOINT");
+        eprintln!(
+            "usage: tree_server --snapshot DIR SNAPSHOT | tree_server SNAPSHOT|DIR MOUNTPOINT"
+        );
         std::process::exit(2);
     };
     let started = SystemTime::now();
-    let tree = match Tree::read(Path::new(tree)) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("tree_server: {tree}: {e}");
-            std::process::exit(1);
-        }
+    let path = Path::new(tree);
+    let tree = if path.is_dir() {
+        Tree::read(path).unwrap_or_else(|e| fail(tree, e))
+    } else {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| fail(tree, e));
+        snapshot::read(&bytes).unwrap_or_else(|| fail(tree, "not a snapshot"))
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![

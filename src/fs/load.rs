@@ -65,9 +65,19 @@ pub(super) struct UnkeptCatalog {
     pub(super) at: std::time::Instant,
 }
 
-/// How long a store's catalog must stay as it is before the watcher keeps it: a burst
-/// of writes (a script of `ln`s) keeps one catalog, not one per write, and a kept
-/// catalog is as big as the store. The catalog current at unmount is kept anyway.
+impl UnkeptCatalog {
+    /// A catalog changed by a write is kept once writes have settled; one read from
+    /// the store (at mount, by a reload) at the watcher's next tick, off the request
+    /// path, so that a short mount does not pay for it at unmount.
+    fn due(&self, settled: std::time::Duration) -> bool {
+        self.key.is_some() || self.at.elapsed() >= settled
+    }
+}
+
+/// How long a catalog changed by writes must stay as it is before the watcher keeps
+/// it: a burst of writes (a script of `ln`s) keeps one catalog, not one per write, and
+/// a kept catalog is as big as the store. The catalog current at unmount is kept
+/// anyway.
 const KEEP_SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One store, read.
@@ -222,8 +232,7 @@ impl ImageFs {
             // Only the store's current catalog: an older one queued is dropped, a
             // newer one waits until it has settled.
             pending.retain(|u| newest.get(&u.store) == Some(&u.generation));
-            let (due, waiting): (Vec<_>, Vec<_>) =
-                pending.drain(..).partition(|u| u.at.elapsed() >= settled);
+            let (due, waiting): (Vec<_>, Vec<_>) = pending.drain(..).partition(|u| u.due(settled));
             *pending = waiting;
             due
         };
