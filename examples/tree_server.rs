@@ -21,13 +21,13 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyXattr, Request,
 };
 
-/// imagefs's (`src/fuse.rs`).
-const TTL: Duration = Duration::from_secs(10);
+/// imagefs's own, so that the two stay the same.
+use imagefs::fuse::{THREADS, TTL, capabilities};
 
 enum Body {
     /// Children in name order.
@@ -286,11 +286,7 @@ impl Tree {
 
 impl Filesystem for Tree {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                | InitFlags::FUSE_CACHE_SYMLINKS,
-        );
+        let _ = config.add_capabilities(capabilities());
         Ok(())
     }
 
@@ -437,7 +433,7 @@ fn main() {
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    config.n_threads = Some(4);
+    config.n_threads = Some(THREADS);
     config.clone_fd = true;
     eprintln!(
         "tree_server: {} nodes read in {:.1} ms",

@@ -23,6 +23,17 @@ use crate::notify::Listings;
 /// tells the kernel itself.
 pub const TTL: Duration = Duration::from_secs(10);
 
+/// What imagefs asks of the kernel at init; both are optional: a kernel without them
+/// still works, only slower. (The benchmark's minimal server asks the same.)
+pub fn capabilities() -> InitFlags {
+    InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_CACHE_SYMLINKS
+}
+
+/// The session's threads, each with its own /dev/fuse descriptor (`clone_fd`).
+pub const THREADS: usize = 4;
+
 pub struct FuseAdapter {
     fs: Arc<ImageFs>,
     /// What listings made known, for the page-cache prefetcher.
@@ -101,12 +112,7 @@ fn reply_empty(op: &'static str, ino: u64, r: fs::FsResult<()>, reply: ReplyEmpt
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Both are optional: a kernel without them still works, only slower.
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                | InitFlags::FUSE_CACHE_SYMLINKS,
-        );
+        let _ = config.add_capabilities(capabilities());
         Ok(())
     }
 

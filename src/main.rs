@@ -334,7 +334,7 @@ fn fuser_config(fs: &ImageFs, options: &MountOptions) -> fuser::Config {
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(4);
+    config.n_threads = Some(imagefs::fuse::THREADS);
     config.clone_fd = true;
     config
 }
