@@ -139,7 +139,14 @@ struct State {
 }
 
 impl State {
+    /// Builds the tree again from the catalogs; the tree as it was.
     fn rebuild(&mut self, stores: &[Store]) -> Tree {
+        let tree = self.build_tree(stores);
+        std::mem::replace(&mut self.tree, tree)
+    }
+
+    /// The tree the stores' catalogs give now (inode numbers from the mount's table).
+    fn build_tree(&mut self, stores: &[Store]) -> Tree {
         let views: Vec<StoreView<'_>> = stores
             .iter()
             .zip(&self.stores)
@@ -149,8 +156,7 @@ impl State {
                 held_dirs: &st.held_dirs,
             })
             .collect();
-        let tree = Tree::build(&views, &mut self.inodes);
-        std::mem::replace(&mut self.tree, tree)
+        Tree::build(&views, &mut self.inodes)
     }
 }
 

@@ -79,7 +79,14 @@ fn missing_config() -> ImageRecord {
 }
 
 fn sample() -> (ImageFs, String, String, String) {
+    let (fs, _, v1, v2, api) = sample_with_store();
+    (fs, v1, v2, api)
+}
+
+/// [`sample`], with a handle on its store.
+fn sample_with_store() -> (ImageFs, MemStore, String, String, String) {
     let s = mem();
+    let handle = s.clone();
     let v1 = s.image(WEB_V1, &[]);
     let v2 = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
     let api = s.image(
@@ -91,7 +98,7 @@ fn sample() -> (ImageFs, String, String, String) {
         ],
     );
     s.change(|st| st.records.push(missing_config()));
-    (mount(vec![("only", s)]), v1, v2, api)
+    (mount(vec![("only", s)]), handle, v1, v2, api)
 }
 
 #[test]
@@ -797,18 +804,7 @@ fn assert_as_scanned(fs: &ImageFs) {
         .collect();
     let held: Vec<&Catalog> = state.stores.iter().map(|s| s.catalog.as_ref()).collect();
     assert_eq!(shown(&held), shown(&fresh.iter().collect::<Vec<_>>()));
-    let state = &mut *state;
-    let views: Vec<StoreView<'_>> = fs
-        .stores
-        .iter()
-        .zip(&state.stores)
-        .map(|(s, st)| StoreView {
-            label: &s.label,
-            catalog: &st.catalog,
-            held_dirs: &st.held_dirs,
-        })
-        .collect();
-    let built = Tree::build(&views, &mut state.inodes);
+    let built = state.build_tree(&fs.stores);
     assert_eq!(built.len(), state.tree.len());
     for (ino, node) in built.iter() {
         assert_eq!(state.tree.get(ino), Some(node), "inode {ino}");
@@ -819,20 +815,7 @@ fn assert_as_scanned(fs: &ImageFs) {
 /// no scan, and the catalog and tree are exactly what a scan and a build would give.
 #[test]
 fn writes_are_applied_in_place_as_a_scan_would_show_them() {
-    let s = mem();
-    let handle = s.clone();
-    let v1 = s.image(WEB_V1, &[]);
-    let v2 = s.image(WEB_V2, &["localhost/whoami/web:latest"]);
-    let api = s.image(
-        API,
-        &[
-            "localhost/whoami/api:1.0",
-            "localhost/whoami/api:latest",
-            "busybox",
-        ],
-    );
-    s.change(|st| st.records.push(missing_config()));
-    let fs = mount(vec![("only", s)]);
+    let (fs, handle, v1, v2, api) = sample_with_store();
     let scans = std::cell::Cell::new(handle.scans());
     let dir = |p: &str| resolve(&fs, p).unwrap().ino;
     let image = |id: &str| resolve(&fs, &format!("by-id/{id}")).unwrap().ino;
