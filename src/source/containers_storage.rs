@@ -456,32 +456,28 @@ impl ContainersStorage {
         at: usize,
         id: &str,
     ) -> Option<Vec<(String, String, String)>> {
-        let keys = |image: &Value| -> Vec<String> {
+        // borrowed from the records: this walks every record on every write
+        fn keys(image: &Value) -> impl Iterator<Item = &str> {
             image
                 .get("big-data-names")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        };
+        }
         let target = images.get(at)?;
-        let target_keys = keys(target);
-        if !target_keys.iter().any(|k| k == id) {
+        if !keys(target).any(|k| k == id) {
             return None;
         }
-        let manifests: Vec<&str> = target_keys
-            .iter()
+        let manifests: Vec<&str> = keys(target)
             .filter_map(|k| k.strip_prefix("manifest-"))
             .chain(target.get("digest").and_then(Value::as_str))
             .collect();
         for (i, image) in images.iter().enumerate() {
-            let image_keys = keys(image);
-            if i != at && image_keys.iter().any(|k| k == id) {
+            if i != at && keys(image).any(|k| k == id) {
                 return None;
             }
-            if !image_keys.iter().any(|k| reference::is_digest(k)) {
+            if !keys(image).any(reference::is_digest) {
                 let list_id = image.get("id").and_then(Value::as_str)?;
                 let list = self.read_big_data(list_id, "manifest")?;
                 let list = String::from_utf8_lossy(&list);
