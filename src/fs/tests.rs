@@ -893,3 +893,55 @@ fn writes_are_applied_in_place_as_a_scan_would_show_them() {
         FileKind::Dir
     );
 }
+
+/// A catalog read from the store is kept at the watcher's first look; one changed by
+/// writes only once they have settled, or at unmount: a burst of writes keeps one
+/// catalog, not one per write.
+#[test]
+fn catalogs_changed_by_writes_are_kept_once_the_writes_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let s = mem();
+        s.image(WEB_V2, &["localhost/whoami/web:latest"]);
+        // the same key for every opening: what a mount shows is the kept catalog
+        s.change(|st| st.content_key = Some("k".into()));
+        let handle = s.clone();
+        let options = FsOptions {
+            kept: Kept::in_dir(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let stores = vec![Store::new("only", Box::new(s))];
+        let fs = ImageFs::new(stores, ConfigCache::new(1 << 20), options).unwrap();
+        (fs, handle)
+    };
+    let (fs, _) = open();
+    fs.keep_settled_catalogs();
+    let (_, handle) = open();
+    assert_eq!(
+        handle.scans(),
+        0,
+        "the scanned catalog is kept at the first look"
+    );
+
+    let whoami = resolve(&fs, "by-tag/localhost/whoami").unwrap().ino;
+    let web = resolve(&fs, "by-tag/localhost/whoami/web:latest")
+        .unwrap()
+        .ino;
+    fs.link(web, whoami, OsStr::new("web:a")).unwrap();
+    fs.link(web, whoami, OsStr::new("web:b")).unwrap();
+    fs.keep_settled_catalogs();
+    let (unsettled, _) = open();
+    assert_eq!(
+        names(&unsettled, "by-tag/localhost/whoami"),
+        [".", "..", "web:latest"],
+        "kept while the writes had not settled"
+    );
+    // at unmount the current catalog is kept, whatever its age
+    fs.keep_catalogs();
+    let (after, handle) = open();
+    assert_eq!(handle.scans(), 0);
+    assert_eq!(
+        names(&after, "by-tag/localhost/whoami"),
+        [".", "..", "web:a", "web:b", "web:latest"]
+    );
+}
