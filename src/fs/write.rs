@@ -100,19 +100,23 @@ impl ImageFs {
             Err(e) => return Err(Error::from(e).context(format!("{what} refused"))),
         };
         let store_time = store_started.elapsed();
+        // The benchmark of writes reads this line: the store's own write apart from
+        // what imagefs does around it.
+        let done = |applied: bool, own: std::time::Duration| {
+            debug!(
+                store = %source.describe(),
+                store_ms = store_time.as_secs_f64() * 1e3,
+                own_ms = own.as_secs_f64() * 1e3,
+                applied,
+                "write done"
+            )
+        };
         let applied = self.apply_written(store, &edit, &written);
         // measured before the log line, whose write to a busy disk may wait
         let applied_at = started.elapsed();
         info!(store = %source.describe(), "{what}");
         if applied {
-            debug!(
-                store = %source.describe(),
-                store_ms = store_time.as_secs_f64() * 1e3,
-                own_ms = (applied_at - store_time).as_secs_f64() * 1e3,
-                before_ms = (store_started - started).as_secs_f64() * 1e3,
-                applied = true,
-                "write done"
-            );
+            done(true, applied_at - store_time);
             return Ok(());
         }
         let behind = behind_before.unwrap_or_else(|| match &written.tokens {
@@ -134,15 +138,7 @@ impl ImageFs {
             self.queued.lock().extend(changed);
             self.queued_wake.notify_one();
         }
-        // The benchmark of writes reads these: the store's own write apart from
-        // what imagefs does around it.
-        debug!(
-            store = %source.describe(),
-            store_ms = store_time.as_secs_f64() * 1e3,
-            own_ms = (started.elapsed() - store_time).as_secs_f64() * 1e3,
-            applied = false,
-            "write done"
-        );
+        done(false, started.elapsed() - store_time);
         Ok(())
     }
 
