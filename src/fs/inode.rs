@@ -20,7 +20,7 @@ pub enum NodeKey {
     /// A directory below by-tag/, by its path there (`docker.io/library`).
     TagDir(usize, String),
     /// An image: its by-id file and all its tags (one inode: hard links).
-    Image(usize, String),
+    Image(usize, crate::catalog::ImageId),
     /// A dangling tag's symlink, by its path under by-tag/.
     Dangling(usize, String),
 }

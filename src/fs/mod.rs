@@ -317,7 +317,7 @@ impl ImageFs {
         let entries = dots
             .iter()
             .map(|(n, i)| (*n, *i))
-            .chain(children.iter().map(|(n, i)| (n.as_str(), *i)));
+            .chain(children.iter().map(|(n, i)| (&**n, *i)));
         for (index, (name, child)) in entries.enumerate().skip(offset as usize) {
             let attr = self.attr_of(&state, child)?;
             let full = add(DirEntry {

@@ -55,10 +55,7 @@ pub(super) fn changes_for(
     };
     Some(match *edit {
         Edit::Tag { id, tag } => {
-            let image = catalog
-                .images
-                .binary_search_by(|i| i.id.as_str().cmp(id))
-                .ok()?;
+            let image = catalog.images.binary_search_by(|i| (*i.id).cmp(id)).ok()?;
             vec![change(tag, current(tag)?, Some(TagTarget::Image(image)))]
         }
         Edit::Untag(tag) => vec![change(tag, Some(current(tag)??), None)],
@@ -155,7 +152,7 @@ pub(super) fn apply_xattrs(
     for (id, name, value) in xattrs {
         let i = catalog
             .images
-            .binary_search_by(|im| im.id.as_str().cmp(id))
+            .binary_search_by(|im| (*im.id).cmp(id))
             .ok()?;
         let extra = &mut catalog.images[i].extra_xattrs;
         match extra.iter_mut().find(|(n, _)| n == name) {

@@ -63,7 +63,9 @@ impl ImageFs {
             match self.reload(i) {
                 Ok(old) => {
                     *store.failed_token.lock() = None;
-                    out.extend(self.invalidations(&old))
+                    out.extend(self.invalidations(&old));
+                    drop(old);
+                    super::load::give_back_freed_memory();
                 }
                 Err(e) => {
                     warn!("{e}: keeping the tree as it was until the store changes again");
@@ -86,7 +88,7 @@ impl ImageFs {
                     if state.tree.lookup(ino, name) != Some(*child) {
                         out.push(Invalidation::Entry {
                             parent: ino,
-                            name: name.clone(),
+                            name: name.to_string(),
                         });
                     }
                 }

@@ -778,7 +778,7 @@ fn shown(catalogs: &[&Catalog]) -> Shown {
             (
                 c.images
                     .iter()
-                    .map(|i| (i.id.clone(), i.tags.clone(), i.extra_xattrs.clone()))
+                    .map(|i| (i.id.to_string(), i.tags.clone(), i.extra_xattrs.clone()))
                     .collect(),
                 c.dangling
                     .iter()

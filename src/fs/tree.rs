@@ -17,11 +17,15 @@ fn fits(tag: &TagRef) -> bool {
     tag.file_name_fits()
 }
 
+/// A directory entry's name. Shared, not copied: a by-id entry's name is its image's
+/// [`crate::catalog::ImageId`].
+pub type Name = Arc<str>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
     /// Children sorted by name; `subdirs` counts directories among them (for nlink).
     Dir {
-        children: Vec<(String, u64)>,
+        children: Vec<(Name, u64)>,
         subdirs: u32,
     },
     /// Image `index` of store `store`'s catalog; `nlink` = 1 (by-id) + its tags.
@@ -83,7 +87,7 @@ struct DirBuild {
 }
 
 struct ChildBuild {
-    name: String,
+    name: Name,
     ino: u64,
     is_dir: bool,
 }
@@ -136,9 +140,7 @@ impl Tree {
         let NodeKind::Dir { children, .. } = &self.nodes.get(&dir)?.kind else {
             return None;
         };
-        let at = children
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()?;
+        let at = children.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
         let child = children[at].1;
         let was_dir = matches!(
             self.nodes.get(&child).map(|n| &n.kind),
@@ -165,10 +167,8 @@ impl Tree {
         let NodeKind::Dir { children, subdirs } = &mut self.nodes.get_mut(&dir)?.kind else {
             return None;
         };
-        let at = children
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .err()?;
-        children.insert(at, (name.to_string(), ino));
+        let at = children.binary_search_by(|(n, _)| (**n).cmp(name)).err()?;
+        children.insert(at, (Name::from(name), ino));
         if is_dir {
             *subdirs += 1;
         }
@@ -178,7 +178,7 @@ impl Tree {
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         match &self.nodes.get(&parent)?.kind {
             NodeKind::Dir { children, .. } => children
-                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .binary_search_by(|(n, _)| (**n).cmp(name))
                 .ok()
                 .map(|i| children[i].1),
             _ => None,
@@ -226,7 +226,7 @@ impl Tree {
                         role: NodeRole::Image,
                     },
                 );
-                add_child(&mut dirs, by_id, image.id.as_str(), ino, false);
+                add_child(&mut dirs, by_id, image.id.clone(), ino, false);
                 for tag in image.tags.iter().filter(|t| fits(t)) {
                     // most tags share their repository's directory with others
                     let repo = (tag.domain.as_str(), tag.path.as_str());
@@ -297,8 +297,8 @@ impl Tree {
     }
 }
 
-/// Takes the name as given: an owned one (a tag's file name) is not copied again.
-fn add_child(dirs: &mut DirMap, parent: u64, name: impl Into<String>, ino: u64, is_dir: bool) {
+/// Takes the name as given: a shared one (an image ID) is not copied.
+fn add_child(dirs: &mut DirMap, parent: u64, name: impl Into<Name>, ino: u64, is_dir: bool) {
     if let Some(dir) = dirs.get_mut(&parent) {
         dir.children.push(ChildBuild {
             name: name.into(),

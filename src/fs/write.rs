@@ -68,7 +68,7 @@ impl ImageFs {
         let state = self.state.read();
         match &state.tree.get(ino).ok_or(Errno::ENOENT)?.kind {
             NodeKind::Image { store, index, .. } => {
-                Ok((*store, image_at(&state, *store, *index)?.id.clone()))
+                Ok((*store, image_at(&state, *store, *index)?.id.to_string()))
             }
             _ => Err(Errno::EPERM.into()),
         }

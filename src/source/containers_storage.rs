@@ -228,6 +228,25 @@ impl ContainersStorage {
             .map_err(|e| StoreError::format(self.dir.display(&rel), format!("not valid: {e}")))
     }
 
+    /// What a scan reads of images.json's records, at most `max_images` of them,
+    /// parsed as the file is read (under the same size bound as [`Self::read_images`]).
+    fn read_entries(&self) -> Result<Limited<ImageEntry>, StoreError> {
+        use std::io::Read as _;
+        let rel = self.images_json();
+        let err = |e: io::Error| StoreError::io(self.dir.display(&rel), e);
+        let file = self.dir.open_own(&rel, false).map_err(err)?;
+        let len = file.metadata().map_err(err)?.len();
+        let limit = self.limits.max_index_size;
+        if len > limit {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{len} bytes, more than the {limit} bytes allowed for it"),
+            )));
+        }
+        json_limits::list_from_reader(file.take(limit), self.limits.max_images)
+            .map_err(|e| StoreError::format(self.dir.display(&rel), format!("not valid: {e}")))
+    }
+
     /// The path beneath the root of a big-data file of image `id`.
     fn big_data_rel(&self, id: &str, key: &str) -> Option<String> {
         is_store_id(id).then(|| format!("{}/{id}/{}", self.images_dir, big_data_file_name(key)))
@@ -266,8 +285,8 @@ impl ContainersStorage {
 
     /// The config digest of an image: what its manifest names, else the big-data key
     /// that is a digest.
-    fn config_digest(&self, image: &Value) -> Option<String> {
-        let id = image.get("id")?.as_str()?;
+    fn config_digest(&self, image: &ImageEntry) -> Option<String> {
+        let id = image.id.as_deref()?;
         self.config_digest_in(image, self.manifest(id).as_ref())
     }
 
@@ -277,7 +296,7 @@ impl ContainersStorage {
     }
 
     /// [`Self::config_digest`], given the image's manifest as read.
-    fn config_digest_in(&self, image: &Value, manifest: Option<&Value>) -> Option<String> {
+    fn config_digest_in(&self, image: &ImageEntry, manifest: Option<&Value>) -> Option<String> {
         if let Some(d) = manifest
             .and_then(|m| m.pointer("/config/digest"))
             .and_then(Value::as_str)
@@ -286,12 +305,10 @@ impl ContainersStorage {
             return Some(d.to_string());
         }
         image
-            .get("big-data-names")?
-            .as_array()?
+            .big_data_names
             .iter()
-            .filter_map(Value::as_str)
             .find(|k| reference::is_digest(k))
-            .map(str::to_string)
+            .cloned()
     }
 
     /// For a manifest list (`buildah manifest create`): the instance for the platform
@@ -302,7 +319,7 @@ impl ContainersStorage {
     fn list_instance(
         &self,
         list: Option<&Value>,
-        images: &[Value],
+        images: &[ImageEntry],
         by_manifest: &HashMap<String, usize>,
     ) -> Option<(Result<Option<usize>, Vec<String>>, Vec<String>)> {
         let entries = list?.get("manifests")?.as_array()?;
@@ -414,14 +431,14 @@ impl ContainersStorage {
         let mut images = listed.items;
         // names a stale write dropped since imagefs last looked go back first, in
         // this same write: once it is written, the drop could no longer be seen
-        let dropped = self.stale_drops(&images);
+        let dropped = self.stale_drops(&entries(&images));
         restore_names(&mut images, &dropped);
-        let id_of = |image: &Value| self.config_digest(image);
+        let id_of = |image: &Value| self.config_digest(&ImageEntry::of(image));
         let xattrs = edit(&mut images, &id_of)?;
         for (id, name) in &dropped {
             warn!(store = %self.root.display(), image = %id, "a write from a stale copy of the names (podman 4.3 and older tag that way) dropped {name}, which imagefs had added: added back");
         }
-        *self.names_seen.lock() = names_by_id(&images);
+        *self.names_seen.lock() = names_by_id(&entries(&images));
         let bytes = serde_json::to_vec(&images).map_err(|e| {
             StoreError::internal(self.dir.display(&rel), format!("cannot serialise: {e}"))
         })?;
@@ -510,26 +527,29 @@ impl ContainersStorage {
     /// that both adds a name to an image and drops another, which no single
     /// containers/storage operation does. A drop without an addition (an untag) is
     /// never undone.
-    fn stale_drops(&self, images: &[Value]) -> Vec<(String, String)> {
+    fn stale_drops(&self, images: &[ImageEntry]) -> Vec<(String, String)> {
         let seen = self.names_seen.lock();
         let ours = self.ours.lock();
         if ours.is_empty() || seen.is_empty() {
             return Vec::new();
         }
-        let anywhere: std::collections::HashSet<String> = images.iter().flat_map(names).collect();
+        let anywhere: std::collections::HashSet<&str> = images
+            .iter()
+            .flat_map(|i| i.names.iter().map(String::as_str))
+            .collect();
         let mut out = Vec::new();
         for image in images {
-            let Some(id) = image.get("id").and_then(Value::as_str) else {
+            let Some(id) = image.id.as_deref() else {
                 continue;
             };
             let Some(old) = seen.get(id) else { continue };
-            let now = names(image);
+            let now = &image.names;
             if !now.iter().any(|n| !old.contains(n)) {
                 continue;
             }
             for name in old {
                 if !now.contains(name)
-                    && !anywhere.contains(name)
+                    && !anywhere.contains(name.as_str())
                     && ours.get(name).is_some_and(|owner| owner == id)
                 {
                     out.push((id.to_string(), name.clone()));
@@ -579,22 +599,125 @@ fn restore_names(images: &mut [Value], dropped: &[(String, String)]) {
     }
 }
 
-/// Each image's names, by the store's image id.
-fn names_by_id(images: &[Value]) -> HashMap<String, Vec<String>> {
+/// Each named image's names, by the store's image id (an image without names has
+/// none a stale write could drop).
+fn names_by_id(images: &[ImageEntry]) -> HashMap<String, Vec<String>> {
     images
         .iter()
-        .filter_map(|i| Some((i.get("id")?.as_str()?.to_string(), names(i))))
+        .filter(|i| !i.names.is_empty())
+        .filter_map(|i| Some((i.id.clone()?, i.names.clone())))
         .collect()
 }
 
 fn names(image: &Value) -> Vec<String> {
+    strings(image, "names")
+}
+
+/// The strings of list `key` of a record (other elements skipped).
+fn strings(image: &Value, key: &str) -> Vec<String> {
     image
-        .get("names")
+        .get(key)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect()
+}
+
+fn entries(images: &[Value]) -> Vec<ImageEntry> {
+    images.iter().map(ImageEntry::of).collect()
+}
+
+/// What a scan reads of an images.json record. The scan parses the file into these
+/// as it reads it: the records' other fields (metadata, big-data sizes and digests)
+/// are skipped unread, and no record is held as a JSON value. Read as leniently as
+/// the values the writes edit: a field of another type is absent, and an element
+/// that is no object is a record without an id.
+#[derive(Debug, Default, PartialEq)]
+struct ImageEntry {
+    id: Option<String>,
+    digest: Option<String>,
+    names: Vec<String>,
+    names_history: Vec<String>,
+    big_data_names: Vec<String>,
+    layer: Option<String>,
+}
+
+/// The fields of a record that [`ImageEntry`] reads.
+const ENTRY_FIELDS: [&str; 6] = [
+    "id",
+    "digest",
+    "names",
+    "names-history",
+    "big-data-names",
+    "layer",
+];
+
+impl ImageEntry {
+    fn of(image: &Value) -> ImageEntry {
+        let text = |k: &str| image.get(k).and_then(Value::as_str).map(str::to_string);
+        ImageEntry {
+            id: text("id"),
+            digest: text("digest"),
+            names: names(image),
+            names_history: strings(image, "names-history"),
+            big_data_names: strings(image, "big-data-names"),
+            layer: text("layer"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ImageEntry, D::Error> {
+        struct EntryVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+            type Value = ImageEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an image record")
+            }
+            // only the fields read become values, then are read as a record's are
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ImageEntry, A::Error> {
+                let mut read = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if ENTRY_FIELDS.contains(&key.as_str()) {
+                        read.insert(key, map.next_value()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(ImageEntry::of(&Value::Object(read)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ImageEntry, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ImageEntry::default())
+            }
+            fn visit_unit<E>(self) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<ImageEntry, E> {
+                Ok(ImageEntry::default())
+            }
+        }
+        d.deserialize_any(EntryVisitor)
+    }
 }
 
 fn set_names(image: &mut Value, new: Vec<String>) {
@@ -649,7 +772,7 @@ impl Source for ContainersStorage {
             let _in_process = self.lock_guard.lock();
             let _lock = StoreLock::take(&self.lock_file, false)
                 .map_err(|e| StoreError::io(self.dir.display(&self.images_lock()), e))?;
-            self.read_images()
+            self.read_entries()
         };
         let mut images = read()?;
         if !self.stale_drops(&images.items).is_empty() {
@@ -673,22 +796,17 @@ impl Source for ContainersStorage {
         // the same store
         let mut by_manifest: HashMap<String, usize> = HashMap::new();
         for (i, image) in images.iter().enumerate() {
-            if let Some(d) = image.get("digest").and_then(Value::as_str) {
-                by_manifest.entry(d.to_string()).or_insert(i);
+            if let Some(d) = &image.digest {
+                by_manifest.entry(d.clone()).or_insert(i);
             }
-            for key in image
-                .get("big-data-names")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(d) = key.as_str().and_then(|k| k.strip_prefix("manifest-")) {
+            for key in &image.big_data_names {
+                if let Some(d) = key.strip_prefix("manifest-") {
                     by_manifest.entry(d.to_string()).or_insert(i);
                 }
             }
         }
         for image in &images {
-            let Some(id) = image.get("id").and_then(Value::as_str) else {
+            let Some(id) = image.id.as_deref() else {
                 inv.problems.push(format!(
                     "{}: an image without an id: skipped",
                     self.dir.display(&self.images_json())
@@ -717,14 +835,13 @@ impl Source for ContainersStorage {
                     there.join(", ")
                 ));
                 let digest = image
-                    .get("digest")
-                    .and_then(Value::as_str)
+                    .digest
+                    .clone()
                     .filter(|d| crate::reference::is_digest(d))
-                    .map(str::to_string)
                     .unwrap_or_else(|| format!("sha256:{id}"));
                 record.claimed_id = no_platform_name(&self.platform, &digest);
-                for name in names(image) {
-                    record.add_name(&name, &what, &mut inv.problems);
+                for name in &image.names {
+                    record.add_name(name, &what, &mut inv.problems);
                 }
                 inv.images.push(record);
                 continue;
@@ -734,7 +851,7 @@ impl Source for ContainersStorage {
                 .and_then(|(i, _)| i.as_ref().ok().copied().flatten())
                 .map(|i| &images[i])
                 .unwrap_or(image);
-            let source_id = source_image.get("id").and_then(Value::as_str).unwrap_or(id);
+            let source_id = source_image.id.as_deref().unwrap_or(id);
             let digest = if std::ptr::eq(source_image, image) {
                 self.config_digest_in(image, manifest.as_ref())
             } else {
@@ -761,30 +878,20 @@ impl Source for ContainersStorage {
                     record.claimed_id = format!("sha256:{id}");
                 }
             }
-            for name in names(image) {
-                record.add_name(&name, &what, &mut inv.problems);
+            for name in &image.names {
+                record.add_name(name, &what, &mut inv.problems);
             }
-            if let Some(d) = image.get("digest").and_then(Value::as_str) {
-                record.manifest_digests.push(d.to_string());
+            if let Some(d) = &image.digest {
+                record.manifest_digests.push(d.clone());
             }
-            let history: Vec<String> = image
-                .get("names-history")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-            if !history.is_empty() {
+            if !image.names_history.is_empty() {
                 record
                     .extra_xattrs
-                    .push(("user.image.history".into(), history.join(",")));
+                    .push(("user.image.history".into(), image.names_history.join(",")));
             }
             // the layer chain from the top layer down
             let mut size = 0;
-            let mut next = source_image
-                .get("layer")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let mut next = source_image.layer.clone();
             let mut seen = 0;
             while let Some(l) = next.take() {
                 seen += 1;
@@ -1008,5 +1115,29 @@ mod tests {
         let mut image = serde_json::json!({"names-history": ["a:1", "b:1"]});
         add_to_history(&mut image, "b:1");
         assert_eq!(image["names-history"], serde_json::json!(["b:1", "a:1"]));
+    }
+
+    #[test]
+    fn records_read_as_the_file_is_parsed_equal_the_values_the_writes_read() {
+        let records = r#"[
+            {"id": "a1", "digest": "sha256:d", "names": ["x:1", 7, "y:2"],
+             "names-history": ["x:1"], "big-data-names": ["manifest", "sha256:c"],
+             "layer": "l1", "metadata": {"names": ["not", "these"]},
+             "big-data-digests": {"manifest": "sha256:e"}},
+            {"id": 5, "names": "x", "layer": null, "big-data-names": {"a": 1}},
+            {"names": ["first"], "names": ["last"]},
+            "not a record", 3, null, [1, [2]], {}
+        ]"#;
+        let values: Vec<Value> = serde_json::from_str(records).unwrap();
+        let streamed: Limited<ImageEntry> =
+            json_limits::list_from_reader(records.as_bytes(), 100).unwrap();
+        assert_eq!(streamed.items, entries(&values));
+        let first = &streamed.items[0];
+        assert_eq!(first.id.as_deref(), Some("a1"));
+        assert_eq!(first.names, ["x:1", "y:2"]);
+        assert_eq!(first.big_data_names, ["manifest", "sha256:c"]);
+        assert_eq!(streamed.items[1], ImageEntry::default());
+        assert_eq!(streamed.items[2].names, ["last"]);
+        assert_eq!(streamed.items.len(), 8);
     }
 }

@@ -67,6 +67,23 @@ pub fn list<T: DeserializeOwned>(bytes: &[u8], max: usize) -> serde_json::Result
     Ok(out)
 }
 
+/// [`list`], parsed as it is read: a list of 100,000 records is never held as its
+/// bytes (110 MB for a containers-storage images.json) beside what it becomes.
+pub fn list_from_reader<T: DeserializeOwned>(
+    reader: impl std::io::Read,
+    max: usize,
+) -> serde_json::Result<Limited<T>> {
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
+    let out = ListSeed {
+        max,
+        _t: PhantomData,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
 struct FieldSeed<'f, T> {
     field: &'f str,
     max: usize,
@@ -126,6 +143,10 @@ mod tests {
         assert!(!l.truncated());
         assert!(list::<u32>(b"[1,2,", 3).is_err());
         assert!(list::<u32>(b"[1,2] x", 3).is_err());
+        let r: Limited<u32> = list_from_reader(&b"[1,2,3,4,5]"[..], 3).unwrap();
+        assert_eq!((r.items, r.total), (vec![1, 2, 3], 5));
+        assert!(list_from_reader::<u32>(&b"[1,2,"[..], 3).is_err());
+        assert!(list_from_reader::<u32>(&b"[1,2] x"[..], 3).is_err());
         let f: Limited<String> = field_list(
             br#"{"schemaVersion":2,"manifests":["a","b","c"],"x":{"y":[1]}}"#,
             "manifests",
