@@ -151,6 +151,22 @@ fn many_sources_benchmark_runs_on_tiny_inputs() {
     assert!(out.contains("targets (issue 17, part 5):"), "{out}");
 }
 
+/// The scale benchmark (mount-tests/bench/scale.py) on stores of 30 and 300 images,
+/// to keep it working: its rows, the same tree from both mounts, the user's tool.
+#[test]
+fn scale_benchmark_runs_on_tiny_inputs() {
+    let out = tiny("scale.py");
+    // two stores at two sizes, each mounted first and from its kept catalog
+    assert_eq!(out.matches(" | first | ").count(), 4, "{out}");
+    assert_eq!(out.matches(" | kept  | ").count(), 4, "{out}");
+    // the tiny store's 300 images, nine in ten named 3 times, shown by both mounts
+    assert_eq!(out.matches("|     309 |     810 |").count(), 2, "{out}");
+    assert!(out.contains("cs 300: first 35, kept 35"), "{out}");
+    assert!(out.contains("ls -l bench: 810 entries"), "{out}");
+    assert!(out.contains(": podman images"), "{out}");
+    assert!(out.contains("targets (issue 17, part 3):"), "{out}");
+}
+
 /// The write benchmark (mount-tests/bench/write-scale.py) on stores of 10 and 200
 /// images, to keep it working: its tables, every mem write applied in place, and
 /// its targets.

@@ -369,7 +369,7 @@ fn a_manifest_of_a_million_entries_is_cut_at_the_limit() {
     assert!(m.mp().join("by-tag/localhost/first:1").exists());
     assert!(
         m.log()
-            .contains("1000000 image records, more than the 250000 allowed"),
+            .contains("1000000 image records, more than the 500000 allowed"),
         "{}",
         m.log()
     );

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
 use crate::config_cache::ConfigCache;
-use crate::reference::TagRef;
+use crate::reference::{ShortStr, TagRef};
 use crate::source::{BlobLocation, BlobReader, ImageRecord, Inventory, Source};
 
 /// Configs up to this size are read whole (and cached); larger ones are hashed and
@@ -36,11 +36,12 @@ pub struct Image {
     /// `sha256:<hex>`: the config digest, verified.
     pub id: ImageId,
     pub config: BlobLocation,
-    pub created: Option<String>,
+    /// Held inline (a date and a platform are each under 24 bytes).
+    pub created: Option<ShortStr>,
     pub mtime: SystemTime,
-    pub architecture: Option<String>,
-    pub os: Option<String>,
-    pub variant: Option<String>,
+    pub architecture: Option<ShortStr>,
+    pub os: Option<ShortStr>,
+    pub variant: Option<ShortStr>,
     pub tags: Vec<TagRef>,
     pub manifest_digests: Vec<String>,
     pub digest_refs: Vec<String>,
@@ -77,13 +78,13 @@ pub struct Catalog {
 #[derive(Clone, Deserialize, Default)]
 struct ConfigSummary {
     #[serde(default)]
-    created: Option<String>,
+    created: Option<ShortStr>,
     #[serde(default)]
-    architecture: Option<String>,
+    architecture: Option<ShortStr>,
     #[serde(default)]
-    os: Option<String>,
+    os: Option<ShortStr>,
     #[serde(default)]
-    variant: Option<String>,
+    variant: Option<ShortStr>,
 }
 
 /// Hashes what passes through it.

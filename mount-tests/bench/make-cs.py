@@ -8,7 +8,9 @@ manifest pointing at it; images.json gets an entry per copy in the form
 containers/storage writes. Every tenth copy is untagged. Checked by the benchmark with
 `podman images` on the result.
 
-usage: make-cs.py TEMPLATE_STORE OUT_STORE IMAGES
+usage: make-cs.py TEMPLATE_STORE OUT_STORE IMAGES [TAGS]
+
+TAGS (default 1): how many names each tagged copy gets (`:v<N>`, then `:v<N>-<k>`).
 """
 import base64
 import hashlib
@@ -25,6 +27,7 @@ def file_name(key):
 
 def main():
     template, out, images = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tags = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(template, out, symlinks=True)
     shutil.rmtree(os.path.join(out, "libpod"), ignore_errors=True)
@@ -61,7 +64,8 @@ def main():
         for k, v in big.items():
             with open(os.path.join(idir, cid, file_name(k)), "wb") as f:
                 f.write(v)
-        names = [] if i % 10 == 9 else [f"localhost/bench/cs{i % 97}:v{i}"]
+        names = [] if i % 10 == 9 else [f"localhost/bench/cs{i % 97}:v{i}"] + [
+            f"localhost/bench/cs{i % 97}:v{i}-{k}" for k in range(1, tags)]
         entries.append({
             "id": cid, "digest": mdig, "names": names, "layer": top,
             "metadata": "{}",

@@ -4,7 +4,10 @@ image (config + manifest; one small layer shared by all), named
 `localhost/bench/app<N%97>:v<N>` in org.opencontainers.image.ref.name; every tenth
 entry unnamed. Checked by the benchmark with `skopeo inspect` on a sample.
 
-usage: make-layout.py DIR ENTRIES
+usage: make-layout.py DIR ENTRIES [TAGS]
+
+TAGS (default 1): how many names each named image gets: its entry's, then an entry of
+the same manifest per further name (`:v<N>-<k>`), as skopeo adds a tag to a layout.
 """
 import hashlib
 import io
@@ -23,6 +26,7 @@ def blob(root, data):
 
 def main():
     root, entries = sys.argv[1], int(sys.argv[2])
+    tags = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     os.makedirs(os.path.join(root, "blobs", "sha256"), exist_ok=True)
     with open(os.path.join(root, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
@@ -52,8 +56,11 @@ def main():
         }, separators=(",", ":")).encode()
         entry = dict(blob(root, manifest), mediaType="application/vnd.oci.image.manifest.v1+json")
         if i % 10 != 9:
-            entry["annotations"] = {"org.opencontainers.image.ref.name": f"localhost/bench/app{i % 97}:v{i}"}
-        index.append(entry)
+            for k in range(tags):
+                name = f"localhost/bench/app{i % 97}:v{i}" + (f"-{k}" if k else "")
+                index.append(dict(entry, annotations={"org.opencontainers.image.ref.name": name}))
+        else:
+            index.append(entry)
     with open(os.path.join(root, "index.json"), "w") as f:
         json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                    "manifests": index}, f, separators=(",", ":"))

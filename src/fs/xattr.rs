@@ -53,11 +53,21 @@ fn image_xattrs(image: &Image, source: &str, out: &mut Vec<(String, String)>) {
     );
     put(
         "architecture",
-        image.architecture.clone().unwrap_or_default(),
+        image
+            .architecture
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
     );
-    put("os", image.os.clone().unwrap_or_default());
-    put("variant", image.variant.clone().unwrap_or_default());
-    put("created", image.created.clone().unwrap_or_default());
+    put("os", image.os.as_deref().unwrap_or_default().to_string());
+    put(
+        "variant",
+        image.variant.as_deref().unwrap_or_default().to_string(),
+    );
+    put(
+        "created",
+        image.created.as_deref().unwrap_or_default().to_string(),
+    );
     put("platforms", join(image.other_platforms.iter().cloned()));
     for (name, value) in &image.extra_xattrs {
         if let Some(short) = name.strip_prefix("user.image.") {

@@ -438,7 +438,7 @@ fn set_repository(
         if same_repo(key)
             && let Some(t) = tags.as_object_mut()
         {
-            t.remove(&tag.tag);
+            t.remove(tag.tag.as_str());
         }
     }
     repos.retain(|_, tags| tags.as_object().is_none_or(|t| !t.is_empty()));
@@ -452,7 +452,7 @@ fn set_repository(
             .entry(key)
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(t) = entry.as_object_mut() {
-            t.insert(tag.tag.clone(), Value::String(v1));
+            t.insert(tag.tag.to_string(), Value::String(v1));
         }
     }
 }

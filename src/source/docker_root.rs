@@ -83,7 +83,7 @@ fn hex_id(id: &str) -> Option<&str> {
 pub fn familiar_name(tag: &TagRef) -> String {
     match (tag.domain.as_str(), tag.path.strip_prefix("library/")) {
         ("docker.io", Some(short)) if !short.contains('/') => short.to_string(),
-        ("docker.io", _) => tag.path.clone(),
+        ("docker.io", _) => tag.path.to_string(),
         _ => tag.name(),
     }
 }
