@@ -5,7 +5,7 @@
 //! one whose bytes do not hash to the digest it is stored under is not shown as that
 //! image; its tags become dangling and a warning names the file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 /// foldhash: the build hashes every record's config location and tags, and the keys
 /// are the store's own, checked anyway; no flood resistance is needed.
@@ -190,7 +190,15 @@ impl Claim {
 
 /// What reading one config gave: its ID, summary, JSON problem and, if its file
 /// changed since the scan, where it was located again; or why it could not be read.
-type CheckedRead = Result<(ImageId, ConfigSummary, Option<String>, Option<BlobLocation>), String>;
+type CheckedRead = Result<
+    (
+        ImageId,
+        ConfigSummary,
+        Option<String>,
+        Option<Box<BlobLocation>>,
+    ),
+    String,
+>;
 
 /// Reads and hashes one config. A file that changed between the scan finding it and
 /// this read is located again, once, and read from there.
@@ -207,7 +215,7 @@ fn read_config(
         && let Ok(fresh) = source.repin(loc)
     {
         checked = check_config(store, source, &fresh, cache);
-        moved = Some(fresh);
+        moved = Some(Box::new(fresh));
     }
     match checked {
         Ok((c, problem)) => Ok((c.id.into(), c.summary.unwrap_or_default(), problem, moved)),
@@ -255,9 +263,13 @@ impl Catalog {
             problems: inv.problems,
             ..Default::default()
         };
-        let mut images: BTreeMap<ImageId, Image> = BTreeMap::new();
+        let mut images = ImagesBuild::default();
         let mut dangling: Vec<DanglingTag> = Vec::new();
+        // sized once: growing tables of 100,000 configs and 270,000 tags held the old
+        // table beside the new at every doubling
+        let tags: usize = inv.images.iter().map(|r| r.tags.len()).sum();
         let mut read = ConfigsRead::default();
+        read.memo.reserve(inv.images.len());
         let memo = &mut read.memo;
         // A config that gave no summary may have been no JSON, whose problem only a
         // read says again: read those.
@@ -277,7 +289,8 @@ impl Catalog {
         // One tag names one image: the last record that claims it, as `docker load`
         // leaves a tag that an archive gives twice (the same rule for every store).
         // What each tag's claimant resolved to: an image ID, or its dangling target.
-        let mut claims: FastMap<TagRef, Claim> = FastMap::default();
+        let mut claims: FastMap<TagRef, Claim> =
+            FastMap::with_capacity_and_hasher(tags, Default::default());
         for record in inv.images {
             let verified = cat.verify(store, source, &record, cache, limits, &mut read);
             let claim = match &verified {
@@ -303,7 +316,7 @@ impl Catalog {
                 })),
             }
         }
-        for image in images.values_mut() {
+        for image in &mut images.list {
             image
                 .tags
                 .retain(|t| claims.get(t) == Some(&Claim::Image(image.id.clone())));
@@ -330,7 +343,8 @@ impl Catalog {
             }
             ok
         });
-        cat.images = images.into_values().collect();
+        images.list.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        cat.images = images.list;
         cat.dangling = dangling;
         tracing::debug!(
             store,
@@ -412,7 +426,7 @@ impl Catalog {
                 record.config_name
             ));
         }
-        let loc = moved.clone().unwrap_or_else(|| loc.clone());
+        let loc = moved.as_deref().unwrap_or(loc).clone();
         Some((id.clone(), summary.clone(), loc))
     }
 
@@ -424,32 +438,46 @@ impl Catalog {
     }
 }
 
+/// The images of a build, in the order first seen (sorted by ID once, in place: a
+/// sorted map beside the list it became held both at once, 85 MB at 100,000 images).
+#[derive(Default)]
+struct ImagesBuild {
+    at: FastMap<ImageId, usize>,
+    list: Vec<Image>,
+}
+
 fn merge(
-    images: &mut BTreeMap<ImageId, Image>,
+    images: &mut ImagesBuild,
     id: ImageId,
     summary: ConfigSummary,
     loc: BlobLocation,
     record: ImageRecord,
 ) {
-    let image = images.entry(id.clone()).or_insert_with(|| Image {
-        id,
-        config: loc,
-        mtime: summary
-            .created
-            .as_deref()
-            .and_then(parse_created)
-            .unwrap_or(UNIX_EPOCH),
-        created: summary.created,
-        architecture: summary.architecture,
-        os: summary.os,
-        variant: summary.variant,
-        tags: vec![],
-        manifest_digests: vec![],
-        digest_refs: vec![],
-        layers_size: record.layers_size,
-        other_platforms: vec![],
-        extra_xattrs: vec![],
-    });
+    let at = *images.at.entry(id.clone()).or_insert(images.list.len());
+    if at == images.list.len() {
+        images.list.push(Image {
+            id,
+            config: loc,
+            mtime: summary
+                .created
+                .as_deref()
+                .and_then(parse_created)
+                .unwrap_or(UNIX_EPOCH),
+            created: summary.created,
+            architecture: summary.architecture,
+            os: summary.os,
+            variant: summary.variant,
+            tags: vec![],
+            manifest_digests: vec![],
+            digest_refs: vec![],
+            layers_size: record.layers_size,
+            other_platforms: vec![],
+            extra_xattrs: vec![],
+        });
+    }
+    let Some(image) = images.list.get_mut(at) else {
+        return;
+    };
     // Gathered here, made unique once in `finish`: deduplicating at each record made
     // an image named by 100,000 records cost 100,000² comparisons.
     image.tags.extend(record.tags);
