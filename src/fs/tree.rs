@@ -280,14 +280,15 @@ impl Tree {
             dir.children
                 .dedup_by(|later, first| later.name == first.name);
             let subdirs = dir.children.iter().filter(|c| c.is_dir).count() as u32;
+            // a new list of exactly its length: collected in place, it would keep the
+            // build list's allocation (grown by doubling, of bigger elements)
+            let mut children = Vec::with_capacity(dir.children.len());
+            children.extend(dir.children.into_iter().map(|c| (c.name, c.ino)));
             nodes.insert(
                 ino,
                 Node {
                     parent: dir.parent,
-                    kind: NodeKind::Dir {
-                        children: dir.children.into_iter().map(|c| (c.name, c.ino)).collect(),
-                        subdirs,
-                    },
+                    kind: NodeKind::Dir { children, subdirs },
                     store: dir.store,
                     role: dir.role,
                 },
