@@ -20,30 +20,42 @@ impl<T> Limited<T> {
     }
 }
 
-struct ListSeed<T> {
+/// Hands each of a list's first `max` elements to `each` as it is parsed; the value
+/// is how many elements the list had.
+struct ListSeed<'f, T, F> {
     max: usize,
+    each: &'f mut F,
     _t: PhantomData<T>,
 }
 
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ListSeed<T> {
-    type Value = Limited<T>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Limited<T>, D::Error> {
+impl<'f, T, F> ListSeed<'f, T, F> {
+    fn new(max: usize, each: &'f mut F) -> ListSeed<'f, T, F> {
+        ListSeed {
+            max,
+            each,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned, F: FnMut(T)> DeserializeSeed<'de> for ListSeed<'_, T, F> {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<T> {
-    type Value = Limited<T>;
+impl<'de, T: DeserializeOwned, F: FnMut(T)> Visitor<'de> for ListSeed<'_, T, F> {
+    type Value = usize;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Limited<T>, A::Error> {
-        let mut items = Vec::new();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         let mut total = 0usize;
         loop {
-            if items.len() < self.max {
+            if total < self.max {
                 match seq.next_element::<T>()? {
-                    Some(x) => items.push(x),
+                    Some(x) => (self.each)(x),
                     None => break,
                 }
             } else if seq.next_element::<IgnoredAny>()?.is_none() {
@@ -51,18 +63,24 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<T> {
             }
             total += 1;
         }
-        Ok(Limited { items, total })
+        Ok(total)
     }
+}
+
+/// A list read from `de`, at most `max` elements items.
+fn collect<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+    de: D,
+    max: usize,
+) -> Result<Limited<T>, D::Error> {
+    let mut items = Vec::new();
+    let total = ListSeed::new(max, &mut |x| items.push(x)).deserialize(de)?;
+    Ok(Limited { items, total })
 }
 
 /// A top-level JSON list, at most `max` elements items.
 pub fn list<T: DeserializeOwned>(bytes: &[u8], max: usize) -> serde_json::Result<Limited<T>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let out = ListSeed {
-        max,
-        _t: PhantomData,
-    }
-    .deserialize(&mut de)?;
+    let out = collect(&mut de, max)?;
     de.end()?;
     Ok(out)
 }
@@ -75,60 +93,68 @@ pub fn list_from_reader<T: DeserializeOwned>(
 ) -> serde_json::Result<Limited<T>> {
     let mut de =
         serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
-    let out = ListSeed {
-        max,
-        _t: PhantomData,
-    }
-    .deserialize(&mut de)?;
+    let out = collect(&mut de, max)?;
     de.end()?;
     Ok(out)
 }
 
-struct FieldSeed<'f, T> {
+struct FieldSeed<'f, T, F> {
     field: &'f str,
-    max: usize,
-    _t: PhantomData<T>,
+    list: ListSeed<'f, T, F>,
 }
 
-impl<'de, T: DeserializeOwned> Visitor<'de> for FieldSeed<'_, T> {
-    type Value = Option<Limited<T>>;
+impl<'de, T: DeserializeOwned, F: FnMut(T)> Visitor<'de> for FieldSeed<'_, T, F> {
+    type Value = Option<usize>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
+        let mut list = Some(self.list);
+        // the first list under the field is read; a repeated field is skipped
         while let Some(key) = map.next_key::<String>()? {
-            if key == self.field && found.is_none() {
-                found = Some(map.next_value_seed(ListSeed {
-                    max: self.max,
-                    _t: PhantomData,
-                })?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+            match list.take_if(|_| key == self.field) {
+                Some(seed) => found = Some(map.next_value_seed(seed)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(found)
     }
 }
 
-/// The list under `field` of a top-level JSON object (`None` when it has none), at
-/// most `max` elements items; the other fields are skipped.
-pub fn field_list<T: DeserializeOwned>(
+/// The list under `field` of a top-level JSON object, its first `max` elements
+/// handed to `each` as they are parsed (an index of 280,000 entries is never held
+/// as descriptors); how many elements it had, `None` when it has no such field.
+/// The other fields are skipped.
+pub fn field_each<T: DeserializeOwned>(
     bytes: &[u8],
     field: &str,
     max: usize,
-) -> serde_json::Result<Option<Limited<T>>> {
+    mut each: impl FnMut(T),
+) -> serde_json::Result<Option<usize>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = serde::Deserializer::deserialize_map(
         &mut de,
         FieldSeed {
             field,
-            max,
-            _t: PhantomData,
+            list: ListSeed::new(max, &mut each),
         },
     )?;
     de.end()?;
     Ok(out)
+}
+
+/// [`field_each`], the elements collected.
+pub fn field_list<T: DeserializeOwned>(
+    bytes: &[u8],
+    field: &str,
+    max: usize,
+) -> serde_json::Result<Option<Limited<T>>> {
+    let mut items = Vec::new();
+    let total = field_each(bytes, field, max, |x| items.push(x))?;
+    Ok(total.map(|total| Limited { items, total }))
 }
 
 #[cfg(test)]
@@ -160,5 +186,15 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // each element handed over as parsed; the first list under a repeated field
+        let mut seen = Vec::new();
+        let total = field_each(
+            br#"{"a":[9],"manifests":[1,2,3],"manifests":[4]}"#,
+            "manifests",
+            2,
+            |x: u32| seen.push(x),
+        )
+        .unwrap();
+        assert_eq!((seen, total), (vec![1, 2], Some(3)));
     }
 }

@@ -182,61 +182,74 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
     let index_name = layout.display("index.json");
     let limits = layout.limits();
     let bytes = layout.read_file("index.json", limits.max_index_size)?;
-    let listed = json_limits::field_list::<Descriptor>(&bytes, "manifests", limits.max_images)
-        .map_err(|e| StoreError::format(&index_name, format!("not a valid OCI index: {e}")))?
-        .ok_or_else(|| StoreError::format(&index_name, "no \"manifests\" list"))?;
     let mut inv = Inventory::default();
-    if listed.truncated() {
-        inv.problems
-            .push(limits.too_many_images(&index_name, listed.total));
-    }
-    let entries = listed.items;
     // One walk per distinct descriptor: an index may name one manifest many times
     // (20,000 entries of one 4 MiB manifest took two minutes when each read and
     // hashed it again).
-    let mut resolved: HashMap<(&str, &str), Result<ImageRecord, String>> = HashMap::new();
-    for (i, desc) in entries.iter().enumerate() {
+    let mut resolved: HashMap<(String, String), Result<ImageRecord, String>> = HashMap::new();
+    let mut i = 0;
+    // each entry is walked as it is parsed: an index of 280,000 entries is never
+    // held as descriptors
+    let total = json_limits::field_each(&bytes, "manifests", limits.max_images, |desc| {
         let what = format!("{index_name} entry {i}");
-        let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
-        let key = (desc.digest.as_str(), desc.media_type.as_str());
-        if !is_followed(&desc.media_type) {
-            // an artifact (a signature, an SBOM): not an image, as containers/image
-            // passes it over
-            continue;
-        }
-        let record = match resolved.get(&key) {
-            Some(r) => r.clone(),
-            None => {
-                let mut walk = Walk::new(layout, &mut inv.problems);
-                let r = walk
-                    .resolve(desc, &what, 0)
-                    .ok_or_else(|| walk.missing(desc));
-                resolved.insert(key, r.clone());
-                r
-            }
-        };
-        let mut record = match record {
-            Ok(r) => r,
-            Err(missing) => {
-                if !tags.is_empty() {
-                    // The tag names something we cannot follow: show it as dangling,
-                    // pointing at a name that says what is missing.
-                    inv.images.push(ImageRecord {
-                        claimed_id: missing,
-                        config: None,
-                        config_name: what,
-                        tags,
-                        ..Default::default()
-                    });
-                }
-                continue;
-            }
-        };
-        record.tags = tags;
-        record.digest_refs = digest_refs;
-        inv.images.push(record);
+        i += 1;
+        entry(layout, &desc, what, &mut resolved, &mut inv);
+    })
+    .map_err(|e| StoreError::format(&index_name, format!("not a valid OCI index: {e}")))?
+    .ok_or_else(|| StoreError::format(&index_name, "no \"manifests\" list"))?;
+    if total > i {
+        inv.problems
+            .insert(0, limits.too_many_images(&index_name, total));
     }
     Ok(inv)
+}
+
+/// One index entry's record, its walk shared with the entries of the same descriptor.
+fn entry(
+    layout: &dyn LayoutBlobs,
+    desc: &Descriptor,
+    what: String,
+    resolved: &mut HashMap<(String, String), Result<ImageRecord, String>>,
+    inv: &mut Inventory,
+) {
+    let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
+    if !is_followed(&desc.media_type) {
+        // an artifact (a signature, an SBOM): not an image, as containers/image
+        // passes it over
+        return;
+    }
+    let key = (desc.digest.clone(), desc.media_type.clone());
+    let record = match resolved.get(&key) {
+        Some(r) => r.clone(),
+        None => {
+            let mut walk = Walk::new(layout, &mut inv.problems);
+            let r = walk
+                .resolve(desc, &what, 0)
+                .ok_or_else(|| walk.missing(desc));
+            resolved.insert(key, r.clone());
+            r
+        }
+    };
+    let mut record = match record {
+        Ok(r) => r,
+        Err(missing) => {
+            if !tags.is_empty() {
+                // The tag names something we cannot follow: show it as dangling,
+                // pointing at a name that says what is missing.
+                inv.images.push(ImageRecord {
+                    claimed_id: missing,
+                    config: None,
+                    config_name: what,
+                    tags,
+                    ..Default::default()
+                });
+            }
+            return;
+        }
+    };
+    record.tags = tags;
+    record.digest_refs = digest_refs;
+    inv.images.push(record);
 }
 
 /// The tag (and digest reference) an index entry's annotations give it.
