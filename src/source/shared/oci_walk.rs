@@ -186,7 +186,7 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
     // One walk per distinct descriptor: an index may name one manifest many times
     // (20,000 entries of one 4 MiB manifest took two minutes when each read and
     // hashed it again).
-    let mut resolved: HashMap<(String, String), Result<ImageRecord, String>> = HashMap::new();
+    let mut resolved = Resolved::default();
     let mut i = 0;
     // each entry is walked as it is parsed: an index of 280,000 entries is never
     // held as descriptors
@@ -204,12 +204,31 @@ pub fn scan_layout(layout: &dyn LayoutBlobs) -> Result<Inventory, StoreError> {
     Ok(inv)
 }
 
+/// The entries read so far: each distinct descriptor's walk, the record its entries
+/// were merged into, and which record claimed each tag last.
+#[derive(Default)]
+struct Resolved {
+    walks: HashMap<(String, String), Walked>,
+    claimant: HashMap<TagRef, usize, foldhash::fast::RandomState>,
+}
+
+/// A descriptor's walk (its record, or what is missing), and the record its entries
+/// are merged into.
+struct Walked {
+    record: Result<ImageRecord, String>,
+    merged_into: Option<usize>,
+}
+
 /// One index entry's record, its walk shared with the entries of the same descriptor.
+/// A later entry of a descriptor gives its names to the record of the first, unless
+/// one of them was claimed by another record since, which must then lose it to this
+/// entry (the last claimant wins): 270,000 tags of 100,000 images were as many
+/// copies of their records.
 fn entry(
     layout: &dyn LayoutBlobs,
     desc: &Descriptor,
     what: String,
-    resolved: &mut HashMap<(String, String), Result<ImageRecord, String>>,
+    resolved: &mut Resolved,
     inv: &mut Inventory,
 ) {
     let (tags, digest_refs) = references_of(layout, desc, &what, &mut inv.problems);
@@ -219,14 +238,36 @@ fn entry(
         return;
     }
     let key = (desc.digest.clone(), desc.media_type.clone());
-    let record = match resolved.get(&key) {
-        Some(r) => r.clone(),
+    if let Some(Walked {
+        record: Ok(_),
+        merged_into: Some(at),
+    }) = resolved.walks.get(&key)
+        && tags
+            .iter()
+            .all(|t| resolved.claimant.get(t).is_none_or(|c| c == at))
+        && let Some(merged) = inv.images.get_mut(*at)
+    {
+        for t in &tags {
+            resolved.claimant.insert(t.clone(), *at);
+        }
+        merged.tags.extend(tags);
+        merged.digest_refs.extend(digest_refs);
+        return;
+    }
+    let record = match resolved.walks.get(&key) {
+        Some(w) => w.record.clone(),
         None => {
             let mut walk = Walk::new(layout, &mut inv.problems);
             let r = walk
                 .resolve(desc, &what, 0)
                 .ok_or_else(|| walk.missing(desc));
-            resolved.insert(key, r.clone());
+            resolved.walks.insert(
+                key.clone(),
+                Walked {
+                    record: r.clone(),
+                    merged_into: None,
+                },
+            );
             r
         }
     };
@@ -236,6 +277,9 @@ fn entry(
             if !tags.is_empty() {
                 // The tag names something we cannot follow: show it as dangling,
                 // pointing at a name that says what is missing.
+                for t in &tags {
+                    resolved.claimant.insert(t.clone(), inv.images.len());
+                }
                 inv.images.push(ImageRecord {
                     claimed_id: missing,
                     config: None,
@@ -247,9 +291,16 @@ fn entry(
             return;
         }
     };
+    let at = inv.images.len();
+    for t in &tags {
+        resolved.claimant.insert(t.clone(), at);
+    }
     record.tags = tags;
     record.digest_refs = digest_refs;
     inv.images.push(record);
+    if let Some(w) = resolved.walks.get_mut(&key) {
+        w.merged_into.get_or_insert(at);
+    }
 }
 
 /// The tag (and digest reference) an index entry's annotations give it.

@@ -157,20 +157,23 @@ fn an_index_entry_gives_its_tag_config_and_manifest() {
     ]);
     let inv = oci_walk::scan_layout(&layout).unwrap();
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
-    assert_eq!(inv.images.len(), 3);
+    // the manifest's two entries make one record with both names
+    assert_eq!(inv.images.len(), 2);
     let first = &inv.images[0];
     assert_eq!(first.claimed_id, id);
-    assert_eq!(tags_of(first), ["localhost/layout:1.0"]);
+    assert_eq!(
+        tags_of(first),
+        ["localhost/layout:1.0", "quay.io/app/web:2"]
+    );
     assert_eq!(
         first.manifest_digests,
         [manifest["digest"].as_str().unwrap()]
     );
     assert_eq!(first.layers_size, Some(1000));
     assert!(matches!(first.config, Some(BlobLocation::Digest { .. })));
-    assert_eq!(tags_of(&inv.images[1]), ["quay.io/app/web:2"]);
-    assert_eq!(inv.images[2].claimed_id, plain_id);
-    assert!(inv.images[2].tags.is_empty());
-    assert_eq!(inv.images[2].digest_refs.len(), 1);
+    assert_eq!(inv.images[1].claimed_id, plain_id);
+    assert!(inv.images[1].tags.is_empty());
+    assert_eq!(inv.images[1].digest_refs.len(), 1);
     // one manifest named twice is read once
     assert_eq!(layout.reads.get(), 2, "two distinct manifests, two reads");
 }
@@ -329,6 +332,65 @@ fn platforms_parse_and_match_as_containerd_matches_them() {
     assert!(!p("linux/amd64").matches(&entry("windows", "amd64", None)));
 }
 
+/// Entries of one manifest share one record, and a tag still goes to the entry that
+/// names it last (the catalog's rule: the last record claiming a tag wins), also when
+/// another image or a dangling entry claimed it in between.
+#[test]
+fn entries_of_one_manifest_share_a_record_and_the_last_name_wins() {
+    let mut layout = MemLayout::default();
+    let (a, a_id) = layout.image(1);
+    let (b, b_id) = layout.image(2);
+    let missing = json!({"mediaType": MT_MANIFEST, "digest": format!("sha256:{}", "a".repeat(64)), "size": 10});
+    layout.set_index(vec![
+        named(a.clone(), "localhost/x:a"),
+        named(b.clone(), "localhost/x:t"),
+        named(a.clone(), "localhost/x:t"),
+        named(a.clone(), "localhost/x:b"),
+        a.clone(),
+        named(b, "localhost/x:b2"),
+        named(missing, "localhost/x:c"),
+        named(a, "localhost/x:c"),
+    ]);
+    let inv = oci_walk::scan_layout(&layout).unwrap();
+    let records: Vec<(String, Vec<String>)> = inv
+        .images
+        .iter()
+        .map(|r| (r.claimed_id.clone(), tags_of(r)))
+        .collect();
+    // x:c was claimed by the dangling entry in between: A's x:c is a record of its own
+    let dangling = &inv.images[3];
+    assert!(dangling.config.is_none());
+    assert!(dangling.claimed_id.starts_with("missing-"), "{dangling:?}");
+    let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        records,
+        [
+            (a_id.clone(), s(&["localhost/x:a", "localhost/x:b"])),
+            (b_id.clone(), s(&["localhost/x:t", "localhost/x:b2"])),
+            (a_id.clone(), s(&["localhost/x:t"])),
+            (dangling.claimed_id.clone(), s(&["localhost/x:c"])),
+            (a_id.clone(), s(&["localhost/x:c"])),
+        ]
+    );
+    // the last record naming each tag is an entry of the image that named it last
+    let last = |t: &str| {
+        inv.images
+            .iter()
+            .rev()
+            .find(|r| tags_of(r).iter().any(|n| n == t))
+            .map(|r| r.claimed_id.clone())
+    };
+    for t in [
+        "localhost/x:a",
+        "localhost/x:t",
+        "localhost/x:b",
+        "localhost/x:c",
+    ] {
+        assert_eq!(last(t).as_deref(), Some(a_id.as_str()), "{t}");
+    }
+    assert_eq!(last("localhost/x:b2").as_deref(), Some(b_id.as_str()));
+}
+
 #[test]
 fn what_cannot_be_followed_is_reported_and_its_tag_dangles() {
     let mut layout = MemLayout::default();
@@ -467,8 +529,8 @@ fn a_broken_index_json_fails_the_scan_with_its_name() {
     let e = oci_walk::scan_layout(&layout).unwrap_err();
     assert!(e.to_string().contains("no \"manifests\""), "{e}");
     // more entries than the mount allows: the first shown, the rest reported
-    let (m, _) = layout.image(1);
-    layout.set_index(vec![m.clone(), m.clone(), m]);
+    let images: Vec<Value> = (1..=3).map(|n| layout.image(n).0).collect();
+    layout.set_index(images);
     layout.limits.max_images = 2;
     let inv = oci_walk::scan_layout(&layout).unwrap();
     assert_eq!(inv.images.len(), 2);
