@@ -47,7 +47,7 @@ pub struct Image {
     pub digest_refs: Vec<String>,
     pub layers_size: Option<u64>,
     pub other_platforms: Vec<String>,
-    pub extra_xattrs: Vec<(String, String)>,
+    pub extra_xattrs: Vec<(ShortStr, String)>,
 }
 
 impl Image {

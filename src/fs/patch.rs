@@ -157,7 +157,7 @@ pub(super) fn apply_xattrs(
         let extra = &mut catalog.images[i].extra_xattrs;
         match extra.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => *v = value.clone(),
-            None => extra.push((name.clone(), value.clone())),
+            None => extra.push((name.as_str().into(), value.clone())),
         }
     }
     Some(())

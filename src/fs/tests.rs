@@ -767,7 +767,11 @@ fn tags_longer_than_a_file_name_are_listed_not_shown() {
 /// What the catalogs show, for comparing: each image's ID, tags and attributes, and
 /// the dangling tags.
 type Shown = Vec<(
-    Vec<(String, Vec<TagRef>, Vec<(String, String)>)>,
+    Vec<(
+        String,
+        Vec<TagRef>,
+        Vec<(crate::reference::ShortStr, String)>,
+    )>,
     Vec<(TagRef, String)>,
 )>;
 

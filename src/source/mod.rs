@@ -35,7 +35,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::reference::TagRef;
+use crate::reference::{ShortStr, TagRef};
 pub(crate) use crate::store_file::read_whole;
 pub use crate::store_file::{FileId, StoreDir};
 pub use error::StoreError;
@@ -185,7 +185,7 @@ pub struct ImageRecord {
     /// from a multi-platform index.
     pub other_platforms: Vec<String>,
     /// Source-specific extended attributes (`user.image.…`).
-    pub extra_xattrs: Vec<(String, String)>,
+    pub extra_xattrs: Vec<(ShortStr, String)>,
 }
 
 impl ImageRecord {
