@@ -34,6 +34,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from podman import podman_cmd  # noqa: E402
 
 
 def status_kb(pid, field):
@@ -60,11 +62,6 @@ def timed_rss(cmd, limit):
     return wall, usage.ru_maxrss, out
 
 
-def podman_cmd(store):
-    return ["podman", "--root", store, "--runroot", f"{store}.run", "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-
-
 def biggest_repo(mp):
     """The by-tag/ directory with the most tags (a repository's tags are files named
     `<name>:<tag>` in the directory of its path)."""
@@ -72,8 +69,9 @@ def biggest_repo(mp):
                key=lambda x: x[1])[0]
 
 
-def one_mount(a, spec, cache, log):
-    """Mounts spec, waits for its root, measures; returns a dict of figures."""
+def one_mount(a, spec, cache, log, keeps):
+    """Mounts spec, waits for its root (and, when it `keeps` its catalog, for that),
+    measures; returns a dict of figures."""
     mp = tempfile.mkdtemp(prefix="ifs-scale-mnt")
     env = dict(os.environ, RUST_LOG="imagefs=info", XDG_CACHE_HOME=cache)
     t0 = time.perf_counter()
@@ -89,8 +87,8 @@ def one_mount(a, spec, cache, log):
         mounted = time.perf_counter() - t0
         # a first mount keeps its catalog once the mount is up: wait for it
         deadline = time.monotonic() + 120
-        while ("catalog kept for the next mount" not in open(log).read()
-               and time.monotonic() < deadline and a.first_pending):
+        while (keeps and "catalog kept for the next mount" not in open(log).read()
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         t1 = time.perf_counter()
         untagged = subprocess.run(["find", f"{mp}/by-id", "-links", "1"], check=True,
@@ -127,10 +125,8 @@ def bench_store(a, kind, n):
         spec = f"oci:{store}"
     cache = f"{a.work}/cache-{kind}-{n}"
     log = f"{a.work}/imagefs-{kind}-{n}.log"
-    a.first_pending = True
-    first = one_mount(a, spec, cache, log)
-    a.first_pending = False
-    kept = one_mount(a, spec, cache, log)
+    first = one_mount(a, spec, cache, log, keeps=True)
+    kept = one_mount(a, spec, cache, log, keeps=False)
     if "store read from the catalog kept by an earlier mount" not in open(log).read():
         sys.exit(f"{log}: the second mount did not read the kept catalog")
     tools = {}

@@ -33,6 +33,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from podman import podman_cmd  # noqa: E402
 
 
 def until(path, limit=30):
@@ -44,11 +46,6 @@ def until(path, limit=30):
 
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
-
-
-def podman_cmd(store):
-    return ["podman", "--root", store, "--runroot", f"{store}.run", "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
 
 
 def mount(a, spec, tag):
