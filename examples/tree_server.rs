@@ -13,6 +13,10 @@
 //!
 //! usage: tree_server --snapshot DIR SNAPSHOT   (writes the snapshot of DIR)
 //!        tree_server SNAPSHOT|DIR MOUNTPOINT   (serves it; in the foreground until unmounted)
+//!
+//! Its files are read and written with plain std::fs, not through imagefs's
+//! containment layer: it is a benchmark tool run by root on the benchmark's own tmpfs
+//! copy and snapshot, never on a store others can write.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
